@@ -1,0 +1,132 @@
+"""CLIP-ADA model configuration: a CLIP configuration plus the anomaly-detection head's fields.
+
+Example:
+    ```python
+    >>> from modeling_clipada import CLIPADAConfig
+    >>> config = CLIPADAConfig(num_refinements=1)   # ViT-B/16-shaped CLIP, feature_layer 6
+    >>> config.feature_layer, config.num_prompt_vectors, config.image_score_top_k
+    (6, 4, 500)
+    ```
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import CLIPConfig
+
+PROMPT_MARKER = "[CLS]"
+DEFAULT_PROMPT_TEMPLATE = "A photo of a [CLS] with defects for anomaly detection"
+
+
+@strict
+class CLIPADAConfig(CLIPConfig):
+    r"""
+    Configuration of [`CLIPADAForAnomalySegmentation`]. It holds the frozen CLIP's `text_config` and
+    `vision_config` (as [`CLIPConfig`] does) and the fields of the CLIP-ADA head below, with the paper's defaults.
+
+    feature_layer (`int`, *optional*):
+        Which ViT layer's patch tokens feed the head, counted from 1 (1..`vision_config.num_hidden_layers`).
+        Layers after it are never run. Defaults to the middle layer, `num_hidden_layers // 2` (6 for ViT-B/16):
+        the paper argues a middle layer mixes local detail and semantics; its exact index was lost in the text.
+    num_prompt_vectors (`int`, *optional*, defaults to 4):
+        Number M of learnable prompt vectors (CoOp-style) inserted into the text template.
+    prompt_template (`str`, *optional*, defaults to `"A photo of a [CLS] with defects for anomaly detection"`):
+        The text template. The marker `[CLS]` is where the prompt vectors go; it must appear exactly once.
+    prompt_token_ids (`list[int]`, *optional*):
+        The template tokenised without its marker, start and end tokens included. Filled by
+        [`CLIPADAForAnomalySegmentation.from_clip`] so that no tokenizer is needed at inference.
+    prompt_insert_position (`int`, *optional*):
+        Index in `prompt_token_ids` before which the prompt vectors are inserted (filled with `prompt_token_ids`).
+    num_refinements (`int`, *optional*, defaults to 1):
+        Number R of coarse-to-fine region refinements (0, 1 and 2 are the paper's ablation).
+    refinement_loss_weight (`float`, *optional*, defaults to 1.0):
+        Weight lambda of each refinement stage's BCE in the loss: `bce(stage 0) + lambda * sum_r bce(stage r)`.
+    detach_refinement_input (`bool`, *optional*, defaults to `False`):
+        Stop the gradient of the refined passes from flowing through the frozen encoder into the previous map.
+        The paper trains end to end (`False`); `True` makes a training step cheaper (no encoder backward).
+    image_score_top_k (`int`, *optional*, defaults to 500):
+        The image score is the mean of this many highest pixel scores of the anomaly map.
+    smoothing_sigma (`float`, *optional*, defaults to 4.0):
+        Standard deviation in pixels of the Gaussian that smooths the upsampled anomaly map (0 disables it).
+    use_feature_layernorm (`bool`, *optional*, defaults to `True`):
+        Apply CLIP's frozen vision `post_layernorm` to the patch tokens before the projections, as APRIL-GAN and
+        AnomalyCLIP do with intermediate tokens (the paper is silent; raw residual-stream tokens have outlier
+        channels that a linear projection fits less easily).
+    similarity_logit_scale_init (`float`, *optional*, defaults to 2.6592):
+        Initial value of the learnable log scale applied to the patch-text cosine similarity before the sigmoid
+        (2.6592 = log(1 / 0.07), CLIP's own initial temperature).
+    similarity_logit_bias_init (`float`, *optional*, defaults to 0.0):
+        Initial value of the learnable bias added to the scaled similarity before the sigmoid.
+
+    Example:
+
+    ```python
+    >>> from modeling_clipada import CLIPADAConfig, CLIPADAForAnomalySegmentation
+    >>> config = CLIPADAConfig(num_refinements=2)
+    >>> model = CLIPADAForAnomalySegmentation(config)  # random CLIP weights; use `from_clip` for real ones
+    ```"""
+
+    model_type = "clipada"
+
+    feature_layer: int | None = None
+    num_prompt_vectors: int = 4
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    prompt_token_ids: list[int] | None = None
+    prompt_insert_position: int | None = None
+    num_refinements: int = 1
+    refinement_loss_weight: float | int = 1.0
+    detach_refinement_input: bool = False
+    image_score_top_k: int = 500
+    smoothing_sigma: float | int = 4.0
+    use_feature_layernorm: bool = True
+    similarity_logit_scale_init: float | int = 2.6592
+    similarity_logit_bias_init: float | int = 0.0
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.feature_layer is None:
+            self.feature_layer = max(1, self.vision_config.num_hidden_layers // 2)
+        self.validate_head()
+
+    def validate_head(self):
+        """Checks every head field and raises a `ValueError` that names the first invalid one.
+
+        Runs at construction; the model runs it again, so a field edited after construction is caught too.
+        """
+        num_layers = self.vision_config.num_hidden_layers
+        if self.feature_layer is not None and not 1 <= self.feature_layer <= num_layers:
+            raise ValueError(f"`feature_layer` must be in 1..{num_layers} (vision layers), got {self.feature_layer}.")
+        if self.num_refinements < 0:
+            raise ValueError(f"`num_refinements` must be >= 0, got {self.num_refinements}.")
+        if self.num_prompt_vectors < 0:
+            raise ValueError(f"`num_prompt_vectors` must be >= 0, got {self.num_prompt_vectors}.")
+        if self.image_score_top_k < 1:
+            raise ValueError(f"`image_score_top_k` must be >= 1, got {self.image_score_top_k}.")
+        if self.smoothing_sigma < 0:
+            raise ValueError(f"`smoothing_sigma` must be >= 0, got {self.smoothing_sigma}.")
+        if self.refinement_loss_weight < 0:
+            raise ValueError(f"`refinement_loss_weight` must be >= 0, got {self.refinement_loss_weight}.")
+        if self.prompt_template.count(PROMPT_MARKER) != 1:
+            raise ValueError(
+                f"`prompt_template` must contain the marker {PROMPT_MARKER} exactly once (where the prompt vectors "
+                f"go), got {self.prompt_template!r}."
+            )
+        self._validate_prompt_tokens()
+
+    def _validate_prompt_tokens(self):
+        if (self.prompt_token_ids is None) != (self.prompt_insert_position is None):
+            raise ValueError("`prompt_token_ids` and `prompt_insert_position` must be set together (see `from_clip`).")
+        if self.prompt_token_ids is None:
+            return
+        max_positions = self.text_config.max_position_embeddings
+        if len(self.prompt_token_ids) + self.num_prompt_vectors > max_positions:
+            raise ValueError(
+                f"`prompt_token_ids` ({len(self.prompt_token_ids)} tokens) plus {self.num_prompt_vectors} prompt "
+                f"vectors exceed the text encoder's {max_positions} positions."
+            )
+        if not 1 <= self.prompt_insert_position < len(self.prompt_token_ids):
+            raise ValueError(
+                f"`prompt_insert_position` must lie between the start and end tokens "
+                f"(1..{len(self.prompt_token_ids) - 1}), got {self.prompt_insert_position}."
+            )
+
+
+__all__ = ["CLIPADAConfig", "DEFAULT_PROMPT_TEMPLATE", "PROMPT_MARKER"]

@@ -1,0 +1,358 @@
+"""CLIP-ADA: anomaly segmentation by adapting a frozen CLIP with learnable prompts and linear projections.
+
+The method, in the paper's order (Cai et al., arXiv 2403.09493):
+1. text: M learnable prompt vectors are inserted into a fixed template; the frozen text tower turns it into
+   ONE text embedding t (computed once per weight update, never per image);
+2. coarse map: patch tokens of vision layer `feature_layer` -> linear projection W0 -> cosine similarity with t
+   -> learnable scale and bias -> sigmoid;
+3. refinement (R times): the previous map, upsampled, is multiplied into the normalised pixels, which are
+   encoded again (up to the same layer) and projected by a new W_r;
+4. loss: BCE of every stage against the mask; post-processing: upsample, Gaussian smoothing, top-k image score.
+
+Example:
+    ```python
+    >>> from modeling_clipada import CLIPADAForAnomalySegmentation
+    >>> model = CLIPADAForAnomalySegmentation.from_clip("openai/clip-vit-base-patch16", num_refinements=1)
+    >>> outputs = model(pixel_values)        # pixel_values (B, 3, 224, 224), CLIP-normalised
+    >>> outputs.anomaly_map.shape, outputs.pred_score.shape
+    (torch.Size([B, 224, 224]), torch.Size([B]))
+    ```
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPModel, CLIPTokenizer, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_clipada import PROMPT_MARKER, CLIPADAConfig
+
+
+@dataclass
+class CLIPADAOutput(ModelOutput):
+    """Output of [`CLIPADAForAnomalySegmentation`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
+            `bce(stage 0) + refinement_loss_weight * sum_r bce(stage r)`, each against the mask resized to (h, w).
+        logits (`torch.FloatTensor` of shape `(batch_size, h, w)`):
+            Anomaly logits of the final stage on the patch grid (h, w) = (H / patch, W / patch), before sigmoid.
+        stage_logits (`tuple(torch.FloatTensor)`, R + 1 tensors of shape `(batch_size, h, w)`):
+            Logits of every stage, coarse first.
+        anomaly_map (`torch.FloatTensor` of shape `(batch_size, H, W)`):
+            Final anomaly probabilities at the input resolution (bilinear upsampling, then Gaussian smoothing).
+        pred_score (`torch.FloatTensor` of shape `(batch_size,)`):
+            Image anomaly score: mean of the `image_score_top_k` highest values of each `anomaly_map`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    stage_logits: tuple[torch.FloatTensor, ...] | None = None
+    anomaly_map: torch.FloatTensor | None = None
+    pred_score: torch.FloatTensor | None = None
+
+
+class CLIPADAPreTrainedModel(PreTrainedModel):
+    config_class = CLIPADAConfig
+    config: CLIPADAConfig
+    base_model_prefix = "clip"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        # CLIP's own modules are initialised by CLIPModel; only the head's parameters are ours.
+        if isinstance(module, CLIPADAForAnomalySegmentation):
+            config = module.config
+            nn.init.normal_(module.prompt_vectors, std=0.02)
+            nn.init.constant_(module.similarity_logit_scale, config.similarity_logit_scale_init)
+            nn.init.constant_(module.similarity_logit_bias, config.similarity_logit_bias_init)
+            for projection in module.patch_projections:
+                nn.init.normal_(projection.weight, std=config.vision_config.hidden_size**-0.5)
+                nn.init.zeros_(projection.bias)
+
+
+class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
+    """A frozen CLIP with CLIP-ADA's trainable head: prompt vectors, R + 1 patch projections, similarity scale/bias.
+
+    Build it from a pre-trained CLIP with [`from_clip`]; reload a trained one with `from_pretrained`.
+    The normalised pixel tensor is what refinement multiplies by the previous map, so suppressed regions tend
+    to the dataset mean colour (zero after CLIP normalisation).
+    """
+
+    def __init__(self, config: CLIPADAConfig):
+        super().__init__(config)
+        config.validate_head()
+        self.clip = CLIPModel(config)
+        self.clip.requires_grad_(False)
+        text_width = config.text_config.hidden_size
+        self.prompt_vectors = nn.Parameter(torch.empty(config.num_prompt_vectors, text_width))
+        self.patch_projections = nn.ModuleList(
+            nn.Linear(config.vision_config.hidden_size, config.projection_dim)
+            for _ in range(config.num_refinements + 1)
+        )
+        self.similarity_logit_scale = nn.Parameter(torch.tensor(float(config.similarity_logit_scale_init)))
+        self.similarity_logit_bias = nn.Parameter(torch.tensor(float(config.similarity_logit_bias_init)))
+        self._text_embedding_cache: tuple[tuple, torch.Tensor] | None = None
+        self.post_init()
+
+    # ------------------------------------------------------------------ construction from a CLIP checkpoint
+
+    @classmethod
+    def from_clip(
+        cls,
+        model_or_path: "str | CLIPModel",
+        tokenizer: CLIPTokenizer | None = None,
+        **config_overrides,
+    ) -> "CLIPADAForAnomalySegmentation":
+        """Builds CLIP-ADA around a pre-trained CLIP: copies its weights and tokenises the prompt template.
+
+        Args:
+            model_or_path: a Hub id (e.g. `"openai/clip-vit-base-patch16"`), a local folder with a CLIP
+                checkpoint, or a `CLIPModel` instance.
+            tokenizer: the CLIP tokenizer; loaded from `model_or_path` when it is a path or id. Required
+                when `model_or_path` is an instance.
+            **config_overrides: [`CLIPADAConfig`] head fields (`num_refinements=2`, `feature_layer=8`, ...).
+
+        Returns:
+            The model with CLIP's weights, freshly initialised head, and `prompt_token_ids` filled.
+        """
+        if isinstance(model_or_path, CLIPModel):
+            clip = model_or_path
+            if tokenizer is None:
+                raise ValueError("`tokenizer` is required when `from_clip` is given a CLIPModel instance.")
+        else:
+            clip = CLIPModel.from_pretrained(model_or_path)
+            if tokenizer is None:
+                tokenizer = CLIPTokenizer.from_pretrained(model_or_path)
+        clip_config = clip.config.to_dict()
+        for key in ("architectures", "model_type", "transformers_version", "auto_map", "dtype"):
+            clip_config.pop(key, None)
+        template = config_overrides.get("prompt_template", CLIPADAConfig.prompt_template)
+        token_ids, insert_position = tokenize_prompt_template(template, tokenizer)
+        config = CLIPADAConfig(
+            **{**clip_config, **config_overrides},
+            prompt_token_ids=token_ids,
+            prompt_insert_position=insert_position,
+        )
+        model = cls(config)
+        model.clip.load_state_dict(clip.state_dict())
+        return model.to(clip.dtype)
+
+    # ------------------------------------------------------------------ step 1: text embedding with prompts
+
+    def text_embedding(self) -> torch.Tensor:
+        """The template's text embedding with the prompt vectors inserted.
+
+        Computed once and cached while the weights do not change (no grad, or prompt vectors frozen);
+        recomputed, with grad, once per training forward.
+
+        Returns:
+            `torch.Tensor` of shape `(projection_dim,)`, L2-normalised.
+        """
+        if torch.is_grad_enabled() and self.prompt_vectors.requires_grad:
+            return self._compute_text_embedding()
+        key = self._weights_version()
+        if self._text_embedding_cache is None or self._text_embedding_cache[0] != key:
+            with torch.no_grad():
+                self._text_embedding_cache = (key, self._compute_text_embedding())
+        return self._text_embedding_cache[1]
+
+    def _weights_version(self) -> tuple:
+        # In-place updates (optimizer steps, load_state_dict) bump `_version`; `.to()` changes the storage.
+        tensors = (self.prompt_vectors, self.clip.text_projection.weight, self.clip.text_model.final_layer_norm.weight)
+        return tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
+
+    def _compute_text_embedding(self) -> torch.Tensor:
+        if self.config.prompt_token_ids is None:
+            raise ValueError(
+                "`config.prompt_token_ids` is not set: build the model with `CLIPADAForAnomalySegmentation.from_clip` "
+                "(which tokenises `prompt_template`), or set `prompt_token_ids` and `prompt_insert_position`."
+            )
+        text_model = self.clip.text_model
+        token_ids = torch.tensor(self.config.prompt_token_ids, device=self.prompt_vectors.device)
+        token_embeds = text_model.embeddings.token_embedding(token_ids)
+        position = self.config.prompt_insert_position
+        prompt = self.prompt_vectors.to(token_embeds.dtype)
+        inputs_embeds = torch.cat([token_embeds[:position], prompt, token_embeds[position:]])[None]
+        hidden_states = text_model.embeddings(inputs_embeds=inputs_embeds)
+        causal_mask = torch.full(
+            (inputs_embeds.shape[1],) * 2, torch.finfo(hidden_states.dtype).min, device=hidden_states.device
+        ).triu(1)[None, None].to(hidden_states.dtype)
+        for layer in text_model.encoder.layers:
+            hidden_states = layer(hidden_states, causal_mask)
+        hidden_states = text_model.final_layer_norm(hidden_states)
+        # The end-of-text token is the template's last token; it moved right by the number of prompt vectors.
+        pooled = hidden_states[0, -1]
+        return F.normalize(self.clip.text_projection(pooled), dim=-1)
+
+    # ------------------------------------------------------------------ step 2: patch features and the map
+
+    def patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Patch tokens of vision layer `feature_layer`; layers after it are never run.
+
+        Args:
+            pixel_values: `(B, 3, H, W)` CLIP-normalised images.
+
+        Returns:
+            `torch.Tensor` of shape `(B, h * w, vision_hidden_size)`, CLS token dropped.
+        """
+        vision_model = self.clip.vision_model
+        height, width = pixel_values.shape[-2:]
+        interpolate = (height, width) != (self.config.vision_config.image_size,) * 2
+        hidden_states = vision_model.embeddings(pixel_values, interpolate_pos_encoding=interpolate)
+        hidden_states = vision_model.pre_layrnorm(hidden_states)
+        for layer in vision_model.encoder.layers[: self.config.feature_layer]:
+            hidden_states = layer(hidden_states, None)
+        patch_tokens = hidden_states[:, 1:]
+        if self.config.use_feature_layernorm:
+            patch_tokens = vision_model.post_layernorm(patch_tokens)
+        return patch_tokens
+
+    def similarity_logits(self, patch_tokens: torch.Tensor, text_embedding: torch.Tensor, stage: int) -> torch.Tensor:
+        """Anomaly logits of one stage: scaled cosine similarity of projected patch tokens with the text.
+
+        Args:
+            patch_tokens: `(B, h * w, vision_hidden_size)`.
+            text_embedding: `(projection_dim,)`, L2-normalised.
+            stage: 0 for the coarse map, r for the r-th refinement (selects the projection W_r).
+
+        Returns:
+            `torch.Tensor` of shape `(B, h * w)`.
+        """
+        projected = F.normalize(self.patch_projections[stage](patch_tokens), dim=-1)
+        similarity = projected @ text_embedding.to(projected.dtype)
+        return similarity * self.similarity_logit_scale.exp() + self.similarity_logit_bias
+
+    # ------------------------------------------------------------------ forward: coarse map, then refinements
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> CLIPADAOutput:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, H, W)`):
+                CLIP-normalised images, e.g. from [`CLIPADAImageProcessor`]. H and W multiples of the patch size.
+            labels (`torch.Tensor` of shape `(batch_size, H, W)` or `(batch_size, 1, H, W)`, *optional*):
+                Binary ground-truth masks at the input resolution (1 = anomalous). When given, `loss` is returned.
+        """
+        pixel_values = self._check_pixel_values(pixel_values)
+        batch_size, _, height, width = pixel_values.shape
+        patch = self.config.vision_config.patch_size
+        grid = (height // patch, width // patch)
+        text_embedding = self.text_embedding()
+
+        # step 1: the coarse map from the frozen encoder (no gradient ever flows into the encoder's input here)
+        with torch.no_grad():
+            patch_tokens = self.patch_features(pixel_values)
+        logits = self.similarity_logits(patch_tokens, text_embedding, stage=0)
+        all_logits = [logits]
+
+        # step 2: region refinement; the upsampled map, multiplied into the pixels, is encoded again
+        for stage in range(1, self.config.num_refinements + 1):
+            previous_map = torch.sigmoid(logits).view(batch_size, 1, *grid)
+            previous_map = F.interpolate(previous_map, size=(height, width), mode="bilinear", align_corners=False)
+            track_gradient = torch.is_grad_enabled() and not self.config.detach_refinement_input
+            with torch.set_grad_enabled(track_gradient):
+                patch_tokens = self.patch_features(pixel_values * previous_map)
+            logits = self.similarity_logits(patch_tokens, text_embedding, stage=stage)
+            all_logits.append(logits)
+
+        stage_logits = tuple(stage.float().view(batch_size, *grid) for stage in all_logits)
+        loss = None if labels is None else self.loss(stage_logits, labels)
+
+        # step 3: post-processing to a pixel anomaly map and an image score
+        anomaly_map = self.upsample_and_smooth(torch.sigmoid(stage_logits[-1]), (height, width))
+        pred_score = self.image_score(anomaly_map)
+        return CLIPADAOutput(
+            loss=loss, logits=stage_logits[-1], stage_logits=stage_logits, anomaly_map=anomaly_map, pred_score=pred_score
+        )
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+            shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+            raise ValueError(f"`pixel_values` must be a (batch, 3, height, width) tensor, got {shape}.")
+        patch = self.config.vision_config.patch_size
+        if pixel_values.shape[-2] % patch or pixel_values.shape[-1] % patch:
+            raise ValueError(
+                f"`pixel_values` height and width must be multiples of the patch size {patch}, "
+                f"got {tuple(pixel_values.shape[-2:])}."
+            )
+        return pixel_values.to(self.prompt_vectors.dtype)
+
+    # ------------------------------------------------------------------ loss and post-processing
+
+    def loss(self, stage_logits: tuple[torch.Tensor, ...], labels: torch.Tensor) -> torch.Tensor:
+        """BCE of every stage: `bce(stage 0) + refinement_loss_weight * sum_{r >= 1} bce(stage r)`.
+
+        The mask is resized to the patch grid by area averaging, so a patch that a defect covers in part gets
+        a soft target equal to the covered fraction (nearest resizing would drop small defects or inflate them).
+
+        Args:
+            stage_logits: R + 1 tensors `(B, h, w)`.
+            labels: `(B, H, W)` or `(B, 1, H, W)` binary masks at the input resolution.
+        """
+        labels = labels.to(stage_logits[0].device)
+        if labels.ndim == 4 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.ndim != 3 or labels.shape[0] != stage_logits[0].shape[0]:
+            raise ValueError(f"`labels` must be (batch, H, W) or (batch, 1, H, W) masks, got {tuple(labels.shape)}.")
+        targets = F.interpolate(labels[:, None].float(), size=stage_logits[0].shape[-2:], mode="area")[:, 0]
+        losses = [F.binary_cross_entropy_with_logits(logits, targets) for logits in stage_logits]
+        return losses[0] + self.config.refinement_loss_weight * sum(losses[1:])
+
+    def upsample_and_smooth(self, probabilities: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Patch-grid probabilities `(B, h, w)` -> `(B, H, W)`: bilinear upsampling then Gaussian smoothing."""
+        anomaly_map = F.interpolate(probabilities[:, None], size=size, mode="bilinear", align_corners=False)
+        return gaussian_blur(anomaly_map, self.config.smoothing_sigma)[:, 0]
+
+    def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+        """Mean of the `image_score_top_k` highest pixel scores: `(B, H, W)` -> `(B,)`."""
+        flat = anomaly_map.flatten(1)
+        top_k = min(self.config.image_score_top_k, flat.shape[1])
+        return flat.topk(top_k, dim=1).values.mean(dim=1)
+
+    def train(self, mode: bool = True):
+        # The frozen CLIP stays in eval mode: CLIP has no dropout by default, but a config could add some.
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+
+def tokenize_prompt_template(template: str, tokenizer: CLIPTokenizer) -> tuple[list[int], int]:
+    """Tokenises `template` without its `[CLS]` marker.
+
+    Returns:
+        `(token_ids, insert_position)`: ids with start and end tokens, and the index where the prompt vectors go.
+    """
+    if template.count(PROMPT_MARKER) != 1:
+        raise ValueError(f"`prompt_template` must contain the marker {PROMPT_MARKER} exactly once, got {template!r}.")
+    prefix, suffix = (part.strip() for part in template.split(PROMPT_MARKER))
+    prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    suffix_ids = tokenizer(suffix, add_special_tokens=False)["input_ids"] if suffix else []
+    token_ids = [tokenizer.bos_token_id, *prefix_ids, *suffix_ids, tokenizer.eos_token_id]
+    return token_ids, 1 + len(prefix_ids)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian smoothing of `(B, 1, H, W)` maps (kernel radius 4 sigma, reflected borders)."""
+    if sigma <= 0:
+        return images
+    radius = max(1, int(4.0 * sigma + 0.5))
+    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(images.dtype)
+    height, width = images.shape[-2:]
+    mode = "reflect" if radius < min(height, width) else "replicate"
+    images = F.pad(images, (radius, radius, radius, radius), mode=mode)
+    images = F.conv2d(images, kernel.view(1, 1, 1, -1))
+    return F.conv2d(images, kernel.view(1, 1, -1, 1))
+
+
+__all__ = ["CLIPADAForAnomalySegmentation", "CLIPADAOutput", "CLIPADAPreTrainedModel", "gaussian_blur"]

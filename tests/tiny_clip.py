@@ -1,0 +1,83 @@
+"""Tiny random CLIP checkpoints and tokenizers for offline tests (transformers' ModelTester sizes).
+
+Example:
+    ```python
+    >>> clip, tokenizer = make_tiny_clip(tmp_path)          # also saved to tmp_path as a CLIP checkpoint
+    >>> model = CLIPADAForAnomalySegmentation.from_clip(clip, tokenizer, num_refinements=1)
+    ```
+"""
+
+import gzip
+import json
+import string
+from pathlib import Path
+
+import torch
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
+IMAGE_SIZE = 32
+PATCH_SIZE = 4
+
+
+def tiny_clip_config(num_vision_layers: int = 4) -> CLIPConfig:
+    """CLIP with hidden width 32, 4 heads, 2 text layers, `num_vision_layers` vision layers, 32 px, patch 4."""
+    common = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, projection_dim=16)
+    return CLIPConfig(
+        text_config=dict(common, num_hidden_layers=2, vocab_size=60, max_position_embeddings=77, bos_token_id=57,
+                         eos_token_id=58, pad_token_id=58),
+        vision_config=dict(common, num_hidden_layers=num_vision_layers, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE),
+        projection_dim=16,
+    )
+
+
+def write_tiny_tokenizer(folder: Path) -> CLIPTokenizer:
+    """A character-level CLIP BPE tokenizer (no merges): 26 letters, 26 word-final letters, specials; ids < 60."""
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = string.ascii_lowercase
+    tokens = [*letters, *(c + "</w>" for c in letters), "</w>", "!", ".", ",", "-"]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    vocab["<|startoftext|>"] = 57
+    vocab["<|endoftext|>"] = 58
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+def write_real_clip_tokenizer(folder: Path) -> CLIPTokenizer | None:
+    """The real CLIP BPE tokenizer built from ../shared/clip-bpe, or None when that folder is absent."""
+    bpe_file = SHARED_DIR / "clip-bpe" / "bpe_simple_vocab_16e6.txt.gz"
+    if not bpe_file.is_file():
+        return None
+    lines = gzip.open(bpe_file, "rt", encoding="utf-8").read().split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]
+    byte_chars = list(_bytes_to_unicode().values())
+    vocab_list = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({token: index for index, token in enumerate(vocab_list)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, codes)))
+
+
+def make_tiny_clip(folder: Path | None = None, num_vision_layers: int = 4, seed: int = 0) -> tuple[CLIPModel, CLIPTokenizer]:
+    """A random tiny CLIPModel and its tokenizer; both saved to `folder` (a loadable CLIP checkpoint) when given."""
+    torch.manual_seed(seed)
+    clip = CLIPModel(tiny_clip_config(num_vision_layers)).eval()
+    tokenizer_folder = folder if folder is not None else Path(__import__("tempfile").mkdtemp())
+    tokenizer = write_tiny_tokenizer(tokenizer_folder)
+    if folder is not None:
+        clip.save_pretrained(folder)
+    return clip, tokenizer
