@@ -206,7 +206,7 @@ def _as_list(images, name: str, allow_none_items: bool = False) -> list:
         raise ValueError(f"`{name}` is an empty list; expected at least one image.")
     for index, image in enumerate(images):
         if image is None and not allow_none_items:
-            raise ValueError(f"`{name}[{index}]` is None; expected {_EXPECTED}.")
+            raise ValueError(f"{name}[{index}] is None; expected {_EXPECTED}.")
     return list(images)
 
 

@@ -1,0 +1,52 @@
+"""Shared pytest fixtures: quiet, offline transformers and tiny random CLIP checkpoints."""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pytest  # noqa: E402
+
+from tiny_clip import make_tiny_clip  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """A tiny random CLIP checkpoint with its tokenizer, saved like a Hub CLIP folder."""
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    make_tiny_clip(folder)
+    return folder
+
+
+@pytest.fixture
+def hub_uploads(monkeypatch) -> list[dict]:
+    """Intercepts uploads at the huggingface_hub API boundary; each commit is recorded as
+    {"repo_id": ..., "files": {path_in_repo: bytes}} and nothing leaves the machine."""
+    from huggingface_hub import CommitInfo, HfApi, RepoUrl
+
+    commits: list[dict] = []
+
+    def create_repo(self, repo_id, *args, **kwargs):
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def create_commit(self, repo_id, operations, *args, **kwargs):
+        files = {}
+        for operation in operations:
+            source = operation.path_or_fileobj
+            if isinstance(source, (str, Path)):
+                files[operation.path_in_repo] = Path(source).read_bytes()
+            elif isinstance(source, bytes):
+                files[operation.path_in_repo] = source
+            else:
+                files[operation.path_in_repo] = source.read()
+        commits.append({"repo_id": repo_id, "files": files, "repo_type": kwargs.get("repo_type")})
+        url = f"https://huggingface.co/{repo_id}/commit/0000000"
+        return CommitInfo(commit_url=url, commit_message="", commit_description="", oid="0" * 40)
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    return commits

@@ -1,0 +1,101 @@
+"""Tests of the Hub path: save/load round trip, remote code in a fresh process, push_to_hub contents."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+from modeling_clipada import CLIPADAForAnomalySegmentation
+from processing import CLIPADAImageProcessor
+from tiny_clip import IMAGE_SIZE, make_tiny_clip
+
+
+def _trained_looking_model(num_refinements: int = 1) -> CLIPADAForAnomalySegmentation:
+    clip, tokenizer = make_tiny_clip()
+    model = CLIPADAForAnomalySegmentation.from_clip(clip, tokenizer, num_refinements=num_refinements, feature_layer=3)
+    with torch.no_grad():  # move the head away from its initial values, as training would
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+    return model.eval()
+
+
+def test_save_and_from_pretrained_round_trip(tmp_path):
+    model = _trained_looking_model(num_refinements=2)
+    pixel_values = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        expected = model(pixel_values)
+    model.save_pretrained(tmp_path)
+    reloaded = CLIPADAForAnomalySegmentation.from_pretrained(tmp_path).eval()
+    for name, value in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], value), name  # guards head names clashing with CLIP's
+    with torch.no_grad():
+        outputs = reloaded(pixel_values)
+    assert (outputs.anomaly_map - expected.anomaly_map).abs().max() <= 1e-5
+    assert (outputs.logits - expected.logits).abs().max() <= 1e-5
+    assert reloaded.config.num_refinements == 2 and reloaded.config.feature_layer == 3
+
+
+def test_saved_checkpoint_loads_with_trust_remote_code_where_the_project_is_not_importable(tmp_path):
+    model = _trained_looking_model()
+    model.save_pretrained(tmp_path / "ckpt")
+    CLIPADAImageProcessor(size=IMAGE_SIZE).save_pretrained(tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_clipada.CLIPADAConfig",
+        "AutoModel": "modeling_clipada.CLIPADAForAnomalySegmentation",
+    }
+    image = torch.rand(IMAGE_SIZE, IMAGE_SIZE, 3)
+    torch.save(image, tmp_path / "image.pt")
+    with torch.no_grad():
+        pixel_values = CLIPADAImageProcessor(size=IMAGE_SIZE)(images=image)["pixel_values"]
+        torch.save(model(pixel_values).anomaly_map, tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import importlib.abc, sys
+        class BlockProject(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("modeling_clipada", "processing", "training"):
+                    raise ImportError(f"{{name}} is blocked: the checkpoint must not need this project")
+        sys.meta_path.insert(0, BlockProject())
+        import torch
+        from transformers import AutoImageProcessor, AutoModel
+        try:
+            import modeling_clipada
+            raise SystemExit("project still importable")
+        except ImportError:
+            pass
+        model = AutoModel.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True).eval()
+        processor = AutoImageProcessor.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True)
+        inputs = processor(images=torch.load({str(tmp_path / "image.pt")!r}))
+        with torch.no_grad():
+            anomaly_map = model(**inputs).anomaly_map
+        difference = (anomaly_map - torch.load({str(tmp_path / "expected.pt")!r})).abs().max().item()
+        print(type(model).__name__, type(processor).__name__, difference)
+        assert difference <= 1e-5, difference
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "CLIPADAForAnomalySegmentation CLIPADAImageProcessor" in result.stdout
+
+
+def test_push_to_hub_uploads_safetensors_config_and_remote_code(hub_uploads):
+    model = _trained_looking_model()
+    model.push_to_hub("someone/clipada-mvtec")
+    CLIPADAImageProcessor(size=IMAGE_SIZE).push_to_hub("someone/clipada-mvtec")
+    model_files, processor_files = hub_uploads[0]["files"], hub_uploads[1]["files"]
+    assert hub_uploads[0]["repo_id"] == "someone/clipada-mvtec"
+    assert {"config.json", "model.safetensors", "modeling_clipada.py", "configuration_clipada.py"} <= set(model_files)
+    assert not any(name.endswith((".bin", ".pt")) for name in model_files)
+    assert "auto_map" in json.loads(model_files["config.json"])
+    assert {"preprocessor_config.json", "image_processing_clipada.py"} <= set(processor_files)
+    assert "AutoImageProcessor" in json.loads(processor_files["preprocessor_config.json"])["auto_map"]
+    from safetensors.torch import load
+
+    weights = load(model_files["model.safetensors"])
+    assert torch.equal(weights["prompt_vectors"], model.prompt_vectors.detach())
