@@ -9,11 +9,12 @@ Example:
 
 import gzip
 import json
-import string
 from pathlib import Path
 
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+from training.smoke_clip import write_character_tokenizer
 
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 IMAGE_SIZE = 32
@@ -32,16 +33,8 @@ def tiny_clip_config(num_vision_layers: int = 4) -> CLIPConfig:
 
 
 def write_tiny_tokenizer(folder: Path) -> CLIPTokenizer:
-    """A character-level CLIP BPE tokenizer (no merges): 26 letters, 26 word-final letters, specials; ids < 60."""
-    folder.mkdir(parents=True, exist_ok=True)
-    letters = string.ascii_lowercase
-    tokens = [*letters, *(c + "</w>" for c in letters), "</w>", "!", ".", ",", "-"]
-    vocab = {token: index for index, token in enumerate(tokens)}
-    vocab["<|startoftext|>"] = 57
-    vocab["<|endoftext|>"] = 58
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer.from_pretrained(folder)
+    """The project's character-level CLIP tokenizer (ids < 60, start 57, end 58)."""
+    return write_character_tokenizer(folder)
 
 
 def write_real_clip_tokenizer(folder: Path) -> CLIPTokenizer | None:

@@ -1,0 +1,193 @@
+"""Evaluate a CLIP-ADA checkpoint per category, as papers do: metrics.json, a Markdown table, heatmaps, predictions.
+
+Images and masks are evaluated at the model's input resolution (masks resized with nearest neighbour), the common
+practice of CLIP-based detectors. Only the metric buffers grow with the number of test images (`--save_predictions`
+adds the maps it writes).
+
+Example:
+    ```bash
+    python -m training.eval --model_name_or_path outputs/clipada-mvtec --dataset_name /data/mvtec_anomaly_detection \\
+        --output_dir outputs/clipada-mvtec/evaluation --save_predictions
+    ```
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from modeling_clipada import CLIPADAForAnomalySegmentation
+from processing import CLIPADAImageProcessor
+from training.data import DatasetFormatError, load_anomaly_dataset
+from training.metrics import AnomalyMetrics, format_metrics_table, mean_metrics
+
+
+def evaluate_model(
+    model: CLIPADAForAnomalySegmentation,
+    processor: CLIPADAImageProcessor,
+    test_dataset,
+    device: torch.device | str = "cpu",
+    batch_size: int = 16,
+    output_dir: str | Path | None = None,
+    save_predictions: bool = False,
+    num_heatmaps: int = 4,
+    num_workers: int = 0,
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Runs the model over a test split, category by category.
+
+    Args:
+        test_dataset: a `datasets.Dataset` with columns `image`, `mask` (None for normal images), `label`, `category`.
+        output_dir: where heatmaps (`heatmaps/<category>_<i>.png`) and predictions (`predictions/<category>.npz`) go.
+        save_predictions: write `image_scores` (N,), `image_labels` (N,), `anomaly_maps` (N, H, W) float16 and
+            `masks` (N, H, W) uint8 per category.
+        num_heatmaps: image | ground truth | anomaly-map overlays per category (anomalous samples first).
+
+    Returns:
+        `(per_category, mean)`: metric dicts (`image_auroc`, `pixel_auroc`, `pixel_ap`, `aupro`, `image_f1_max`,
+        `pixel_f1_max`), values in [0, 1].
+    """
+    model = model.to(device).eval()
+    dtype = model.prompt_vectors.dtype
+    output_dir = Path(output_dir) if output_dir is not None else None
+    categories = np.asarray(test_dataset["category"])
+    labels = np.asarray(test_dataset["label"])
+    per_category = {}
+    for category in sorted(set(categories.tolist())):
+        indices = np.flatnonzero(categories == category)
+        subset = test_dataset.select(indices).select_columns(["image", "mask", "label"])
+        heatmap_rows = set(_heatmap_rows(labels[indices], num_heatmaps).tolist())
+        metrics = AnomalyMetrics()
+        predictions = {"image_scores": [], "image_labels": [], "anomaly_maps": [], "masks": []}
+        for start, batch in _batches(subset, processor, batch_size, num_workers):
+            with torch.no_grad():
+                outputs = model(pixel_values=batch["pixel_values"].to(device, dtype))
+            anomaly_maps, scores = outputs.anomaly_map.float().cpu(), outputs.pred_score.float().cpu()
+            metrics.update(anomaly_maps, batch["labels"], scores, batch["image_labels"])
+            if save_predictions:
+                for key, value in zip(predictions, (scores, batch["image_labels"], anomaly_maps, batch["labels"])):
+                    predictions[key].append(value.numpy())
+            for offset in range(len(scores)):
+                if output_dir is not None and start + offset in heatmap_rows:
+                    save_heatmap(output_dir / "heatmaps" / f"{category}_{start + offset:04d}.png",
+                                 batch["raw_images"][offset], batch["labels"][offset], anomaly_maps[offset])
+        per_category[category] = metrics.compute()
+        if save_predictions and output_dir is not None:
+            save_category_predictions(output_dir / "predictions" / f"{category}.npz", predictions)
+    return per_category, mean_metrics(per_category)
+
+
+def _heatmap_rows(labels: np.ndarray, count: int) -> np.ndarray:
+    """Rows to draw: anomalous samples first, then one normal one when room is left."""
+    anomalous, normal = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    return np.concatenate([anomalous[: max(count - 1, 0)], normal[: count - min(len(anomalous), max(count - 1, 0))]])[:count]
+
+
+def _batches(subset, processor: CLIPADAImageProcessor, batch_size: int, num_workers: int) -> Iterator[tuple[int, dict]]:
+    """Yields `(first_row, batch)`; batch has `pixel_values` (B, 3, H, W), `labels` (B, H, W) uint8, `image_labels`
+    (B,) and `raw_images` (B, 3, H, W) in [0, 1] for the heatmaps."""
+
+    def collate(examples: list[dict]) -> dict:
+        images = [example["image"] for example in examples]
+        inputs = processor(images=images, segmentation_maps=[example["mask"] for example in examples], do_normalize=False)
+        return {
+            "pixel_values": processor.normalize(inputs["pixel_values"]),
+            "raw_images": inputs["pixel_values"],
+            "labels": inputs["labels"].to(torch.uint8),
+            "image_labels": torch.tensor([example["label"] for example in examples]),
+        }
+
+    loader = DataLoader(subset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
+    for index, batch in enumerate(loader):
+        yield index * batch_size, batch
+
+
+def save_category_predictions(path: Path, predictions: dict[str, list[np.ndarray]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        path,
+        image_scores=np.concatenate(predictions["image_scores"]).astype(np.float32),
+        image_labels=np.concatenate(predictions["image_labels"]).astype(np.int64),
+        anomaly_maps=np.concatenate(predictions["anomaly_maps"]).astype(np.float16),
+        masks=np.concatenate(predictions["masks"]).astype(np.uint8),
+    )
+
+
+def save_heatmap(path: Path, image: torch.Tensor, mask: torch.Tensor, anomaly_map: torch.Tensor) -> None:
+    """Writes image | ground truth | anomaly map over the image (jet colours, probabilities 0..1 on a fixed scale).
+
+    Args:
+        image: `(3, H, W)` in [0, 1]; mask: `(H, W)` {0, 1}; anomaly_map: `(H, W)` in [0, 1].
+    """
+    rgb = (image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    truth = np.repeat((mask.numpy()[..., None] > 0).astype(np.uint8) * 255, 3, axis=2)
+    overlay = (0.5 * rgb + 0.5 * _jet(anomaly_map.numpy())).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate([rgb, truth, overlay], axis=1)).save(path)
+
+
+def _jet(values: np.ndarray) -> np.ndarray:
+    """Jet colour map of values in [0, 1] -> uint8 RGB."""
+    values = np.clip(values, 0.0, 1.0)[..., None]
+    channels = np.clip(1.5 - np.abs(4.0 * values - np.array([3.0, 2.0, 1.0])), 0.0, 1.0)
+    return (channels * 255).astype(np.uint8)
+
+
+def write_evaluation(output_dir: str | Path, per_category: dict, mean: dict) -> str:
+    """Writes `metrics.json` ({"per_category": ..., "mean": ...}) and `metrics.md`; returns the Markdown table."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"per_category": per_category, "mean": mean}
+    (output_dir / "metrics.json").write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n")
+    table = format_metrics_table(per_category, mean)
+    (output_dir / "metrics.md").write_text(table + "\n")
+    return table
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model_name_or_path", required=True, help="A CLIP-ADA checkpoint folder or Hub id.")
+    parser.add_argument("--dataset_name", required=True,
+                        help="A raw MVTec-AD / VisA folder, a folder saved by training.prepare_dataset, or a Hub id.")
+    parser.add_argument("--dataset", choices=["mvtec_ad", "visa"], default=None)
+    parser.add_argument("--categories", nargs="+", default=None)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--per_device_eval_batch_size", type=int, default=16)
+    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--save_predictions", action="store_true")
+    parser.add_argument("--num_heatmaps", type=int, default=4)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    try:
+        model = CLIPADAForAnomalySegmentation.from_pretrained(args.model_name_or_path, dtype=getattr(torch, args.dtype))
+        try:
+            processor = CLIPADAImageProcessor.from_pretrained(args.model_name_or_path)
+        except OSError:
+            processor = CLIPADAImageProcessor(size=model.config.vision_config.image_size)
+        dataset = load_anomaly_dataset(args.dataset_name, dataset=args.dataset, categories=args.categories)
+        if "test" not in dataset or len(dataset["test"]) == 0:
+            raise DatasetFormatError(f"{args.dataset_name} has no test split to evaluate.")
+    except (DatasetFormatError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
+    per_category, mean = evaluate_model(
+        model, processor, dataset["test"], device=args.device, batch_size=args.per_device_eval_batch_size,
+        output_dir=args.output_dir, save_predictions=args.save_predictions, num_heatmaps=args.num_heatmaps,
+        num_workers=args.dataloader_num_workers,
+    )
+    print(write_evaluation(args.output_dir, per_category, mean))
+    return {"per_category": per_category, "mean": mean}
+
+
+if __name__ == "__main__":
+    main()
