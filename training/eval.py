@@ -156,6 +156,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="A raw MVTec-AD / VisA folder, a folder saved by training.prepare_dataset, or a Hub id.")
     parser.add_argument("--dataset", choices=["mvtec_ad", "visa"], default=None)
     parser.add_argument("--categories", nargs="+", default=None)
+    parser.add_argument("--skip_missing_files", action="store_true",
+                        help="VisA: skip split-csv rows whose files are missing (a partial download).")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--per_device_eval_batch_size", type=int, default=16)
     parser.add_argument("--dataloader_num_workers", type=int, default=0)
@@ -174,7 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
             processor = CLIPADAImageProcessor.from_pretrained(args.model_name_or_path)
         except OSError:
             processor = CLIPADAImageProcessor(size=model.config.vision_config.image_size)
-        dataset = load_anomaly_dataset(args.dataset_name, dataset=args.dataset, categories=args.categories)
+        dataset = load_anomaly_dataset(args.dataset_name, dataset=args.dataset, categories=args.categories,
+                                       allow_missing_files=args.skip_missing_files)
         if "test" not in dataset or len(dataset["test"]) == 0:
             raise DatasetFormatError(f"{args.dataset_name} has no test split to evaluate.")
     except (DatasetFormatError, OSError, ValueError) as error:

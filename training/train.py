@@ -63,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", choices=["mvtec_ad", "visa"], default=None,
                         help="Layout of a raw folder, when it cannot be inferred.")
     parser.add_argument("--categories", nargs="+", default=None, help="Train on these categories only.")
+    parser.add_argument("--skip_missing_files", action="store_true",
+                        help="VisA: skip split-csv rows whose files are missing (a partial download).")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="The paper's schedule: MVTec-AD 800 epochs, batch 16, lr x0.2 at 400 and 700; "
@@ -167,12 +169,17 @@ def _is_clipada(model_name_or_path: str) -> bool:
         return False
 
 
+def load_dataset_from_args(args: argparse.Namespace):
+    return load_anomaly_dataset(args.dataset_name, dataset=args.dataset, categories=args.categories,
+                                allow_missing_files=args.skip_missing_files)
+
+
 def build_train_dataloader(
     args: argparse.Namespace, accelerator: Accelerator, processor: CLIPADAImageProcessor
 ) -> DataLoader:
     """Normal training images of every category, resized once to the input size, as uint8 batches (B, 3, H, W)."""
     with accelerator.main_process_first():
-        dataset = load_anomaly_dataset(args.dataset_name, dataset=args.dataset, categories=args.categories)
+        dataset = load_dataset_from_args(args)
     train_split = dataset["train"]
     labels = np.asarray(train_split["label"])
     if (labels != 0).any():  # training sees no real anomaly
@@ -233,9 +240,8 @@ def register_trainable_checkpoint_hooks(accelerator: Accelerator) -> None:
 
     def save_hook(models: list, weights: list, output_dir: str) -> None:
         for index, model in enumerate(models):
-            model = accelerator.unwrap_model(model)
-            trainable = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
-            save_file(trainable, os.path.join(output_dir, f"{index}_{TRAINABLE_WEIGHTS}"))
+            if accelerator.is_main_process:
+                save_file(trainable_state(model, accelerator), os.path.join(output_dir, f"{index}_{TRAINABLE_WEIGHTS}"))
         weights.clear()  # accelerate itself saves no model weights
 
     def load_hook(models: list, input_dir: str) -> None:
@@ -253,6 +259,24 @@ def register_trainable_checkpoint_hooks(accelerator: Accelerator) -> None:
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
+
+
+def trainable_state(model, accelerator: Accelerator) -> dict[str, torch.Tensor]:
+    """The trainable parameters by name, on the CPU."""
+    model = accelerator.unwrap_model(model)
+    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def check_replicas_in_sync(accelerator: Accelerator, model) -> None:
+    """Raises when the processes' trainable weights differ (they must be replicas after every step)."""
+    if accelerator.num_processes == 1:
+        return
+    flat = torch.cat([p.flatten().float() for p in trainable_state(model, accelerator).values()])
+    gathered = accelerator.gather(flat[None].to(accelerator.device)).cpu()
+    difference = (gathered - gathered[0]).abs().max().item()
+    if difference != 0:
+        raise RuntimeError(f"Trainable weights differ across processes (max difference {difference}).")
+    accelerator.print(f"Trainable weights identical on all {accelerator.num_processes} processes.")
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int) -> Path:
@@ -300,6 +324,9 @@ def train(args: argparse.Namespace) -> dict | None:
         log_with=args.report_to if args.with_tracking else None,
         project_dir=args.output_dir,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+        # Without CUDA, `accelerate launch --multi_gpu` would start independent processes; cpu=True makes them
+        # one gloo process group instead.
+        cpu=not torch.cuda.is_available(),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger(__name__).setLevel(logging.INFO)
@@ -394,6 +421,7 @@ def _is_checkpoint_step(args: argparse.Namespace, step: int, end_of_epoch: bool)
 def finish(accelerator: Accelerator, args: argparse.Namespace, model, processor) -> dict | None:
     """Save model and processor, evaluate on the test split, write the model card, push when asked."""
     accelerator.wait_for_everyone()
+    check_replicas_in_sync(accelerator, model)
     metrics = None
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(model).eval()
@@ -411,7 +439,7 @@ def finish(accelerator: Accelerator, args: argparse.Namespace, model, processor)
 
 
 def evaluate_on_test_split(args: argparse.Namespace, model, processor, device) -> dict | None:
-    dataset = load_anomaly_dataset(args.dataset_name, dataset=args.dataset, categories=args.categories)
+    dataset = load_dataset_from_args(args)
     if "test" not in dataset or len(dataset["test"]) == 0:
         logger.warning("No test split: skipping evaluation.")
         return None
@@ -426,15 +454,21 @@ def evaluate_on_test_split(args: argparse.Namespace, model, processor, device) -
 
 
 def push_output_dir(args: argparse.Namespace) -> None:
-    """Uploads the final model folder (safetensors, remote code, processor, card, metrics), not the checkpoints."""
-    from huggingface_hub import HfApi
+    """Uploads the final model folder (safetensors, remote code, processor, card, metrics, heatmaps) in one commit;
+    checkpoints, tracking logs and saved predictions stay local."""
+    from huggingface_hub import CommitOperationAdd, HfApi
 
+    output_dir = Path(args.output_dir)
+    excluded = (f"{CHECKPOINTS_DIR}/", "clipada/", "runs/", "evaluation/predictions/")
+    operations = [
+        CommitOperationAdd(path_in_repo=path.relative_to(output_dir).as_posix(), path_or_fileobj=str(path))
+        for path in sorted(output_dir.rglob("*"))
+        if path.is_file() and not path.relative_to(output_dir).as_posix().startswith(excluded)
+    ]
     api = HfApi(token=args.hub_token)
     repo_id = api.create_repo(args.hub_model_id, exist_ok=True).repo_id
-    api.upload_folder(
-        repo_id=repo_id, folder_path=args.output_dir, commit_message="Upload CLIP-ADA model",
-        ignore_patterns=[f"{CHECKPOINTS_DIR}/*", "*.partial*", "runs/*", "clipada/*", "evaluation/predictions/*"],
-    )
+    commit = api.create_commit(repo_id, operations, commit_message="Upload CLIP-ADA model")
+    logger.info(f"Pushed {len(operations)} files to {commit.commit_url}", main_process_only=True)
 
 
 def _log_plan(accelerator, args, model, dataloader, max_steps: int, num_epochs: int) -> None:
