@@ -1,0 +1,386 @@
+"""Anomaly-detection metrics (I-AUROC, P-AUROC, P-mAP, AUPRO, F1-max) as a self-contained `evaluate` module.
+
+This file is the single implementation of the metric math in the project: it needs only numpy and scipy
+(plus `evaluate`/`datasets` for the `ClipAdaAnomaly` class), so it loads by path alone, and
+`training/metrics.py` loads it by path too for its streaming `AnomalyMetrics` accumulator.
+
+Example:
+    ```python
+    >>> import evaluate
+    >>> metric = evaluate.load("metrics/clipada_anomaly")  # a local path: works offline
+    >>> results = metric.compute(
+    ...     predictions=anomaly_maps,  # (N, H, W) floats, one anomaly map per image
+    ...     references=masks,  # (N, H, W) {0, 1} ground-truth masks
+    ...     image_scores=image_scores,  # (N,) floats
+    ...     image_labels=image_labels,  # (N,) {0, 1}
+    ... )
+    >>> sorted(results)
+    ['aupro', 'image_auroc', 'image_f1_max', 'pixel_ap', 'pixel_auroc', 'pixel_f1_max']
+    ```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import datasets
+import evaluate
+import numpy as np
+from scipy import ndimage
+
+# Names of the values returned by every entry point, in the paper's column order.
+METRIC_NAMES = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "image_f1_max", "pixel_f1_max")
+
+# 8-connectivity inside each (H, W) slice of an (N, H, W) stack, and no connection between images.
+_REGION_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
+_REGION_STRUCTURE[1] = True
+
+
+class _ThresholdCounts(NamedTuple):
+    """Counts at each distinct positive score t, in descending order of t (see `_threshold_counts`)."""
+
+    negatives_above: np.ndarray  # number of negatives with score > t
+    negatives_at_or_above: np.ndarray  # number of negatives with score >= t
+    positives_at_or_above: np.ndarray  # number of positives with score >= t
+    weight_at_or_above: np.ndarray | None  # sum of the positives' weights with score >= t
+
+
+def split_pixels(anomaly_maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Splits a stack of anomaly maps into the compact buffers the pixel metrics need.
+
+    Ground-truth regions are the 8-connected components of each image's mask (MVTec-AD's definition; a
+    region never spans two images). Every anomalous pixel gets the weight `1 / |region|`, so that summing
+    the weights of the pixels above a threshold and dividing by the number of regions gives the
+    per-region overlap (PRO) at that threshold.
+
+    Args:
+        anomaly_maps (`np.ndarray` of shape `(N, H, W)` or `(N, 1, H, W)`):
+            Finite anomaly scores; stored as float32.
+        masks (`np.ndarray` of the same shape):
+            Ground truth; a pixel is anomalous where `mask > 0.5`, so bool, {0, 1}, {0, 255} and small
+            defect-class ids all work.
+
+    Returns:
+        `tuple`: `(normal_scores, anomalous_scores, anomalous_weights, num_regions)`: the float32 scores
+        of the normal pixels, the float32 scores of the anomalous pixels, their float32 region weights
+        `1 / |region|` (aligned with `anomalous_scores`), and the number of regions.
+
+    Raises:
+        ValueError: If the shapes differ, are not 3-D, or a score is NaN or infinite.
+    """
+    maps = np.asarray(anomaly_maps, dtype=np.float32)
+    anomalous = np.asarray(masks) > 0.5
+    if maps.ndim == 4 and maps.shape[1] == 1:
+        maps = maps[:, 0]
+    if anomalous.ndim == 4 and anomalous.shape[1] == 1:
+        anomalous = anomalous[:, 0]
+    if maps.ndim != 3 or maps.shape != anomalous.shape:
+        raise ValueError(
+            f"anomaly_maps and masks must both have shape (N, H, W); got {maps.shape} and {anomalous.shape}"
+        )
+    if not np.isfinite(maps).all():
+        raise ValueError("anomaly_maps must be finite; found NaN or infinite scores")
+    region_ids, num_regions = ndimage.label(anomalous, structure=_REGION_STRUCTURE)
+    anomalous_ids = region_ids[anomalous]
+    region_sizes = np.bincount(anomalous_ids)  # index 0 (normal) never occurs among the anomalous pixels
+    anomalous_weights = (1.0 / region_sizes[anomalous_ids]).astype(np.float32)
+    return maps[~anomalous], maps[anomalous], anomalous_weights, int(num_regions)
+
+
+def _threshold_counts(
+    negatives_sorted: np.ndarray, positives: np.ndarray, positive_weights: np.ndarray | None = None
+) -> _ThresholdCounts:
+    """Counts negatives and (weighted) positives at or above each distinct positive score.
+
+    Only the distinct positive scores matter: between two of them the true-positive side of every curve
+    is constant and only false positives are added, which (for ROC/PRO) is a straight horizontal piece
+    and (for precision-recall) never increases recall. Sorting the negatives once (no index array) and
+    the far fewer positives with an argsort, then two binary searches, gives every curve exactly.
+
+    Args:
+        negatives_sorted (`np.ndarray`): Negative scores, sorted ascending.
+        positives (`np.ndarray`): Positive scores (same dtype as the negatives), not empty.
+        positive_weights (`np.ndarray`, *optional*): A weight per positive (the AUPRO region weights).
+
+    Returns:
+        `_ThresholdCounts`: One entry per distinct positive score, highest score first.
+    """
+    order = np.argsort(positives)[::-1]
+    positives_sorted = positives[order]
+    starts = np.flatnonzero(np.concatenate(([True], positives_sorted[1:] != positives_sorted[:-1])))
+    thresholds = positives_sorted[starts]
+    positives_at_or_above = np.append(starts[1:], positives_sorted.size)
+    weight_at_or_above = None
+    if positive_weights is not None:
+        group_weights = np.add.reduceat(positive_weights[order].astype(np.float64), starts)
+        weight_at_or_above = np.cumsum(group_weights)
+    num_negatives = negatives_sorted.size
+    negatives_at_or_above = num_negatives - np.searchsorted(negatives_sorted, thresholds, side="left")
+    negatives_above = num_negatives - np.searchsorted(negatives_sorted, thresholds, side="right")
+    return _ThresholdCounts(negatives_above, negatives_at_or_above, positives_at_or_above, weight_at_or_above)
+
+
+def _curve_points(
+    negatives_above: np.ndarray, negatives_at_or_above: np.ndarray, y_at_or_above: np.ndarray, num_negatives: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Builds the exact (FPR, y) curve, one point per distinct score, from (0, 0) to (1, 1).
+
+    At each distinct positive score t the curve first runs horizontally to FPR(score > t) (the negatives
+    strictly above t; any distinct negative-only thresholds in between lie on this horizontal piece and
+    change neither the trapezoid area nor an interpolated value), then goes to (FPR(score >= t), y(t)),
+    which is a diagonal when negatives tie with t.
+
+    Args:
+        negatives_above (`np.ndarray`): Negatives with score > t, per distinct positive score t.
+        negatives_at_or_above (`np.ndarray`): Negatives with score >= t.
+        y_at_or_above (`np.ndarray`): The curve's y (TPR or PRO) at t, in [0, 1].
+        num_negatives (`int`): Total number of negatives.
+
+    Returns:
+        `tuple[np.ndarray, np.ndarray]`: Non-decreasing x (FPR) and the matching y, both float64.
+    """
+    num_points = 2 * y_at_or_above.size + 2
+    x = np.empty(num_points)
+    y = np.empty(num_points)
+    x[0] = y[0] = 0.0
+    x[1:-1:2] = negatives_above / num_negatives
+    y[1:-1:2] = np.concatenate(([0.0], y_at_or_above[:-1]))
+    x[2:-1:2] = negatives_at_or_above / num_negatives
+    y[2:-1:2] = y_at_or_above
+    x[-1] = y[-1] = 1.0
+    np.minimum(y, 1.0, out=y)  # float rounding of the summed region weights must not exceed 1
+    return x, y
+
+
+def _trapezoid(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
+    """Trapezoid area under (x, y) from x[0] to x_max, interpolating y linearly at x_max.
+
+    This is the `trapezoid` of the MVTec-AD evaluation code: the points with `x <= x_max` are integrated,
+    plus the piece from the last of them to the curve's linear interpolation at `x_max`.
+
+    Args:
+        x (`np.ndarray`): Non-decreasing abscissae, with `x[0] <= x_max <= x[-1]`.
+        y (`np.ndarray`): Ordinates.
+        x_max (`float`): Upper integration limit.
+
+    Returns:
+        `float`: The area.
+    """
+    end = int(np.searchsorted(x, x_max, side="right"))  # x[end - 1] <= x_max < x[end]
+    area = float(np.sum(0.5 * (y[1:end] + y[: end - 1]) * np.diff(x[:end])))
+    if end < x.size and x[end - 1] < x_max:
+        y_at_max = y[end - 1] + (y[end] - y[end - 1]) * (x_max - x[end - 1]) / (x[end] - x[end - 1])
+        area += 0.5 * (y_at_max + y[end - 1]) * (x_max - x[end - 1])
+    return float(area)
+
+
+def _ranking_metrics(counts: _ThresholdCounts, num_negatives: int, num_positives: int) -> tuple[float, float, float]:
+    """AUROC, average precision and F1-max from the threshold counts.
+
+    Args:
+        counts (`_ThresholdCounts`): From `_threshold_counts`.
+        num_negatives (`int`): Total number of negatives.
+        num_positives (`int`): Total number of positives.
+
+    Returns:
+        `tuple[float, float, float]`: `(auroc, average_precision, f1_max)`. AUROC is the trapezoid area
+        of the ROC curve (ties count one half). Average precision is `sum_n (R_n - R_{n-1}) P_n` over the
+        distinct thresholds, without interpolation (scikit-learn's `average_precision_score`). F1-max is
+        the largest `2 P R / (P + R) = 2 TP / (TP + FP + num_positives)` over all thresholds; it is
+        always reached at a distinct positive score, since lowering the threshold to the next one only
+        adds false positives.
+    """
+    true_positives = counts.positives_at_or_above
+    false_positives = counts.negatives_at_or_above
+    x, y = _curve_points(counts.negatives_above, false_positives, true_positives / num_positives, num_negatives)
+    auroc = _trapezoid(x, y, 1.0)
+    precision = true_positives / (true_positives + false_positives)
+    new_positives = np.diff(true_positives, prepend=0)
+    average_precision = float(np.sum(new_positives * precision) / num_positives)
+    f1_max = float(np.max(2.0 * true_positives / (true_positives + false_positives + num_positives)))
+    return auroc, average_precision, f1_max
+
+
+def pixel_metrics(
+    normal_scores_sorted: np.ndarray,
+    anomalous_scores: np.ndarray,
+    anomalous_weights: np.ndarray,
+    num_regions: int,
+    aupro_fpr_limit: float = 0.3,
+) -> dict[str, float]:
+    """Pixel AUROC, pixel AP (P-mAP), pixel F1-max and AUPRO from the buffers of `split_pixels`.
+
+    AUPRO follows Bergmann et al. (MVTec-AD): FPR(t) is the fraction of all normal pixels (normal images
+    included) with score >= t, PRO(t) the mean over all regions of the fraction of the region's pixels
+    with score >= t; the exact curve (one point per distinct score, from (0, 0) to (1, 1)) is integrated
+    with the trapezoid rule up to `aupro_fpr_limit` (linear interpolation there) and divided by it.
+
+    Args:
+        normal_scores_sorted (`np.ndarray`): Scores of all normal pixels, sorted ascending.
+        anomalous_scores (`np.ndarray`): Scores of all anomalous pixels (same dtype).
+        anomalous_weights (`np.ndarray`): `1 / |region|` per anomalous pixel.
+        num_regions (`int`): Number of ground-truth regions.
+        aupro_fpr_limit (`float`, *optional*, defaults to 0.3): Upper FPR limit of the AUPRO integral.
+
+    Returns:
+        `dict[str, float]`: `pixel_auroc`, `pixel_ap`, `pixel_f1_max`, `aupro`; all `nan` when there are no
+        anomalous pixels or no normal pixels (only one class present).
+
+    Raises:
+        ValueError: If `aupro_fpr_limit` is not in (0, 1].
+    """
+    if not 0.0 < aupro_fpr_limit <= 1.0:
+        raise ValueError(f"aupro_fpr_limit must be in (0, 1], got {aupro_fpr_limit}")
+    num_normal, num_anomalous = normal_scores_sorted.size, anomalous_scores.size
+    if num_normal == 0 or num_anomalous == 0:
+        return {name: float("nan") for name in ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")}
+    counts = _threshold_counts(normal_scores_sorted, anomalous_scores, anomalous_weights)
+    auroc, average_precision, f1_max = _ranking_metrics(counts, num_normal, num_anomalous)
+    fpr, pro = _curve_points(
+        counts.negatives_above, counts.negatives_at_or_above, counts.weight_at_or_above / num_regions, num_normal
+    )
+    aupro = _trapezoid(fpr, pro, aupro_fpr_limit) / aupro_fpr_limit
+    return {"pixel_auroc": auroc, "pixel_ap": average_precision, "pixel_f1_max": f1_max, "aupro": aupro}
+
+
+def image_metrics(image_scores: np.ndarray, image_labels: np.ndarray) -> dict[str, float]:
+    """Image AUROC and image F1-max.
+
+    Args:
+        image_scores (`np.ndarray` of shape `(N,)`): Finite image anomaly scores.
+        image_labels (`np.ndarray` of shape `(N,)`): 1 (or True) for anomalous images; `> 0.5` is anomalous.
+
+    Returns:
+        `dict[str, float]`: `image_auroc`, `image_f1_max`; both `nan` when only one class is present.
+
+    Raises:
+        ValueError: If the shapes differ or a score is NaN or infinite.
+    """
+    scores = np.asarray(image_scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(image_labels).reshape(-1) > 0.5
+    if scores.shape != labels.shape:
+        raise ValueError(f"image_scores and image_labels differ in length: {scores.size} and {labels.size}")
+    if not np.isfinite(scores).all():
+        raise ValueError("image_scores must be finite; found NaN or infinite scores")
+    negatives, positives = np.sort(scores[~labels]), scores[labels]
+    if negatives.size == 0 or positives.size == 0:
+        return {"image_auroc": float("nan"), "image_f1_max": float("nan")}
+    counts = _threshold_counts(negatives, positives)
+    auroc, _, f1_max = _ranking_metrics(counts, negatives.size, positives.size)
+    return {"image_auroc": auroc, "image_f1_max": f1_max}
+
+
+def anomaly_metrics(
+    anomaly_maps: Sequence[np.ndarray] | np.ndarray,
+    masks: Sequence[np.ndarray] | np.ndarray,
+    image_scores: Sequence[float] | np.ndarray,
+    image_labels: Sequence[int] | np.ndarray,
+    aupro_fpr_limit: float = 0.3,
+) -> dict[str, float]:
+    """All six metrics at once, for maps that may differ in size from image to image.
+
+    Args:
+        anomaly_maps (`Sequence[np.ndarray]` or `np.ndarray`): One `(H, W)` map per image (nested lists work).
+        masks (`Sequence[np.ndarray]` or `np.ndarray`): One `(H, W)` mask per image, same sizes.
+        image_scores (`Sequence[float]` or `np.ndarray`): One score per image.
+        image_labels (`Sequence[int]` or `np.ndarray`): One label per image, 1 for anomalous.
+        aupro_fpr_limit (`float`, *optional*, defaults to 0.3): Upper FPR limit of the AUPRO integral.
+
+    Returns:
+        `dict[str, float]`: The values named in `METRIC_NAMES`, in [0, 1] or `nan` (see `pixel_metrics`).
+
+    Raises:
+        ValueError: On mismatched inputs or non-finite scores.
+    """
+    if len(anomaly_maps) != len(masks):
+        raise ValueError(f"got {len(anomaly_maps)} anomaly maps but {len(masks)} masks")
+    normal, anomalous, weights, num_regions = [], [], [], 0
+    for anomaly_map, mask in zip(anomaly_maps, masks):
+        parts = split_pixels(np.asarray(anomaly_map, dtype=np.float32)[None], np.asarray(mask)[None])
+        normal.append(parts[0])
+        anomalous.append(parts[1])
+        weights.append(parts[2])
+        num_regions += parts[3]
+    normal_sorted = np.sort(np.concatenate(normal)) if normal else np.empty(0, dtype=np.float32)
+    anomalous_scores = np.concatenate(anomalous) if anomalous else np.empty(0, dtype=np.float32)
+    anomalous_weights = np.concatenate(weights) if weights else np.empty(0, dtype=np.float32)
+    results = pixel_metrics(normal_sorted, anomalous_scores, anomalous_weights, num_regions, aupro_fpr_limit)
+    results.update(image_metrics(image_scores, image_labels))
+    return {name: float(results[name]) for name in METRIC_NAMES}
+
+
+_CITATION = """\
+@inproceedings{bergmann2019mvtec,
+  title={MVTec AD -- A Comprehensive Real-World Dataset for Unsupervised Anomaly Detection},
+  author={Bergmann, Paul and Fauser, Michael and Sattlegger, David and Steger, Carsten},
+  booktitle={CVPR},
+  year={2019}
+}
+"""
+
+_DESCRIPTION = """\
+Industrial anomaly-detection metrics as the CLIP-ADA paper and the MVTec-AD / VisA literature report
+them, for one category: image AUROC, pixel AUROC, pixel average precision (P-mAP), AUPRO (per-region
+overlap integrated up to FPR 0.3, divided by 0.3, on the exact curve) and F1-max (image and pixel).
+All are computed exactly by sorting (ties handled), with numpy and scipy only.
+"""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions (`list` of 2-D float arrays): One anomaly map per image (sizes may differ between images).
+    references (`list` of 2-D arrays): One ground-truth mask per image, same size as its map; a pixel is
+        anomalous where mask > 0.5 ({0, 1}, bool, {0, 255} and defect-class ids all work).
+    image_scores (`list` of `float`): One anomaly score per image.
+    image_labels (`list` of `int`): 1 for an anomalous image, 0 for a normal one.
+    aupro_fpr_limit (`float`, *optional*, defaults to 0.3): Upper FPR limit of the AUPRO integral.
+Returns:
+    image_auroc, pixel_auroc, pixel_ap, aupro, image_f1_max, pixel_f1_max (`float` in [0, 1]): `nan` when
+    only one class is present (e.g. no anomalous pixel, or no normal image).
+Examples:
+    >>> metric = evaluate.load("metrics/clipada_anomaly")
+    >>> results = metric.compute(
+    ...     predictions=[[[0.9, 0.1], [0.2, 0.3]], [[0.1, 0.2], [0.1, 0.1]]],
+    ...     references=[[[1, 0], [0, 0]], [[0, 0], [0, 0]]],
+    ...     image_scores=[0.9, 0.2],
+    ...     image_labels=[1, 0],
+    ... )
+    >>> results["pixel_auroc"], results["aupro"]
+    (1.0, 1.0)
+"""
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class ClipAdaAnomaly(evaluate.Metric):
+    """Anomaly-detection metrics for one category; `compute` returns the dict of `anomaly_metrics`."""
+
+    def _info(self) -> evaluate.MetricInfo:
+        """Declares per-image inputs: 2-D maps and masks of any size, a score and a label."""
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features(
+                {
+                    "predictions": datasets.Sequence(datasets.Sequence(datasets.Value("float32"))),
+                    "references": datasets.Sequence(datasets.Sequence(datasets.Value("float32"))),
+                    "image_scores": datasets.Value("float64"),
+                    "image_labels": datasets.Value("int64"),
+                }
+            ),
+            reference_urls=["https://www.mvtec.com/company/research/datasets/mvtec-ad"],
+        )
+
+    def _compute(
+        self,
+        predictions: list,
+        references: list,
+        image_scores: list,
+        image_labels: list,
+        aupro_fpr_limit: float = 0.3,
+    ) -> dict[str, float]:
+        """Computes all six metrics; see `anomaly_metrics`."""
+        return anomaly_metrics(predictions, references, image_scores, image_labels, aupro_fpr_limit)
+
+
+__all__ = ["METRIC_NAMES", "ClipAdaAnomaly", "anomaly_metrics", "image_metrics", "pixel_metrics", "split_pixels"]

@@ -1,0 +1,267 @@
+"""Write tiny fake MVTec-AD and VisA trees (optionally with one injected defect) for offline data tests.
+
+Example:
+    >>> tree = write_mvtec_tree(tmp_path / "mvtec", bad_case="missing_mask")
+    >>> tree.bad_file  # the file the loader's error message must name
+    PosixPath('.../mvtec/bottle/test/crack/001.png')
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+MVTEC_BAD_CASES = (
+    "missing_mask",  # an anomalous image without its ground-truth mask
+    "orphan_mask",  # a mask whose test image is missing
+    "mask_size",  # a mask whose size differs from its image
+    "corrupt_image",  # an image file holding garbage
+    "truncated_image",  # a PNG cut in half
+    "empty_train",  # train/good holds no image (only a .DS_Store)
+    "no_test",  # the category has no test/ folder
+)
+VISA_BAD_CASES = (
+    "missing_file",  # a csv row pointing at an image that does not exist
+    "missing_mask_file",  # a csv row pointing at a mask that does not exist
+    "missing_mask",  # an anomaly row with an empty mask column
+    "mask_size",  # a mask whose size differs from its image
+    "corrupt_image",  # an image file holding garbage
+    "truncated_image",  # a JPEG cut in half
+    "empty_train",  # an object without train rows
+)
+VISA_HEADER = ("object", "split", "label", "image", "mask")
+
+
+@dataclasses.dataclass
+class FakeTree:
+    """A fake dataset tree on disk.
+
+    Attributes:
+        root: The dataset root.
+        bad_file: The file or folder an injected defect concerns (its error must name it), else ``None``.
+    """
+
+    root: Path
+    bad_file: Path | None = None
+
+
+def write_mvtec_tree(
+    root: str | Path,
+    categories: Sequence[str] = ("bottle", "grid"),
+    *,
+    defects: Sequence[str] = ("crack", "scratch"),
+    num_train: int = 2,
+    num_test_good: int = 1,
+    num_per_defect: int = 2,
+    size: tuple[int, int] = (20, 16),
+    grayscale: Sequence[str] = ("grid",),
+    bad_case: str | None = None,
+) -> FakeTree:
+    """Write a fake MVTec-AD tree with stray files, nested .DS_Store files and grayscale categories.
+
+    Args:
+        root: Folder to create.
+        categories: Category folders to write.
+        defects: Defect folders of every category (numbering restarts at 000 in each).
+        num_train: Images in ``train/good``.
+        num_test_good: Images in ``test/good``.
+        num_per_defect: Images (and masks) per defect.
+        size: Image size as (width, height).
+        grayscale: Categories whose images are single-channel (mode ``L``), like grid/screw/zipper.
+        bad_case: One of `MVTEC_BAD_CASES`, injected into the first category and defect.
+
+    Returns:
+        The written tree.
+    """
+    root = Path(root)
+    _write_strays(root, ("readme.txt", "license.txt", ".DS_Store"))
+    rng = np.random.default_rng(0)
+    for category in categories:
+        mode = "L" if category in grayscale else "RGB"
+        category_dir = root / category
+        _write_strays(category_dir, (".DS_Store", "readme.txt"))
+        _write_images(category_dir / "train" / "good", num_train, size, mode, rng)
+        _write_images(category_dir / "test" / "good", num_test_good, size, mode, rng)
+        for defect in defects:
+            _write_images(category_dir / "test" / defect, num_per_defect, size, mode, rng)
+            for index in range(num_per_defect):
+                _write_mask(category_dir / "ground_truth" / defect / f"{index:03d}_mask.png", size, index, 255)
+            _write_strays(category_dir / "ground_truth" / defect, (".DS_Store",))
+    bad_file = _inject_mvtec(root / categories[0], defects[0], bad_case) if bad_case else None
+    return FakeTree(root, bad_file)
+
+
+def write_visa_tree(
+    root: str | Path,
+    objects: Sequence[str] = ("candle", "pcb1"),
+    *,
+    num_train: int = 2,
+    num_test_normal: int = 1,
+    num_anomaly: int = 2,
+    size: tuple[int, int] = (24, 16),
+    missing_rows: int = 0,
+    bad_case: str | None = None,
+) -> FakeTree:
+    """Write a fake VisA tree: a CRLF ``split_csv/1cls.csv``, upper-case ``.JPG`` images, defect-id masks.
+
+    Args:
+        root: Folder to create.
+        objects: Object folders to write.
+        num_train: Normal train images per object.
+        num_test_normal: Normal test images per object.
+        num_anomaly: Anomalous test images per object (masks hold the defect ids 1 and 2).
+        size: Image size as (width, height).
+        missing_rows: Extra csv rows per object (and for an object ``absent`` without any folder) whose
+            files do not exist, as in a partial download.
+        bad_case: One of `VISA_BAD_CASES`, injected into the first object.
+
+    Returns:
+        The written tree.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(1)
+    rows = []
+    for obj in objects:
+        rows += _write_visa_object(root, obj, num_train, num_test_normal, num_anomaly, size, rng)
+        rows += _missing_rows(obj, missing_rows)
+    rows += _missing_rows("absent", missing_rows)
+    bad_file = _inject_visa(root, objects[0], rows, bad_case) if bad_case else None
+    _write_csv(root / "split_csv" / "1cls.csv", VISA_HEADER, rows)
+    return FakeTree(root, bad_file)
+
+
+def _write_visa_object(
+    root: Path, obj: str, num_train: int, num_test_normal: int, num_anomaly: int, size: tuple[int, int], rng
+) -> list[tuple[str, ...]]:
+    """Write one VisA object's images, masks and ``image_anno.csv``; return its split-csv rows."""
+    images, masks = f"{obj}/Data/Images", f"{obj}/Data/Masks"
+    rows = []
+    for index in range(num_train + num_test_normal):
+        name = f"{images}/Normal/{index:04d}.JPG"
+        _write_image(root / name, size, "RGB", rng, "JPEG")
+        rows.append((obj, "train" if index < num_train else "test", "normal", name, ""))
+    annotations = []
+    for index in range(num_anomaly):
+        name, mask = f"{images}/Anomaly/{index:03d}.JPG", f"{masks}/Anomaly/{index:03d}.png"
+        _write_image(root / name, size, "RGB", rng, "JPEG")
+        _write_mask(root / mask, size, index, 1 + index % 2)
+        rows.append((obj, "test", "anomaly", name, mask))
+        annotations.append((name, "scratch" if index % 2 == 0 else "chip,scratch", mask))
+    _write_csv(root / obj / "image_anno.csv", ("image", "label", "mask"), annotations)
+    return rows
+
+
+def _missing_rows(obj: str, count: int) -> list[tuple[str, ...]]:
+    """Csv rows for files that were never written."""
+    return [(obj, "test", "normal", f"{obj}/Data/Images/Normal/9{i:03d}.JPG", "") for i in range(count)]
+
+
+def _inject_mvtec(category_dir: Path, defect: str, bad_case: str) -> Path:
+    """Break a clean MVTec-AD category in the way ``bad_case`` names; return the file the error must name."""
+    image, mask = category_dir / "test" / defect / "001.png", category_dir / "ground_truth" / defect / "001_mask.png"
+    if bad_case == "missing_mask":
+        mask.unlink()
+        return image
+    if bad_case == "orphan_mask":
+        image.unlink()
+        return mask
+    if bad_case == "mask_size":
+        with Image.open(mask) as m:
+            Image.new("L", (m.width + 3, m.height)).save(mask)
+        return mask
+    if bad_case == "corrupt_image":
+        image.write_bytes(b"this is not a png file at all" * 4)
+        return image
+    if bad_case == "truncated_image":
+        return _truncate(category_dir / "train" / "good" / "000.png")
+    if bad_case == "empty_train":
+        train_dir = category_dir / "train" / "good"
+        for path in train_dir.glob("*.png"):
+            path.unlink()
+        return train_dir
+    if bad_case == "no_test":
+        shutil.rmtree(category_dir / "test")
+        return category_dir / "test"
+    raise ValueError(f"unknown bad_case {bad_case!r}; expected one of {MVTEC_BAD_CASES}")
+
+
+def _inject_visa(root: Path, obj: str, rows: list[tuple[str, ...]], bad_case: str) -> Path:
+    """Break a clean VisA tree (editing ``rows`` in place); return the file the error must name."""
+    anomaly = next(i for i, r in enumerate(rows) if r[0] == obj and r[2] == "anomaly")
+    image, mask = root / rows[anomaly][3], root / rows[anomaly][4]
+    if bad_case == "missing_file":
+        image.unlink()
+        return image
+    if bad_case == "missing_mask_file":
+        mask.unlink()
+        return mask
+    if bad_case == "missing_mask":
+        rows[anomaly] = rows[anomaly][:4] + ("",)
+        return image
+    if bad_case == "mask_size":
+        Image.new("L", (7, 5)).save(mask)
+        return mask
+    if bad_case == "corrupt_image":
+        image.write_bytes(b"\xff\xd8\xff garbage")
+        return image
+    if bad_case == "truncated_image":
+        return _truncate(image)
+    if bad_case == "empty_train":
+        rows[:] = [r for r in rows if not (r[0] == obj and r[1] == "train")]
+        return root / "split_csv" / "1cls.csv"
+    raise ValueError(f"unknown bad_case {bad_case!r}; expected one of {VISA_BAD_CASES}")
+
+
+def _write_images(folder: Path, count: int, size: tuple[int, int], mode: str, rng) -> None:
+    """Write ``count`` random PNG images named 000.png, 001.png, ... plus a nested .DS_Store."""
+    for index in range(count):
+        _write_image(folder / f"{index:03d}.png", size, mode, rng, "PNG")
+    _write_strays(folder, (".DS_Store",))
+
+
+def _write_image(path: Path, size: tuple[int, int], mode: str, rng, image_format: str) -> None:
+    """Write one random image of (width, height) ``size``."""
+    shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path, format=image_format)
+
+
+def _write_mask(path: Path, size: tuple[int, int], index: int, value: int) -> None:
+    """Write a mask with one rectangle of ``value`` whose position depends on ``index``."""
+    mask = np.zeros((size[1], size[0]), dtype=np.uint8)
+    mask[2 + index % 3 : 7 + index % 3, 3:9] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask).save(path)
+
+
+def _write_strays(folder: Path, names: Sequence[str]) -> None:
+    """Write non-image files the loaders must ignore."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"\x00\x01stray")
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Write a csv with CRLF line endings, as VisA ships it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\r\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _truncate(path: Path) -> Path:
+    """Cut a file to half its length."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+__all__ = ["MVTEC_BAD_CASES", "VISA_BAD_CASES", "FakeTree", "write_mvtec_tree", "write_visa_tree"]

@@ -1,0 +1,430 @@
+"""Tests of the MVTec-AD / VisA loaders (training/data.py) and the prepare_dataset command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from fake_trees import MVTEC_BAD_CASES, VISA_BAD_CASES, write_mvtec_tree, write_visa_tree
+from training import prepare_dataset
+from training.data import (
+    DatasetFormatError,
+    build_mvtec_ad,
+    build_visa,
+    infer_dataset_layout,
+    load_anomaly_dataset,
+    save_dataset_atomically,
+)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_datasets_cache(tmp_path, monkeypatch):
+    """Keep the Arrow caches of every test in its own temporary folder, without progress bars."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    yield
+    if enabled:
+        datasets.enable_progress_bars()
+
+
+def counts(dataset_dict: datasets.DatasetDict) -> dict[str, dict[tuple[str, str], int]]:
+    """Rows per split and (category, defect_type)."""
+    return {name: dict(Counter(zip(s["category"], s["defect_type"]))) for name, s in dataset_dict.items()}
+
+
+def assert_well_formed(dataset_dict: datasets.DatasetDict) -> None:
+    """Images are RGB; masks are None for normal images, else binary 0/255 L masks of the image's size."""
+    for split in dataset_dict.values():
+        assert split.features["label"].names == ["good", "anomaly"]
+        for row in split:
+            assert row["image"].mode == "RGB"
+            assert (row["label"] == 0) == (row["defect_type"] == "good")
+            if row["label"] == 0:
+                assert row["mask"] is None
+                continue
+            assert row["mask"].mode == "L" and row["mask"].size == row["image"].size
+            values = set(np.unique(np.asarray(row["mask"])).tolist())
+            assert values <= {0, 255} and 255 in values
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run prepare_dataset's main in-process; return (exit code, stdout, stderr)."""
+    code = prepare_dataset.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Hidden staging/cache folders left behind in ``folder``."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+# ----------------------------------------------------------------------------------------------------
+# MVTec-AD layout
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_mvtec_tree_gives_expected_rows_and_columns(tmp_path):
+    tree = write_mvtec_tree(tmp_path / "mvtec")
+    dataset = build_mvtec_ad(tree.root)
+    assert counts(dataset) == {
+        "train": {("bottle", "good"): 2, ("grid", "good"): 2},
+        "test": {(c, d): n for c in ("bottle", "grid") for d, n in (("good", 1), ("crack", 2), ("scratch", 2))},
+    }
+    assert set(dataset["train"].column_names) == {"image", "mask", "label", "category", "defect_type", "image_path"}
+    assert dataset["test"]["image_path"][:3] == [
+        "bottle/test/crack/000.png",
+        "bottle/test/crack/001.png",
+        "bottle/test/good/000.png",
+    ]
+    assert_well_formed(dataset)  # also checks the grayscale "grid" images came out RGB
+
+
+def test_mvtec_masks_are_paired_by_stem_within_each_defect_folder(tmp_path):
+    tree = write_mvtec_tree(tmp_path / "mvtec", categories=("bottle",), num_per_defect=3)
+    test = build_mvtec_ad(tree.root)["test"]
+    for row in test:
+        if row["label"] == 1:
+            index = int(Path(row["image_path"]).stem)  # the fake mask's rectangle starts at row 2 + index % 3
+            rows = np.nonzero(np.asarray(row["mask"]).any(axis=1))[0]
+            assert rows[0] == 2 + index % 3
+
+
+def test_mvtec_category_folder_can_be_the_root(tmp_path):
+    tree = write_mvtec_tree(tmp_path / "mvtec")
+    dataset = load_anomaly_dataset(str(tree.root / "grid"))
+    assert set(dataset["test"]["category"]) == {"grid"}
+    assert dataset["train"]["image_path"][0] == "grid/train/good/000.png"
+
+
+def test_categories_filter_raw_folder_and_unknown_category_lists_available(tmp_path):
+    tree = write_mvtec_tree(tmp_path / "mvtec")
+    dataset = load_anomaly_dataset(str(tree.root), categories=["grid"])
+    assert set(dataset["train"]["category"]) == set(dataset["test"]["category"]) == {"grid"}
+    with pytest.raises(DatasetFormatError, match="unknown categories 'cable'.*available: bottle, grid"):
+        load_anomaly_dataset(str(tree.root), categories=["cable"])
+
+
+@pytest.mark.parametrize("bad_case", MVTEC_BAD_CASES)
+def test_mvtec_bad_input_raises_error_naming_the_file(tmp_path, bad_case):
+    tree = write_mvtec_tree(tmp_path / "mvtec", bad_case=bad_case)
+    with pytest.raises(DatasetFormatError) as error:
+        load_anomaly_dataset(str(tree.root))
+    assert str(tree.bad_file) in str(error.value)
+
+
+def test_truncated_image_is_caught_even_when_pil_allows_truncated_images(tmp_path, monkeypatch):
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    tree = write_mvtec_tree(tmp_path / "mvtec", bad_case="truncated_image")
+    with pytest.raises(DatasetFormatError, match="truncated"):
+        build_mvtec_ad(tree.root)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the user's setting is restored
+
+
+def test_changed_files_are_not_served_from_a_stale_cache(tmp_path):
+    tree = write_mvtec_tree(tmp_path / "mvtec", categories=("bottle",))
+    first = build_mvtec_ad(tree.root)["train"][0]["image"]
+    image_file = tree.root / "bottle" / "train" / "good" / "000.png"
+    Image.new("RGB", first.size, (255, 0, 0)).save(image_file)
+    os.utime(image_file, ns=(image_file.stat().st_atime_ns, image_file.stat().st_mtime_ns + 10**9))
+    second = build_mvtec_ad(tree.root)["train"][0]["image"]
+    assert np.asarray(second)[0, 0].tolist() == [255, 0, 0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# VisA layout
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_visa_tree_gives_expected_rows_binary_masks_and_defect_types(tmp_path):
+    tree = write_visa_tree(tmp_path / "visa")
+    assert b"\r\n" in (tree.root / "split_csv" / "1cls.csv").read_bytes()
+    dataset = load_anomaly_dataset(str(tree.root))
+    assert counts(dataset) == {
+        "train": {("candle", "good"): 2, ("pcb1", "good"): 2},
+        "test": {(c, d): 1 for c in ("candle", "pcb1") for d in ("good", "scratch", "chip,scratch")},
+    }
+    assert dataset["test"]["image_path"][1] == "candle/Data/Images/Anomaly/000.JPG"
+    assert_well_formed(dataset)  # the fake masks hold defect ids 1 and 2, not 255
+
+
+def test_visa_missing_files_need_the_flag(tmp_path):
+    tree = write_visa_tree(tmp_path / "visa", missing_rows=2)
+    with pytest.raises(DatasetFormatError, match="9000.JPG: file not found.*allow_missing_files"):
+        build_visa(tree.root)
+    dataset = build_visa(tree.root, allow_missing_files=True)
+    assert sum(counts(dataset)["test"].values()) == 6  # the missing rows and the absent object are dropped
+    with pytest.raises(DatasetFormatError, match="empty train split for category 'pcb1'"):
+        build_visa(write_visa_tree(tmp_path / "test_only", num_train=0).root, categories=["pcb1"])
+    with pytest.raises(DatasetFormatError, match="1cls.csv: none of the files listed for absent exist"):
+        build_visa(tree.root, categories=["absent"], allow_missing_files=True)
+
+
+@pytest.mark.parametrize("bad_case", VISA_BAD_CASES)
+def test_visa_bad_input_raises_error_naming_the_file(tmp_path, bad_case):
+    tree = write_visa_tree(tmp_path / "visa", bad_case=bad_case)
+    with pytest.raises(DatasetFormatError) as error:
+        load_anomaly_dataset(str(tree.root), dataset="visa")
+    assert str(tree.bad_file) in str(error.value)
+
+
+def test_visa_csv_with_wrong_columns_is_rejected(tmp_path):
+    tree = write_visa_tree(tmp_path / "visa")
+    csv_file = tree.root / "split_csv" / "1cls.csv"
+    csv_file.write_text("object,split,image\r\ncandle,train,x.JPG\r\n")
+    with pytest.raises(DatasetFormatError, match=f"{csv_file}: missing columns label, mask"):
+        build_visa(tree.root)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layout inference, saved folders and Hub ids
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_layout_is_inferred_and_unknown_layouts_are_named(tmp_path):
+    assert infer_dataset_layout(write_mvtec_tree(tmp_path / "m").root) == "mvtec_ad"
+    assert infer_dataset_layout(write_visa_tree(tmp_path / "v").root) == "visa"
+    (tmp_path / "other" / "stuff").mkdir(parents=True)
+    with pytest.raises(DatasetFormatError, match=f"{tmp_path / 'other'}: cannot tell the dataset layout"):
+        load_anomaly_dataset(str(tmp_path / "other"))
+    with pytest.raises(DatasetFormatError, match="1cls.csv: VisA split csv not found"):
+        load_anomaly_dataset(str(tmp_path / "m"), dataset="visa")
+    with pytest.raises(DatasetFormatError, match="unknown dataset 'mvtec'"):
+        load_anomaly_dataset(str(tmp_path / "m"), dataset="mvtec")
+
+
+def test_missing_local_folder_is_an_error_without_trying_the_hub(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the Hub must not be tried"))
+    with pytest.raises(DatasetFormatError, match="folder not found"):
+        load_anomaly_dataset(str(tmp_path / "does_not_exist"))
+    with pytest.raises(DatasetFormatError, match="data_dir not found"):
+        build_mvtec_ad(tmp_path / "does_not_exist")
+
+
+def test_saved_dataset_reloads_and_filters_categories(tmp_path):
+    saved = save_dataset_atomically(build_mvtec_ad(write_mvtec_tree(tmp_path / "raw").root), tmp_path / "out")
+    assert leftovers(tmp_path) == []
+    reloaded = load_anomaly_dataset(str(saved), categories=["bottle"])
+    assert counts(reloaded)["train"] == {("bottle", "good"): 2}
+    assert sum(counts(reloaded)["test"].values()) == 5
+    assert not list(saved.glob("*/cache-*"))  # filtering wrote nothing into the saved folder
+    with pytest.raises(DatasetFormatError, match="unknown categories 'wood'.*available: bottle, grid"):
+        load_anomaly_dataset(str(saved), categories=["wood"])
+
+
+def test_saved_dataset_without_the_expected_columns_is_rejected(tmp_path):
+    plain = datasets.DatasetDict({s: datasets.Dataset.from_dict({"image": ["a"]}) for s in ("train", "test")})
+    plain.save_to_disk(str(tmp_path / "plain"))
+    with pytest.raises(DatasetFormatError, match="lacks the columns mask, label, category, defect_type"):
+        load_anomaly_dataset(str(tmp_path / "plain"))
+
+
+def test_hub_id_is_loaded_with_load_dataset_and_filtered(tmp_path, monkeypatch):
+    built = build_mvtec_ad(write_mvtec_tree(tmp_path / "raw").root)
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, *a, **k: calls.append(name) or built)
+    dataset = load_anomaly_dataset("someone/mvtec_ad", categories=["grid"])
+    assert calls == ["someone/mvtec_ad"]
+    assert set(dataset["test"]["category"]) == {"grid"}
+
+
+def test_hub_failure_becomes_a_format_error(monkeypatch):
+    def fail(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", fail)
+    with pytest.raises(DatasetFormatError, match="someone/nothing: not an existing folder.*offline"):
+        load_anomaly_dataset("someone/nothing")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Atomic saving and the command line
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_failed_save_leaves_no_output_and_keeps_an_existing_one(tmp_path, monkeypatch):
+    dataset = build_mvtec_ad(write_mvtec_tree(tmp_path / "raw", categories=("bottle",)).root)
+    out = tmp_path / "out"
+
+    def broken_save(self, path, **kwargs):
+        (Path(path) / "half_written.arrow").write_bytes(b"x")
+        raise RuntimeError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(datasets.DatasetDict, "save_to_disk", broken_save)
+        with pytest.raises(RuntimeError, match="disk full"):
+            save_dataset_atomically(dataset, out)
+    assert not out.exists() and leftovers(tmp_path) == []
+    save_dataset_atomically(dataset, out)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with monkeypatch.context() as patch:
+        patch.setattr(datasets.DatasetDict, "save_to_disk", broken_save)
+        with pytest.raises(RuntimeError):
+            save_dataset_atomically(dataset, out)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert leftovers(tmp_path) == []
+
+
+def test_save_refuses_to_replace_an_unrelated_folder(tmp_path):
+    dataset = build_mvtec_ad(write_mvtec_tree(tmp_path / "raw", categories=("bottle",)).root)
+    (tmp_path / "home" / "notes.txt").parent.mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("keep me")
+    with pytest.raises(DatasetFormatError, match="not empty and not a saved dataset"):
+        save_dataset_atomically(dataset, tmp_path / "home")
+    assert (tmp_path / "home" / "notes.txt").read_text() == "keep me"
+
+
+def test_cli_writes_a_self_contained_dataset(tmp_path, capsys):
+    tree = write_mvtec_tree(tmp_path / "raw")
+    out = tmp_path / "out"
+    argv = ["--dataset", "mvtec_ad", "--data_dir", str(tree.root), "--output_dir", str(out)]
+    code, stdout, _ = run_cli(argv, capsys)
+    assert code == 0 and "grid" in stdout and "scratch" in stdout
+    assert leftovers(tmp_path) == []
+    for path in tree.root.rglob("*.png"):
+        path.unlink()  # the saved dataset must not need the raw files
+    reloaded = load_anomaly_dataset(str(out))
+    raw_images = reloaded["test"].cast_column("image", datasets.Image(decode=False))["image"]
+    assert all(item["bytes"] for item in raw_images)
+    assert_well_formed(reloaded)
+    code, _, _ = run_cli(["--data_dir", str(out), "--output_dir", str(out), "--categories", "grid"], capsys)
+    assert code == 0 and set(load_anomaly_dataset(str(out))["train"]["category"]) == {"grid"}
+
+
+@pytest.mark.parametrize(
+    "layout, bad_case", [("mvtec", c) for c in MVTEC_BAD_CASES] + [("visa", c) for c in VISA_BAD_CASES]
+)
+def test_cli_bad_input_exits_2_names_the_file_and_writes_nothing(tmp_path, capsys, layout, bad_case):
+    writer = write_mvtec_tree if layout == "mvtec" else write_visa_tree
+    tree = writer(tmp_path / "raw", bad_case=bad_case)
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(["--data_dir", str(tree.root), "--output_dir", str(out)], capsys)
+    assert code == 2
+    assert stderr.startswith("error: ") and str(tree.bad_file) in stderr
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--categories", "cable"], "unknown categories 'cable'"), ([], "data_dir not found")],
+)
+def test_cli_unknown_category_and_missing_data_dir(tmp_path, capsys, extra, message):
+    data_dir = write_mvtec_tree(tmp_path / "raw").root if extra else tmp_path / "missing"
+    code, _, stderr = run_cli(["--data_dir", str(data_dir), "--output_dir", str(tmp_path / "out"), *extra], capsys)
+    assert code == 2 and message in stderr and not (tmp_path / "out").exists()
+
+
+def test_cli_process_exit_code_without_traceback(tmp_path):
+    tree = write_mvtec_tree(tmp_path / "raw", bad_case="missing_mask")
+    command = [sys.executable, "-m", "training.prepare_dataset", "--data_dir", str(tree.root)]
+    result = subprocess.run(
+        [*command, "--output_dir", str(tmp_path / "out")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 2
+    assert f"error: {tree.bad_file}" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_push_to_hub_calls_datasetdict_push_to_hub(tmp_path, capsys, monkeypatch):
+    pushed = []
+    monkeypatch.setattr(datasets.DatasetDict, "push_to_hub", lambda self, repo_id, **k: pushed.append((repo_id, self)))
+    tree = write_mvtec_tree(tmp_path / "raw", categories=("bottle",))
+    argv = ["--data_dir", str(tree.root), "--output_dir", str(tmp_path / "out"), "--push_to_hub"]
+    code, _, _ = run_cli([*argv, "--hub_dataset_id", "user/fake_mvtec"], capsys)
+    assert code == 0 and [repo for repo, _ in pushed] == ["user/fake_mvtec"]
+    assert pushed[0][1]["test"].num_rows == 5
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_dataset.parse_args(argv)
+    assert exit_info.value.code == 2
+
+
+# ----------------------------------------------------------------------------------------------------
+# Real MVTec-AD / VisA files (../shared/realdata beside the repository), skipped when absent
+# ----------------------------------------------------------------------------------------------------
+
+
+needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason=f"real sample files not found at {REALDATA}")
+
+REAL_MVTEC_COUNTS = {
+    "train": {("bottle", "good"): 5, ("leather", "good"): 2},
+    "test": {
+        ("bottle", "good"): 5,
+        ("bottle", "broken_large"): 20,
+        ("bottle", "contamination"): 5,
+        ("leather", "good"): 2,
+        ("leather", "cut"): 2,
+        ("leather", "glue"): 3,
+    },
+}
+REAL_VISA_COUNTS = {
+    "train": {("capsules", "good"): 3, ("macaroni1", "good"): 3},
+    "test": {
+        ("capsules", "good"): 3,
+        ("capsules", "bubble"): 10,
+        ("capsules", "bubble,discolor"): 1,
+        ("macaroni1", "good"): 3,
+        ("macaroni1", "chip around edge and corner"): 7,
+        ("macaroni1", "chip around edge and corner,small scratches"): 3,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def real_outputs(tmp_path_factory) -> dict[str, Path]:
+    """The real MVTec-AD and VisA samples converted once with the command line."""
+    if not REALDATA.is_dir():
+        pytest.skip(f"real sample files not found at {REALDATA}")
+    folder = tmp_path_factory.mktemp("real")
+    outputs = {"mvtec": folder / "mvtec", "visa": folder / "visa"}
+    mvtec = ["--dataset", "mvtec_ad", "--data_dir", str(REALDATA / "mvtec"), "--categories", "bottle", "leather"]
+    visa = ["--data_dir", str(REALDATA / "visa"), "--categories", "capsules", "macaroni1", "--skip_missing_files"]
+    assert prepare_dataset.main([*mvtec, "--output_dir", str(outputs["mvtec"])]) == 0
+    assert prepare_dataset.main([*visa, "--output_dir", str(outputs["visa"])]) == 0
+    return outputs
+
+
+@needs_realdata
+@pytest.mark.parametrize("name, expected", [("mvtec", REAL_MVTEC_COUNTS), ("visa", REAL_VISA_COUNTS)])
+def test_real_files_give_expected_counts_and_well_formed_rows(real_outputs, name, expected):
+    dataset = load_anomaly_dataset(str(real_outputs[name]))
+    assert counts(dataset) == expected
+    assert_well_formed(dataset)
+
+
+@needs_realdata
+def test_real_image_sizes_and_paths(real_outputs):
+    visa_test = load_anomaly_dataset(str(real_outputs["visa"]), categories=["capsules"])["test"]
+    assert visa_test[0]["image"].size == (1500, 1000)
+    assert all(p.startswith("capsules/Data/Images/") and p.endswith(".JPG") for p in visa_test["image_path"])
+    bottle = load_anomaly_dataset(str(real_outputs["mvtec"]), categories=["bottle"])["test"]
+    assert "bottle/test/broken_large/000.png" in bottle["image_path"]
+
+
+@needs_realdata
+def test_real_visa_without_the_flag_names_a_missing_file():
+    with pytest.raises(DatasetFormatError, match=r"\.JPG: file not found.*skip_missing_files"):
+        build_visa(REALDATA / "visa", categories=["capsules"])
+
+
+@needs_realdata
+@pytest.mark.parametrize("folder", ["mvtec_partial", "mvtec_partial/screw"])
+def test_real_partial_category_without_test_folder_is_a_clear_error(folder):
+    with pytest.raises(DatasetFormatError, match=r"mvtec_partial/screw/test: folder not found"):
+        load_anomaly_dataset(str(REALDATA / folder))

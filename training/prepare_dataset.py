@@ -1,0 +1,173 @@
+"""Convert a raw MVTec-AD or VisA download into a self-contained Hugging Face `DatasetDict` on disk.
+
+The output folder (written with `save_to_disk`, splits ``train`` and ``test``) embeds the image and
+mask bytes, so it survives deleting the raw folder; it appears only once complete. Bad input prints
+``error: ...`` naming the offending file and exits with code 2.
+
+Example:
+    $ python -m training.prepare_dataset --dataset mvtec_ad --data_dir ~/mvtec_anomaly_detection \\
+        --output_dir ~/data/mvtec_ad_hf --categories bottle leather
+    $ python -m training.prepare_dataset --dataset visa --data_dir ~/VisA --output_dir ~/data/visa_hf \\
+        --skip_missing_files --push_to_hub --hub_dataset_id user/visa
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+
+from training.data import DATASET_NAMES, DatasetFormatError, load_anomaly_dataset, save_dataset_atomically
+
+
+logger = logging.getLogger(__name__)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line.
+
+    Args:
+        argv: Arguments without the program name; ``sys.argv[1:]`` when ``None``.
+
+    Returns:
+        The parsed arguments.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m training.prepare_dataset",
+        description="Convert a raw MVTec-AD or VisA folder into a Hugging Face DatasetDict (save_to_disk).",
+    )
+    parser.add_argument(
+        "--dataset", choices=DATASET_NAMES, default=None, help="Layout of --data_dir (default: inferred)."
+    )
+    parser.add_argument("--data_dir", type=Path, required=True, help="The raw dataset folder.")
+    parser.add_argument("--output_dir", type=Path, required=True, help="Folder to write the DatasetDict to.")
+    parser.add_argument("--categories", nargs="+", default=None, help="Only these categories (default: all).")
+    parser.add_argument(
+        "--skip_missing_files",
+        action="store_true",
+        help="VisA: keep only the split-csv rows whose files exist (for partial downloads).",
+    )
+    parser.add_argument("--push_to_hub", action="store_true", help="Also push the dataset to the Hub.")
+    parser.add_argument("--hub_dataset_id", default=None, help="Hub dataset repository, e.g. user/mvtec_ad.")
+    args = parser.parse_args(argv)
+    if args.push_to_hub and not args.hub_dataset_id:
+        parser.error("--push_to_hub needs --hub_dataset_id")
+    return args
+
+
+def prepare_dataset(
+    data_dir: str | Path,
+    output_dir: str | Path,
+    dataset: str | None = None,
+    categories: Sequence[str] | None = None,
+    allow_missing_files: bool = False,
+) -> datasets.DatasetDict:
+    """Build the dataset of a raw folder and save it atomically to ``output_dir``.
+
+    The Arrow cache used while building lives in a temporary folder beside ``output_dir`` (same disk) and
+    is removed afterwards, so nothing is left in the `datasets` cache.
+
+    Args:
+        data_dir: The raw MVTec-AD or VisA folder (a saved dataset folder is re-saved, filtered).
+        output_dir: Folder to write with `save_to_disk`.
+        dataset: ``"mvtec_ad"``, ``"visa"`` or ``None`` to infer it from the layout.
+        categories: Only these categories (all when ``None``).
+        allow_missing_files: VisA: drop split-csv rows whose files are missing.
+
+    Returns:
+        The saved dataset, loaded back from ``output_dir``.
+
+    Raises:
+        DatasetFormatError: Bad input; ``output_dir`` is then left as it was.
+    """
+    data_dir, output_dir = Path(data_dir).expanduser(), Path(output_dir).expanduser().absolute()
+    if not data_dir.is_dir():
+        raise DatasetFormatError(f"{data_dir}: data_dir not found (expected a folder)")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    cache_dir = tempfile.mkdtemp(prefix=f".{output_dir.name}.cache-", dir=output_dir.parent)
+    try:
+        dataset_dict = load_anomaly_dataset(
+            str(data_dir), dataset, categories, allow_missing_files=allow_missing_files, cache_dir=cache_dir
+        )
+        save_dataset_atomically(dataset_dict, output_dir)
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    return datasets.load_from_disk(str(output_dir))
+
+
+def count_samples(dataset_dict: datasets.DatasetDict) -> dict[str, Counter]:
+    """Count the rows of every split per (category, defect_type).
+
+    Args:
+        dataset_dict: A dataset with ``category`` and ``defect_type`` columns.
+
+    Returns:
+        For each split, a `Counter` keyed by ``(category, defect_type)``.
+    """
+    return {
+        name: Counter(zip(split["category"], split["defect_type"])) for name, split in dataset_dict.items()
+    }
+
+
+def format_counts(counts: dict[str, Counter]) -> str:
+    """Render `count_samples` output as an aligned table.
+
+    Args:
+        counts: Rows per split and (category, defect_type).
+
+    Returns:
+        One line per split, category and defect type, plus a total per split.
+    """
+    keys = [key for counter in counts.values() for key in counter]
+    width_c = max([len("(total)"), *(len(category) for category, _ in keys)])
+    width_d = max([len("defect_type"), *(len(defect) for _, defect in keys)])
+    lines = [f"{'split':<6} {'category':<{width_c}} {'defect_type':<{width_d}} {'count':>6}"]
+    for split, counter in counts.items():
+        for (category, defect), count in sorted(counter.items()):
+            lines.append(f"{split:<6} {category:<{width_c}} {defect:<{width_d}} {count:>6}")
+        lines.append(f"{split:<6} {'(total)':<{width_c}} {'':<{width_d}} {sum(counter.values()):>6}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line.
+
+    Args:
+        argv: Arguments without the program name; ``sys.argv[1:]`` when ``None``.
+
+    Returns:
+        The exit code: 0 on success, 2 for bad input, 1 when pushing to the Hub failed.
+    """
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        dataset_dict = prepare_dataset(
+            args.data_dir, args.output_dir, args.dataset, args.categories, args.skip_missing_files
+        )
+    except DatasetFormatError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_counts(count_samples(dataset_dict)))
+    print(f"Saved to {args.output_dir}")
+    if args.push_to_hub:
+        try:
+            dataset_dict.push_to_hub(args.hub_dataset_id)
+        except Exception as error:  # network, authentication, ...: the saved folder is still complete
+            print(f"error: push_to_hub to {args.hub_dataset_id} failed: {error}", file=sys.stderr)
+            return 1
+        print(f"Pushed to the Hub as {args.hub_dataset_id}")
+    return 0
+
+
+__all__ = ["count_samples", "format_counts", "main", "parse_args", "prepare_dataset"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
