@@ -44,6 +44,9 @@ class CLIPADAImageProcessor(BaseImageProcessor):
             Per-channel mean subtracted after rescaling to [0, 1].
         image_std (`tuple[float]`, *optional*, defaults to CLIP's std):
             Per-channel standard deviation divided after subtracting the mean.
+        do_normalize (`bool`, *optional*, defaults to `True`):
+            Apply the mean/std normalisation. Training turns it off to synthesise anomalies in [0, 1] pixel space,
+            then calls [`normalize`] on the device.
     """
 
     model_input_names = ["pixel_values"]
@@ -54,6 +57,7 @@ class CLIPADAImageProcessor(BaseImageProcessor):
         resample: int = Image.BICUBIC,
         image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
         image_std: Sequence[float] = OPENAI_CLIP_STD,
+        do_normalize: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -65,11 +69,14 @@ class CLIPADAImageProcessor(BaseImageProcessor):
         self.image_std = _channel_triple(image_std, "image_std")
         if any(value <= 0 for value in self.image_std):
             raise ValueError(f"`image_std` must be positive, got {self.image_std}.")
+        self.do_normalize = bool(do_normalize)
 
     def __call__(self, images, segmentation_maps=None, **kwargs) -> BatchFeature:
         return self.preprocess(images, segmentation_maps=segmentation_maps, **kwargs)
 
-    def preprocess(self, images, segmentation_maps=None, return_tensors: str | None = "pt") -> BatchFeature:
+    def preprocess(
+        self, images, segmentation_maps=None, return_tensors: str | None = "pt", do_normalize: bool | None = None
+    ) -> BatchFeature:
         """Turns images (and masks) into model inputs.
 
         Args:
@@ -79,6 +86,7 @@ class CLIPADAImageProcessor(BaseImageProcessor):
             segmentation_maps: optional masks, one per image, same kinds as `images`; any value > 0 is anomalous.
                 `None` in the list stands for an all-normal image.
             return_tensors: `"pt"` (torch tensors) or `"np"`.
+            do_normalize: overrides `self.do_normalize` for this call (`False` returns pixels in [0, 1]).
 
         Returns:
             `BatchFeature` with `pixel_values` `(B, 3, H, W)` float32 and, with masks, `labels` `(B, H, W)` int64.
@@ -94,10 +102,11 @@ class CLIPADAImageProcessor(BaseImageProcessor):
                     f"Got {len(image_list)} images but {len(mask_list)} segmentation_maps: give one mask per image "
                     "(None for a normal image)."
                 )
+        do_normalize = self.do_normalize if do_normalize is None else do_normalize
         pixel_values, labels = [], []
         for index, image in enumerate(image_list):
             pixels = _to_float_chw(image, f"images[{index}]")
-            pixel_values.append(self._prepare_image(pixels))
+            pixel_values.append(self._prepare_image(pixels, do_normalize))
             if mask_list is not None:
                 labels.append(self._prepare_mask(mask_list[index], f"segmentation_maps[{index}]", pixels.shape[-2:]))
         data = {"pixel_values": torch.stack(pixel_values)}
@@ -107,17 +116,21 @@ class CLIPADAImageProcessor(BaseImageProcessor):
             data = {key: value.numpy() for key, value in data.items()}
         return BatchFeature(data=data)
 
-    def _prepare_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """`(C, h, w)` in [0, 1] -> RGB, resized, CLIP-normalised `(3, H, W)` float32."""
+    def normalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """CLIP mean/std normalisation of `(..., 3, H, W)` pixels in [0, 1], on their own device and dtype."""
+        mean = torch.tensor(self.image_mean, device=pixel_values.device, dtype=pixel_values.dtype).view(3, 1, 1)
+        std = torch.tensor(self.image_std, device=pixel_values.device, dtype=pixel_values.dtype).view(3, 1, 1)
+        return (pixel_values - mean) / std
+
+    def _prepare_image(self, pixels: torch.Tensor, do_normalize: bool) -> torch.Tensor:
+        """`(C, h, w)` in [0, 1] -> RGB, resized `(3, H, W)` float32, CLIP-normalised when `do_normalize`."""
         if pixels.shape[0] == 1:
             pixels = pixels.expand(3, -1, -1)
         elif pixels.shape[0] == 4:
             pixels = pixels[:3]  # RGBA: the alpha channel is dropped, as PIL's convert("RGB") does
         mode = {Image.NEAREST: "nearest", Image.BILINEAR: "bilinear", Image.BICUBIC: "bicubic"}[self.resample]
         pixels = self._resize(pixels[None], mode=mode)[0].clamp(0.0, 1.0)
-        mean = torch.tensor(self.image_mean).view(3, 1, 1)
-        std = torch.tensor(self.image_std).view(3, 1, 1)
-        return (pixels - mean) / std
+        return self.normalize(pixels) if do_normalize else pixels
 
     def _prepare_mask(self, mask, name: str, image_size: tuple[int, int]) -> torch.Tensor:
         """One mask (None = normal) -> binary `(H, W)` int64 at `self.size` (nearest neighbour)."""

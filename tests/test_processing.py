@@ -152,3 +152,10 @@ def test_mask_errors(processor):
 def test_bad_processor_settings_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"`{field}`"):
         CLIPADAImageProcessor(**kwargs)
+
+
+def test_unnormalised_pixels_then_normalize_equals_the_normalised_path(processor):
+    image = _gradient_image()
+    raw = processor(images=image, do_normalize=False)["pixel_values"]
+    assert 0 <= raw.min() and raw.max() <= 1
+    torch.testing.assert_close(processor.normalize(raw), processor(images=image)["pixel_values"])
