@@ -28,7 +28,7 @@ BANNER = """\
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output_dir", default="outputs/demo")
-    parser.add_argument("--max_train_steps", type=int, default=300)
+    parser.add_argument("--max_train_steps", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
