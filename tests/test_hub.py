@@ -99,3 +99,16 @@ def test_push_to_hub_uploads_safetensors_config_and_remote_code(hub_uploads):
 
     weights = load(model_files["model.safetensors"])
     assert torch.equal(weights["prompt_vectors"], model.prompt_vectors.detach())
+
+
+def test_from_pretrained_in_bfloat16_with_sdpa(tmp_path):
+    model = _trained_looking_model()
+    model.save_pretrained(tmp_path)
+    reloaded = CLIPADAForAnomalySegmentation.from_pretrained(tmp_path, dtype=torch.bfloat16, attn_implementation="sdpa")
+    assert reloaded.prompt_vectors.dtype == torch.bfloat16
+    assert reloaded.clip.vision_model.config._attn_implementation == "sdpa"
+    pixel_values = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        expected = model(pixel_values).anomaly_map
+        outputs = reloaded.eval()(pixel_values)
+    assert (outputs.anomaly_map - expected).abs().max() < 0.05
