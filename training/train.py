@@ -153,8 +153,7 @@ def _resolve_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace)
 def build_model(args: argparse.Namespace) -> CLIPADAForAnomalySegmentation:
     """A CLIP-ADA checkpoint is continued as is; any other CLIP checkpoint gets a fresh head via `from_clip`."""
     overrides = {name: getattr(args, name) for name in HEAD_CONFIG_FIELDS if getattr(args, name) is not None}
-    config = AutoConfig.from_pretrained(args.model_name_or_path) if _is_clipada(args.model_name_or_path) else None
-    if config is not None:
+    if _is_clipada(args.model_name_or_path):
         frozen_shape = {"num_refinements", "num_prompt_vectors", "prompt_template"} & set(overrides)
         if frozen_shape:
             raise ValueError(f"{sorted(frozen_shape)} cannot change when continuing CLIP-ADA checkpoint "
