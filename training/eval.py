@@ -83,9 +83,9 @@ def evaluate_model(
 
 
 def _heatmap_rows(labels: np.ndarray, count: int) -> np.ndarray:
-    """Rows to draw: anomalous samples first, then one normal one when room is left."""
+    """Rows to draw: up to `count - 1` anomalous samples, then normal ones for the slots left (at least one)."""
     anomalous, normal = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
-    return np.concatenate([anomalous[: max(count - 1, 0)], normal[: count - min(len(anomalous), max(count - 1, 0))]])[:count]
+    return np.concatenate([anomalous[: max(count - 1, 0)], normal])[:count]
 
 
 def _batches(subset, processor: CLIPADAImageProcessor, batch_size: int, num_workers: int) -> Iterator[tuple[int, dict]]:
