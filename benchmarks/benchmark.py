@@ -628,7 +628,7 @@ def _train_dataloader(workdir: Path, file_size: int, image_size: int, batch_size
     import datasets
 
     from training.demo_data import make_demo_dataset
-    from training.train import build_train_dataloader, parse_args
+    from training.train import build_train_dataloader, load_dataset_from_args, parse_args
 
     root = workdir / f"demo_{file_size}px"
     if not root.exists():
@@ -642,7 +642,8 @@ def _train_dataloader(workdir: Path, file_size: int, image_size: int, batch_size
     datasets.config.HF_DATASETS_CACHE = workdir / "datasets_cache"  # the Arrow files go away with `workdir`
     try:
         started = time.perf_counter()  # the first call per file size: cold cache, every image decoded and resized
-        loader = build_train_dataloader(args, _SingleProcess(), CLIPADAImageProcessor(size=image_size))
+        train_split = load_dataset_from_args(args)["train"]
+        loader = build_train_dataloader(args, _SingleProcess(), CLIPADAImageProcessor(size=image_size), train_split)
         return loader, time.perf_counter() - started
     finally:
         datasets.config.HF_DATASETS_CACHE = cache

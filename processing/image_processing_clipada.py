@@ -271,8 +271,6 @@ def _channels_first(tensor: torch.Tensor, name: str) -> torch.Tensor:
             return tensor
         if tensor.shape[-1] in (1, 3, 4):
             return tensor.permute(2, 0, 1)
-        if tensor.shape[0] in (1, 3, 4):
-            return tensor
     raise ValueError(f"{name} has shape {tuple(tensor.shape)}; expected (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4.")
 
 

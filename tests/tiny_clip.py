@@ -9,6 +9,7 @@ Example:
 
 import gzip
 import json
+import tempfile
 from pathlib import Path
 
 import torch
@@ -69,7 +70,7 @@ def make_tiny_clip(folder: Path | None = None, num_vision_layers: int = 4, seed:
     """A random tiny CLIPModel and its tokenizer; both saved to `folder` (a loadable CLIP checkpoint) when given."""
     torch.manual_seed(seed)
     clip = CLIPModel(tiny_clip_config(num_vision_layers)).eval()
-    tokenizer_folder = folder if folder is not None else Path(__import__("tempfile").mkdtemp())
+    tokenizer_folder = folder if folder is not None else Path(tempfile.mkdtemp())
     tokenizer = write_tiny_tokenizer(tokenizer_folder)
     if folder is not None:
         clip.save_pretrained(folder)

@@ -175,7 +175,7 @@ def load_dataset_from_args(args: argparse.Namespace):
 
 
 def build_train_dataloader(
-    args: argparse.Namespace, accelerator: Accelerator, processor: CLIPADAImageProcessor
+    args: argparse.Namespace, accelerator: Accelerator, processor: CLIPADAImageProcessor, train_split
 ) -> DataLoader:
     """Normal training images of every category as uint8 batches `(B, 3, H, W)` at the input size.
 
@@ -183,8 +183,6 @@ def build_train_dataloader(
     every step would cost more than a GPU training step.
     """
     with accelerator.main_process_first():
-        dataset = load_dataset_from_args(args)
-        train_split = dataset["train"]
         labels = np.asarray(train_split["label"])
         if (labels != 0).any():  # training sees no real anomaly
             train_split = train_split.select(np.flatnonzero(labels == 0))
@@ -355,7 +353,9 @@ def train(args: argparse.Namespace) -> dict | None:
     image_size = args.image_size or model.config.vision_config.image_size
     processor = CLIPADAImageProcessor(size=image_size)
     synthesizer = SyntheticAnomalyGenerator(texture_dir=args.texture_dir, image_size=image_size)
-    dataloader = build_train_dataloader(args, accelerator, processor)
+    with accelerator.main_process_first():
+        dataset = load_dataset_from_args(args)
+    dataloader = build_train_dataloader(args, accelerator, processor, dataset["train"])
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
@@ -410,7 +410,7 @@ def train(args: argparse.Namespace) -> dict | None:
         if progress.completed_steps >= max_steps:
             break
     bar.close()
-    return finish(accelerator, args, model, processor)
+    return finish(accelerator, args, model, processor, dataset)
 
 
 def training_step(accelerator, model, optimizer, scheduler, processor, synthesizer, images, generator) -> float:
@@ -436,7 +436,7 @@ def _is_checkpoint_step(args: argparse.Namespace, step: int, end_of_epoch: bool)
     return not end_of_epoch and args.checkpointing_steps is not None and step % int(args.checkpointing_steps) == 0
 
 
-def finish(accelerator: Accelerator, args: argparse.Namespace, model, processor) -> dict | None:
+def finish(accelerator: Accelerator, args: argparse.Namespace, model, processor, dataset) -> dict | None:
     """Save model and processor, evaluate on the test split, write the model card, push when asked."""
     accelerator.wait_for_everyone()
     check_replicas_in_sync(accelerator, model)
@@ -446,7 +446,7 @@ def finish(accelerator: Accelerator, args: argparse.Namespace, model, processor)
         model.save_pretrained(args.output_dir)
         processor.save_pretrained(args.output_dir)
         if not args.skip_evaluation:
-            metrics = evaluate_on_test_split(args, model, processor, accelerator.device)
+            metrics = evaluate_on_test_split(args, model, processor, dataset, accelerator.device)
         write_model_card(args.output_dir, vars(args), metrics)
         if args.push_to_hub:
             push_output_dir(args)
@@ -456,8 +456,7 @@ def finish(accelerator: Accelerator, args: argparse.Namespace, model, processor)
     return metrics
 
 
-def evaluate_on_test_split(args: argparse.Namespace, model, processor, device) -> dict | None:
-    dataset = load_dataset_from_args(args)
+def evaluate_on_test_split(args: argparse.Namespace, model, processor, dataset, device) -> dict | None:
     if "test" not in dataset or len(dataset["test"]) == 0:
         logger.warning("No test split: skipping evaluation.")
         return None
