@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.synthesis import SyntheticAnomalyGenerator  # noqa: E402
@@ -37,7 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls before measuring")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls; the median is reported")
     parser.add_argument("--num_textures", type=int, default=64, help="images in the generated texture folder")
-    parser.add_argument("--texture_dir", default=None, help="a real texture folder (e.g. DTD) instead of a generated one")
+    parser.add_argument(
+        "--texture_dir", default=None, help="a real texture folder (e.g. DTD) instead of a generated one"
+    )
     parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="1 warm-up call and 5 repeats")
     parser.add_argument("--output", default=None, help="also write the JSON results to this file")
@@ -85,7 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     device = torch.device(args.device)
-    images = torch.rand(args.batch_size, 3, args.image_size, args.image_size, generator=torch.Generator().manual_seed(0))
+    images = torch.rand(
+        args.batch_size, 3, args.image_size, args.image_size, generator=torch.Generator().manual_seed(0)
+    )
     images = images.to(device)
     results = {
         "batch_size": args.batch_size,

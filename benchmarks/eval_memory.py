@@ -112,8 +112,14 @@ def generate_rows(num_images: int, image_size: int, anomalous_fraction: float, s
             image, mask_array = add_defect(image, region, defect, rng)
             mask = png(mask_array)
         # one evaluation category, so that the metric buffers grow over all the images (the worst case)
-        yield {"image": png(image), "mask": mask, "label": label, "category": "synthetic", "defect_type": defect,
-               "image_path": f"synthetic/{defect}/{index:05d}.png"}
+        yield {
+            "image": png(image),
+            "mask": mask,
+            "label": label,
+            "category": "synthetic",
+            "defect_type": defect,
+            "image_path": f"synthetic/{defect}/{index:05d}.png",
+        }
 
 
 def build_dataset(args: argparse.Namespace, cache_dir: Path):
@@ -150,13 +156,19 @@ def run(args: argparse.Namespace) -> dict:
             point = {"images": state["seen"], "metric_buffers_mib": round(self.nbytes / MIB, 1), **memory_status()}
             point["rss_anon_minus_buffers_mib"] = round(point["RssAnon"] - point["metric_buffers_mib"], 1)
             trace.append(point)
-            while checkpoints[len(snapshots):] and state["seen"] >= checkpoints[len(snapshots)]:
+            while checkpoints[len(snapshots) :] and state["seen"] >= checkpoints[len(snapshots)]:
                 snapshots.append({"checkpoint": checkpoints[len(snapshots)], **point})
 
         def compute(self) -> dict[str, float]:
             results = super().compute()
-            trace.append({"images": state["seen"], "after": "compute", **memory_status(),
-                          "metric_buffers_mib": round(self.nbytes / MIB, 1)})
+            trace.append(
+                {
+                    "images": state["seen"],
+                    "after": "compute",
+                    **memory_status(),
+                    "metric_buffers_mib": round(self.nbytes / MIB, 1),
+                }
+            )
             return results
 
     with tempfile.TemporaryDirectory(prefix="clipada-evalmem-") as workdir:
@@ -175,8 +187,15 @@ def run(args: argparse.Namespace) -> dict:
         evaluation.AnomalyMetrics = RecordingMetrics
         try:
             started = time.perf_counter()
-            per_category, _ = evaluation.evaluate_model(model, processor, dataset, device=args.device,
-                                                        batch_size=args.batch_size, output_dir=None, num_heatmaps=0)
+            per_category, _ = evaluation.evaluate_model(
+                model,
+                processor,
+                dataset,
+                device=args.device,
+                batch_size=args.batch_size,
+                output_dir=None,
+                num_heatmaps=0,
+            )
             evaluation_s = time.perf_counter() - started
         finally:
             evaluation.AnomalyMetrics = original
@@ -186,8 +205,12 @@ def run(args: argparse.Namespace) -> dict:
     first, last = snapshots[0], snapshots[-1]
     growth = last["rss_anon_minus_buffers_mib"] - first["rss_anon_minus_buffers_mib"]
     return {
-        "environment": {"cpu": cpu_model_name(), "device": args.device, "torch": torch.__version__,
-                        "torch_threads": torch.get_num_threads()},
+        "environment": {
+            "cpu": cpu_model_name(),
+            "device": args.device,
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+        },
         "settings": dict(vars(args)),
         "before_evaluation": before,
         "snapshots": snapshots,
@@ -207,30 +230,40 @@ def to_markdown(results: dict) -> str:
     lines = [
         f"# Evaluation memory: {settings['num_images']} generated images through `training.eval.evaluate_model`",
         "",
-        (f"CPU \"{results['environment']['cpu']}\", device `{settings['device']}`, "
-         f"{'tiny CLIP' if settings['tiny'] else 'ViT-B/16-shaped CLIP'}, R = {settings['num_refinements']}, "
-         f"{settings['dtype']}, {settings['image_size']} px, batch {settings['batch_size']}, one category (the metric "
-         f"buffers grow over all images). Evaluation took {results['evaluation_s']:.0f} s. Memory in MiB; before "
-         f"the evaluation (model loaded): RSS {results['before_evaluation']['VmRSS']}, "
-         f"anonymous {results['before_evaluation']['RssAnon']}."),
+        (
+            f'CPU "{results["environment"]["cpu"]}", device `{settings["device"]}`, '
+            f"{'tiny CLIP' if settings['tiny'] else 'ViT-B/16-shaped CLIP'}, R = {settings['num_refinements']}, "
+            f"{settings['dtype']}, {settings['image_size']} px, batch {settings['batch_size']}, one category (the metric "
+            f"buffers grow over all images). Evaluation took {results['evaluation_s']:.0f} s. Memory in MiB; before "
+            f"the evaluation (model loaded): RSS {results['before_evaluation']['VmRSS']}, "
+            f"anonymous {results['before_evaluation']['RssAnon']}."
+        ),
         "",
-        ("| images | peak RSS (VmHWM) | RSS | anonymous (RssAnon) | file-backed (RssFile) | metric buffers | "
-         "anonymous - buffers |"),
+        (
+            "| images | peak RSS (VmHWM) | RSS | anonymous (RssAnon) | file-backed (RssFile) | metric buffers | "
+            "anonymous - buffers |"
+        ),
         "|---|---|---|---|---|---|---|",
     ]
     for snapshot in results["snapshots"]:
-        lines.append(f"| {snapshot['images']} | {snapshot['VmHWM']} | {snapshot['VmRSS']} | {snapshot['RssAnon']} | "
-                     f"{snapshot['RssFile']} | {snapshot['metric_buffers_mib']} | "
-                     f"{snapshot['rss_anon_minus_buffers_mib']} |")
+        lines.append(
+            f"| {snapshot['images']} | {snapshot['VmHWM']} | {snapshot['VmRSS']} | {snapshot['RssAnon']} | "
+            f"{snapshot['RssFile']} | {snapshot['metric_buffers_mib']} | "
+            f"{snapshot['rss_anon_minus_buffers_mib']} |"
+        )
     after = results["after_evaluation"]
     lines += [
         "",
-        (f"After `compute` and the end of the category: peak RSS {after['VmHWM']}, RSS {after['VmRSS']}, "
-         f"anonymous {after['RssAnon']}."),
+        (
+            f"After `compute` and the end of the category: peak RSS {after['VmHWM']}, RSS {after['VmRSS']}, "
+            f"anonymous {after['RssAnon']}."
+        ),
         "",
-        (f"Growth of (anonymous - buffers) from the first to the last checkpoint: "
-         f"{results['growth_excluding_buffers_mib']} MiB -> "
-         f"{'flat' if results['flat'] else '**NOT flat**'} (tolerance {results['flat_tolerance_mib']:.0f} MiB)."),
+        (
+            f"Growth of (anonymous - buffers) from the first to the last checkpoint: "
+            f"{results['growth_excluding_buffers_mib']} MiB -> "
+            f"{'flat' if results['flat'] else '**NOT flat**'} (tolerance {results['flat_tolerance_mib']:.0f} MiB)."
+        ),
     ]
     return "\n".join(lines) + "\n"
 

@@ -185,9 +185,11 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         prompt = self.prompt_vectors.to(token_embeds.dtype)
         inputs_embeds = torch.cat([token_embeds[:position], prompt, token_embeds[position:]])[None]
         hidden_states = text_model.embeddings(inputs_embeds=inputs_embeds)
-        causal_mask = torch.full(
-            (inputs_embeds.shape[1],) * 2, torch.finfo(hidden_states.dtype).min, device=hidden_states.device
-        ).triu(1)[None, None].to(hidden_states.dtype)
+        causal_mask = (
+            torch.full((inputs_embeds.shape[1],) * 2, torch.finfo(hidden_states.dtype).min, device=hidden_states.device)
+            .triu(1)[None, None]
+            .to(hidden_states.dtype)
+        )
         for layer in text_model.encoder.layers:
             hidden_states = layer(hidden_states, causal_mask)
         hidden_states = text_model.final_layer_norm(hidden_states)
@@ -272,7 +274,11 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         anomaly_map = self.upsample_and_smooth(torch.sigmoid(stage_logits[-1]), (height, width))
         pred_score = self.image_score(anomaly_map)
         return CLIPADAOutput(
-            loss=loss, logits=stage_logits[-1], stage_logits=stage_logits, anomaly_map=anomaly_map, pred_score=pred_score
+            loss=loss,
+            logits=stage_logits[-1],
+            stage_logits=stage_logits,
+            anomaly_map=anomaly_map,
+            pred_score=pred_score,
         )
 
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -150,9 +150,13 @@ class CLIPADAImageProcessor(BaseImageProcessor):
         if tuple(pixels.shape[-2:]) == size:
             return pixels
         antialias = mode in ("bilinear", "bicubic")
-        return F.interpolate(pixels, size=size, mode=mode, antialias=antialias, align_corners=False if antialias else None)
+        return F.interpolate(
+            pixels, size=size, mode=mode, antialias=antialias, align_corners=False if antialias else None
+        )
 
-    def post_process_anomaly_maps(self, outputs, target_sizes: Sequence[Sequence[int]] | None = None) -> list[torch.Tensor]:
+    def post_process_anomaly_maps(
+        self, outputs, target_sizes: Sequence[Sequence[int]] | None = None
+    ) -> list[torch.Tensor]:
         """Model outputs -> one anomaly map per image at its original size.
 
         Args:
@@ -239,7 +243,9 @@ def _to_float_chw(image, name: str) -> torch.Tensor:
 
 def _open_image(path, name: str) -> Image.Image:
     if not os.path.isfile(path):
-        raise ValueError(f"{name} is the string {str(path)!r}, which is not an existing image file; expected {_EXPECTED}.")
+        raise ValueError(
+            f"{name} is the string {str(path)!r}, which is not an existing image file; expected {_EXPECTED}."
+        )
     try:
         with Image.open(path) as image:
             image.load()
@@ -271,7 +277,9 @@ def _channels_first(tensor: torch.Tensor, name: str) -> torch.Tensor:
             return tensor
         if tensor.shape[-1] in (1, 3, 4):
             return tensor.permute(2, 0, 1)
-    raise ValueError(f"{name} has shape {tuple(tensor.shape)}; expected (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4.")
+    raise ValueError(
+        f"{name} has shape {tuple(tensor.shape)}; expected (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4."
+    )
 
 
 def _rescale(array: np.ndarray, name: str) -> np.ndarray:

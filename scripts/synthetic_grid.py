@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.synthesis import IMAGE_EXTENSIONS, SyntheticAnomalyGenerator, procedural_textures  # noqa: E402

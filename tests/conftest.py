@@ -13,7 +13,6 @@ if "HF_DATASETS_CACHE" not in os.environ:  # keep the user's datasets cache clea
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pytest  # noqa: E402
-
 from tiny_clip import make_tiny_clip  # noqa: E402
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-
 MVTEC_BAD_CASES = (
     "missing_mask",  # an anomalous image without its ground-truth mask
     "orphan_mask",  # a mask whose test image is missing

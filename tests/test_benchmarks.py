@@ -26,7 +26,9 @@ def _load(name: str):
 def benchmark_results(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("benchmark")
     # --malloc default: the test process keeps glibc's settings
-    results = _load("benchmark").main(["--tiny", "--malloc", "default", "--output_dir", str(output_dir), "--name", "tiny"])
+    results = _load("benchmark").main(
+        ["--tiny", "--malloc", "default", "--output_dir", str(output_dir), "--name", "tiny"]
+    )
     return output_dir, results
 
 
@@ -36,8 +38,14 @@ def test_tiny_benchmark_writes_valid_json_with_every_measurement(benchmark_resul
     assert written["environment"]["cpu"] and written["environment"]["torch_threads"] >= 1
     kinds = {record["kind"] for record in written["records"]}
     assert kinds == {
-        "reference_full", "clipada_inference", "reference_nograd_to_l", "reference_fwdbwd_to_l",
-        "clipada_training_step", "text_embedding_fwdbwd", "synthesis", "loading",
+        "reference_full",
+        "clipada_inference",
+        "reference_nograd_to_l",
+        "reference_fwdbwd_to_l",
+        "clipada_training_step",
+        "text_embedding_fwdbwd",
+        "synthesis",
+        "loading",
     }
     for record in written["records"]:
         assert record["median_ms"] > 0 and record["min_ms"] <= record["median_ms"] <= record["max_ms"]
@@ -46,21 +54,33 @@ def test_tiny_benchmark_writes_valid_json_with_every_measurement(benchmark_resul
     steps = [r for r in written["records"] if r["kind"] == "clipada_training_step"]
     assert {(r["precision"], r["R"], r["batch_size"]) for r in steps} == {
         (precision, refinements, batch)
-        for precision in ("float32", "bfloat16", "bf16-frozen") for refinements in (0, 1, 2) for batch in (1, 2)
+        for precision in ("float32", "bfloat16", "bf16-frozen")
+        for refinements in (0, 1, 2)
+        for batch in (1, 2)
     }
     derived = written["derived"]
     assert len(derived["inference"]) == 2 * 3 * 2 and len(derived["training"]) == 3 * 3 * 2
     assert all(entry["ratio"]["median"] > 0 for entry in derived["inference"] + derived["training"])
-    assert {target["target"].split(" ")[0] for target in derived["targets"]} >= {"inference", "training", "bf16",
-                                                                                 "synthesis"}
+    assert {target["target"].split(" ")[0] for target in derived["targets"]} >= {
+        "inference",
+        "training",
+        "bf16",
+        "synthesis",
+    }
     assert written == json.loads(json.dumps(results))
 
 
 def test_tiny_benchmark_writes_markdown_tables(benchmark_results):
     output_dir, _ = benchmark_results
     markdown = (output_dir / "tiny.md").read_text()
-    for heading in ("## Targets", "## Inference", "## Training step", "## Synthesis, loading", "## bf16 speed-up",
-                    "## Inference throughput"):
+    for heading in (
+        "## Targets",
+        "## Inference",
+        "## Training step",
+        "## Synthesis, loading",
+        "## bf16 speed-up",
+        "## Inference throughput",
+    ):
         assert heading in markdown
     table_rows = [line for line in markdown.splitlines() if line.startswith("| ")]
     assert len(table_rows) > 40 and all(line.endswith(" |") for line in table_rows)
@@ -77,8 +97,23 @@ def test_from_json_recomputes_the_tables_without_measuring(benchmark_results, tm
 
 def test_tiny_eval_memory_check_reports_each_checkpoint(tmp_path):
     eval_memory = _load("eval_memory")
-    results = eval_memory.main(["--tiny", "--num_images", "48", "--checkpoints", "16", "32", "48",
-                                "--batch_size", "8", "--output_dir", str(tmp_path), "--name", "evalmem"])
+    results = eval_memory.main(
+        [
+            "--tiny",
+            "--num_images",
+            "48",
+            "--checkpoints",
+            "16",
+            "32",
+            "48",
+            "--batch_size",
+            "8",
+            "--output_dir",
+            str(tmp_path),
+            "--name",
+            "evalmem",
+        ]
+    )
     written = json.loads((tmp_path / "evalmem.json").read_text())
     assert [snapshot["checkpoint"] for snapshot in written["snapshots"]] == [16, 32, 48]
     assert written["snapshots"][-1]["images"] == 48
@@ -90,8 +125,13 @@ def test_tiny_eval_memory_check_reports_each_checkpoint(tmp_path):
 
 @pytest.mark.parametrize(
     "grid, size, sigma",
-    [((14, 14), (224, 224), 4.0), ((21, 21), (336, 336), 4.0), ((8, 10), (32, 40), 1.0), ((3, 5), (6, 10), 4.0),
-     ((8, 8), (32, 32), 0.0)],
+    [
+        ((14, 14), (224, 224), 4.0),
+        ((21, 21), (336, 336), 4.0),
+        ((8, 10), (32, 40), 1.0),
+        ((3, 5), (6, 10), 4.0),
+        ((8, 8), (32, 32), 0.0),
+    ],
 )
 def test_fast_upsample_and_smooth_equals_interpolate_then_gaussian_blur(grid, size, sigma):
     """The model's matrix form of post-processing (a speed-up) gives the map of the two reference operators."""

@@ -11,9 +11,9 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+from fake_trees import MVTEC_BAD_CASES, VISA_BAD_CASES, write_mvtec_tree, write_visa_tree
 from PIL import Image, ImageFile
 
-from fake_trees import MVTEC_BAD_CASES, VISA_BAD_CASES, write_mvtec_tree, write_visa_tree
 from training import prepare_dataset
 from training.data import (
     DatasetFormatError,
@@ -23,7 +23,6 @@ from training.data import (
     load_anomaly_dataset,
     save_dataset_atomically,
 )
-
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"

@@ -14,7 +14,6 @@ from training import demo_data
 from training.data import load_anomaly_dataset
 from training.demo_data import DEFECT_TYPES, RENDERERS, image_rng, make_demo_dataset
 
-
 SMALL = {"num_train": 2, "num_test_good": 1, "num_test_defect": 2, "image_size": 48}
 
 

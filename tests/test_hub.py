@@ -7,10 +7,10 @@ import sys
 import textwrap
 
 import torch
+from tiny_clip import IMAGE_SIZE, make_tiny_clip
 
 from modeling_clipada import CLIPADAForAnomalySegmentation
 from processing import CLIPADAImageProcessor
-from tiny_clip import IMAGE_SIZE, make_tiny_clip
 
 
 def _trained_looking_model(num_refinements: int = 1) -> CLIPADAForAnomalySegmentation:

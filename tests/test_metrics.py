@@ -94,6 +94,7 @@ def test_aupro_two_regions_of_different_sizes_and_a_normal_image():
     # Image 2 (1x6): normal. Eight normal pixels in all (both images), two regions.
     maps = np.array([[[0.9, 0.5, 0.45, 0.7, 0.2, 0.4]], [[0.8, 0.1, 0.3, 0.05, 0.05, 0.05]]])
     masks = np.array([[[1, 1, 1, 0, 0, 1]], [[0, 0, 0, 0, 0, 0]]])
+
     # Curve (FPR, PRO): t=0.9 -> (0, 1/6); t=0.8 -> (1/8, 1/6); t=0.7 -> (2/8, 1/6); t=0.5 -> (2/8, 1/3);
     # t=0.45 -> (2/8, 1/2); t=0.4 -> (2/8, 1); then PRO stays 1.
     def aupro(limit):
@@ -155,7 +156,9 @@ def test_streaming_accepts_torch_tensors_and_maps_of_different_sizes():
     small_maps, small_masks, small_scores, small_labels = random_case(9, num_images=3, size=8)
     metrics = AnomalyMetrics()
     metrics.update(
-        torch.from_numpy(maps).requires_grad_(), torch.from_numpy(masks), torch.from_numpy(image_scores),
+        torch.from_numpy(maps).requires_grad_(),
+        torch.from_numpy(masks),
+        torch.from_numpy(image_scores),
         torch.from_numpy(image_labels),
     )
     metrics.update(small_maps[:, None], small_masks[:, None].astype(np.uint8) * 255, small_scores, small_labels)
@@ -245,13 +248,14 @@ def test_evaluate_load_by_local_path_gives_identical_values(monkeypatch, tmp_pat
     monkeypatch.setattr(evaluate.config, "HF_MODULES_CACHE", tmp_path / "modules")
     metric = evaluate.load(str(CORE_PATH.parent), keep_in_memory=True, cache_dir=str(tmp_path / "cache"))
     maps, masks, image_scores, image_labels = random_case(11)
-    results = metric.compute(
-        predictions=maps, references=masks, image_scores=image_scores, image_labels=image_labels
-    )
+    results = metric.compute(predictions=maps, references=masks, image_scores=image_scores, image_labels=image_labels)
     assert results == compute_anomaly_metrics(maps, masks, image_scores, image_labels)
     assert all(type(value) is float for value in results.values())
     results = metric.compute(
-        predictions=list(maps), references=list(masks), image_scores=image_scores, image_labels=image_labels,
+        predictions=list(maps),
+        references=list(masks),
+        image_scores=image_scores,
+        image_labels=image_labels,
         aupro_fpr_limit=0.1,
     )
     expected = compute_anomaly_metrics(maps, masks, image_scores, image_labels, aupro_fpr_limit=0.1)

@@ -3,10 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_clip import IMAGE_SIZE, PATCH_SIZE, make_tiny_clip, tiny_clip_config, write_real_clip_tokenizer
 from transformers import CLIPModel
 
 from modeling_clipada import CLIPADAConfig, CLIPADAForAnomalySegmentation
-from tiny_clip import IMAGE_SIZE, PATCH_SIZE, make_tiny_clip, tiny_clip_config, write_real_clip_tokenizer
 
 GRID = IMAGE_SIZE // PATCH_SIZE
 
@@ -22,7 +22,9 @@ class CLIPADAModelTester:
 
     def model(self, **overrides) -> CLIPADAForAnomalySegmentation:
         torch.manual_seed(1)
-        return CLIPADAForAnomalySegmentation.from_clip(self.clip, self.tokenizer, **{**self.config_overrides, **overrides})
+        return CLIPADAForAnomalySegmentation.from_clip(
+            self.clip, self.tokenizer, **{**self.config_overrides, **overrides}
+        )
 
     def inputs(self, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(seed)
@@ -71,8 +73,13 @@ def test_backward_reaches_only_the_trainable_head(tester):
     model(pixel_values, labels=labels).loss.backward()
     trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     assert trainable == {
-        "prompt_vectors", "similarity_logit_scale", "similarity_logit_bias",
-        "patch_projections.0.weight", "patch_projections.0.bias", "patch_projections.1.weight", "patch_projections.1.bias",
+        "prompt_vectors",
+        "similarity_logit_scale",
+        "similarity_logit_bias",
+        "patch_projections.0.weight",
+        "patch_projections.0.bias",
+        "patch_projections.1.weight",
+        "patch_projections.1.bias",
     }
     assert all(not parameter.requires_grad for parameter in model.clip.parameters())
     for name, parameter in model.named_parameters():
@@ -215,7 +222,9 @@ def test_real_clip_tokenizer_gives_the_templates_real_ids(tmp_path):
     assert tokenizer("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]
     config = tiny_clip_config().to_dict()
     config["text_config"].update(vocab_size=49408, bos_token_id=49406, eos_token_id=49407)
-    clip = CLIPModel(type(tiny_clip_config())(**{k: config[k] for k in ("text_config", "vision_config", "projection_dim")}))
+    clip = CLIPModel(
+        type(tiny_clip_config())(**{k: config[k] for k in ("text_config", "vision_config", "projection_dim")})
+    )
     model = CLIPADAForAnomalySegmentation.from_clip(clip, tokenizer)
     # "a photo of a" | prompt vectors | "with defects for anomaly detection"
     assert model.config.prompt_token_ids == [49406, 320, 1125, 539, 320, 593, 37485, 556, 46811, 16220, 49407]

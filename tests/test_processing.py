@@ -27,8 +27,11 @@ def test_every_image_mode_becomes_three_normalised_channels(processor, mode):
     pixel_values = processor(images=image)["pixel_values"]
     assert pixel_values.shape == (1, 3, 32, 32) and pixel_values.dtype == torch.float32
     if mode in ("L", "I;16", "1"):
-        assert torch.allclose(pixel_values[0, 0] * OPENAI_CLIP_STD[0] + OPENAI_CLIP_MEAN[0],
-                              pixel_values[0, 1] * OPENAI_CLIP_STD[1] + OPENAI_CLIP_MEAN[1], atol=1e-5)
+        assert torch.allclose(
+            pixel_values[0, 0] * OPENAI_CLIP_STD[0] + OPENAI_CLIP_MEAN[0],
+            pixel_values[0, 1] * OPENAI_CLIP_STD[1] + OPENAI_CLIP_MEAN[1],
+            atol=1e-5,
+        )
 
 
 def test_sixteen_bit_images_use_their_full_range(processor):
@@ -104,8 +107,10 @@ def test_save_and_load_round_trip(processor, tmp_path):
     processor.save_pretrained(tmp_path)
     assert (tmp_path / "preprocessor_config.json").is_file()
     assert (tmp_path / "image_processing_clipada.py").is_file()
-    for reloaded in (CLIPADAImageProcessor.from_pretrained(tmp_path),
-                     AutoImageProcessor.from_pretrained(tmp_path, trust_remote_code=True)):
+    for reloaded in (
+        CLIPADAImageProcessor.from_pretrained(tmp_path),
+        AutoImageProcessor.from_pretrained(tmp_path, trust_remote_code=True),
+    ):
         assert reloaded.size == {"height": 64, "width": 96}
         assert list(reloaded.image_mean) == [0.5, 0.5, 0.5]
         out = reloaded(images=_gradient_image())["pixel_values"]
@@ -146,9 +151,16 @@ def test_mask_errors(processor):
         processor(images=[image, image], segmentation_maps=[None])
 
 
-@pytest.mark.parametrize("kwargs, field", [({"size": 0}, "size"), ({"size": "big"}, "size"),
-                                           ({"image_std": [1, 0, 1]}, "image_std"), ({"image_mean": [1, 2]}, "image_mean"),
-                                           ({"resample": 7}, "resample")])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"size": 0}, "size"),
+        ({"size": "big"}, "size"),
+        ({"image_std": [1, 0, 1]}, "image_std"),
+        ({"image_mean": [1, 2]}, "image_mean"),
+        ({"resample": 7}, "resample"),
+    ],
+)
 def test_bad_processor_settings_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"`{field}`"):
         CLIPADAImageProcessor(**kwargs)

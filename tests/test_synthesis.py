@@ -120,7 +120,9 @@ def test_anomaly_ratio_zero_and_one():
 def test_about_half_of_the_samples_are_normal():
     synthesizer = SyntheticAnomalyGenerator(num_augmentations=1)
     generator = seeded(4)
-    anomalous = sum(int(has_anomaly(synthesizer(make_images(40, 32, 32, seed=i), generator)[1]).sum()) for i in range(10))
+    anomalous = sum(
+        int(has_anomaly(synthesizer(make_images(40, 32, 32, seed=i), generator)[1]).sum()) for i in range(10)
+    )
     # binomial(400, 0.5): mean 200, sd 10; 4 sd either side
     assert 160 <= anomalous <= 240
 
@@ -323,4 +325,3 @@ def test_missing_or_empty_texture_dir_raises_with_the_folder_name(tmp_path):
     (empty / "notes.txt").write_text("nothing here")
     with pytest.raises(ValueError, match="empty_textures"):
         SyntheticAnomalyGenerator(empty)
-

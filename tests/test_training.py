@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_clip import make_tiny_clip
 
 from modeling_clipada import CLIPADAForAnomalySegmentation
-from tiny_clip import make_tiny_clip
 from training import eval as evaluation
 from training import train
 from training.demo_data import make_demo_dataset
@@ -33,9 +33,23 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def _args(workspace: Path, output_dir: Path, *extra: str) -> list[str]:
-    return ["--model_name_or_path", str(workspace / "clip"), "--dataset_name", str(workspace / "data"),
-            "--output_dir", str(output_dir), "--per_device_train_batch_size", "4", "--learning_rate", "0.01",
-            "--lr_milestones", "2", "--num_heatmaps", "2", *extra]
+    return [
+        "--model_name_or_path",
+        str(workspace / "clip"),
+        "--dataset_name",
+        str(workspace / "data"),
+        "--output_dir",
+        str(output_dir),
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "0.01",
+        "--lr_milestones",
+        "2",
+        "--num_heatmaps",
+        "2",
+        *extra,
+    ]
 
 
 def _trainable_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -46,8 +60,15 @@ def _trainable_weights(folder: Path) -> dict[str, torch.Tensor]:
 def test_training_saves_a_loadable_model_with_card_metrics_and_heatmaps(workspace, tmp_path):
     metrics = train.main(_args(workspace, tmp_path / "run", "--max_train_steps", "6"))
     run = tmp_path / "run"
-    for name in ("config.json", "model.safetensors", "modeling_clipada.py", "configuration_clipada.py",
-                 "preprocessor_config.json", "image_processing_clipada.py", "README.md"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "modeling_clipada.py",
+        "configuration_clipada.py",
+        "preprocessor_config.json",
+        "image_processing_clipada.py",
+        "README.md",
+    ):
         assert (run / name).is_file(), name
     saved = json.loads((run / "evaluation" / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
@@ -63,8 +84,9 @@ def test_training_saves_a_loadable_model_with_card_metrics_and_heatmaps(workspac
 
 
 def test_checkpoints_hold_only_the_trainable_weights(workspace, tmp_path):
-    train.main(_args(workspace, tmp_path / "run", "--max_train_steps", "4", "--checkpointing_steps", "2",
-                     "--skip_evaluation"))
+    train.main(
+        _args(workspace, tmp_path / "run", "--max_train_steps", "4", "--checkpointing_steps", "2", "--skip_evaluation")
+    )
     checkpoints = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step_2", "step_4"]
     weights = load_file(checkpoints / "step_4" / f"0_{train.TRAINABLE_WEIGHTS}")
@@ -79,8 +101,9 @@ def test_resume_continues_exactly(workspace, tmp_path):
     resumed = tmp_path / "resumed"
     train.main(_args(workspace, resumed, "--max_train_steps", "10", "--checkpointing_steps", "10", "--skip_evaluation"))
     (resumed / "checkpoints" / ".partial_step_15").mkdir()  # a write killed midway is never "latest"
-    train.main(_args(workspace, resumed, "--max_train_steps", "20", "--resume_from_checkpoint", "latest",
-                     "--skip_evaluation"))
+    train.main(
+        _args(workspace, resumed, "--max_train_steps", "20", "--resume_from_checkpoint", "latest", "--skip_evaluation")
+    )
     straight, after_resume = _trainable_weights(tmp_path / "straight"), _trainable_weights(resumed)
     assert set(straight) == set(after_resume) and len(straight) == 7
     for name in straight:
@@ -103,8 +126,15 @@ def test_missing_dataset_is_a_clear_error(workspace, tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flag, value", [("--per_device_train_batch_size", "0"), ("--learning_rate", "-1"),
-                                         ("--checkpointing_steps", "often"), ("--num_refinements", "-1")])
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--per_device_train_batch_size", "0"),
+        ("--learning_rate", "-1"),
+        ("--checkpointing_steps", "often"),
+        ("--num_refinements", "-1"),
+    ],
+)
 def test_bad_arguments_are_rejected(workspace, tmp_path, flag, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.main(_args(workspace, tmp_path / "run", flag, value))
@@ -127,11 +157,17 @@ def test_learning_rate_is_multiplied_by_0_2_at_each_milestone():
         rates.append(scheduler.get_last_lr()[0])
         optimizer.step()
         scheduler.step()
-    assert rates[:10] == [1.0] * 10 and rates[10:15] == pytest.approx([0.2] * 5) and rates[15:] == pytest.approx([0.04] * 5)
+    assert (
+        rates[:10] == [1.0] * 10
+        and rates[10:15] == pytest.approx([0.2] * 5)
+        and rates[15:] == pytest.approx([0.04] * 5)
+    )
 
 
 def test_continuing_a_clipada_checkpoint(workspace, tmp_path):
-    train.main(_args(workspace, tmp_path / "first", "--max_train_steps", "2", "--skip_evaluation", "--num_refinements", "2"))
+    train.main(
+        _args(workspace, tmp_path / "first", "--max_train_steps", "2", "--skip_evaluation", "--num_refinements", "2")
+    )
     args = _args(workspace, tmp_path / "second", "--max_train_steps", "1", "--skip_evaluation")
     args[args.index("--model_name_or_path") + 1] = str(tmp_path / "first")
     train.main(args)
@@ -139,24 +175,63 @@ def test_continuing_a_clipada_checkpoint(workspace, tmp_path):
 
 
 def test_push_to_hub_uploads_the_final_model_only(workspace, tmp_path, hub_uploads):
-    train.main(_args(workspace, tmp_path / "run", "--max_train_steps", "2", "--checkpointing_steps", "1",
-                     "--push_to_hub", "--hub_model_id", "someone/clipada-demo"))
+    train.main(
+        _args(
+            workspace,
+            tmp_path / "run",
+            "--max_train_steps",
+            "2",
+            "--checkpointing_steps",
+            "1",
+            "--push_to_hub",
+            "--hub_model_id",
+            "someone/clipada-demo",
+        )
+    )
     assert len(hub_uploads) == 1 and hub_uploads[0]["repo_id"] == "someone/clipada-demo"
     files = set(hub_uploads[0]["files"])
-    assert {"config.json", "model.safetensors", "modeling_clipada.py", "configuration_clipada.py",
-            "preprocessor_config.json", "image_processing_clipada.py", "README.md",
-            "evaluation/metrics.json"} <= files
+    assert {
+        "config.json",
+        "model.safetensors",
+        "modeling_clipada.py",
+        "configuration_clipada.py",
+        "preprocessor_config.json",
+        "image_processing_clipada.py",
+        "README.md",
+        "evaluation/metrics.json",
+    } <= files
     assert not any(name.startswith("checkpoints/") for name in files)
 
 
 def test_two_processes_hold_identical_weights_equal_to_one_process(workspace, tmp_path):
     common = ["--max_train_steps", "4", "--per_device_train_batch_size", "2", "--skip_evaluation"]
     two = tmp_path / "two"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
-               str(REPO / "training" / "train.py"), *_args(workspace, two, *common)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600,
-                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29533",
+        str(REPO / "training" / "train.py"),
+        *_args(workspace, two, *common),
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Trainable weights identical on all 2 processes." in result.stdout + result.stderr
     # One process, two accumulated micro-batches of 2 = the same global batches of 4.
@@ -169,16 +244,37 @@ def test_two_processes_hold_identical_weights_equal_to_one_process(workspace, tm
 def test_synthesis_seed_depends_on_data_order_only():
     a = train.synthesis_generator(1, 2, 3).initial_seed()
     assert a == train.synthesis_generator(1, 2, 3).initial_seed()
-    assert len({a, train.synthesis_generator(1, 2, 4).initial_seed(), train.synthesis_generator(1, 3, 3).initial_seed(),
-                train.synthesis_generator(2, 2, 3).initial_seed()}) == 4
+    assert (
+        len(
+            {
+                a,
+                train.synthesis_generator(1, 2, 4).initial_seed(),
+                train.synthesis_generator(1, 3, 3).initial_seed(),
+                train.synthesis_generator(2, 2, 3).initial_seed(),
+            }
+        )
+        == 4
+    )
 
 
 def test_eval_cli_writes_metrics_predictions_and_heatmaps(workspace, tmp_path):
     train.main(_args(workspace, tmp_path / "run", "--max_train_steps", "2", "--skip_evaluation"))
     output = tmp_path / "evaluation"
-    metrics = evaluation.main(["--model_name_or_path", str(tmp_path / "run"), "--dataset_name", str(workspace / "data"),
-                               "--output_dir", str(output), "--save_predictions", "--num_heatmaps", "3",
-                               "--per_device_eval_batch_size", "3"])
+    metrics = evaluation.main(
+        [
+            "--model_name_or_path",
+            str(tmp_path / "run"),
+            "--dataset_name",
+            str(workspace / "data"),
+            "--output_dir",
+            str(output),
+            "--save_predictions",
+            "--num_heatmaps",
+            "3",
+            "--per_device_eval_batch_size",
+            "3",
+        ]
+    )
     assert json.loads((output / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
     assert "| Mean |" in (output / "metrics.md").read_text()
     for category in ("disc", "weave"):
@@ -187,8 +283,12 @@ def test_eval_cli_writes_metrics_predictions_and_heatmaps(workspace, tmp_path):
         assert predictions["anomaly_maps"].shape == predictions["masks"].shape == (8, 32, 32)
         assert predictions["image_scores"].shape == predictions["image_labels"].shape == (8,)
         assert predictions["image_labels"].sum() == 6 and predictions["masks"].max() == 1
-        recomputed = compute_anomaly_metrics(predictions["anomaly_maps"].astype(np.float32), predictions["masks"],
-                                             predictions["image_scores"], predictions["image_labels"])
+        recomputed = compute_anomaly_metrics(
+            predictions["anomaly_maps"].astype(np.float32),
+            predictions["masks"],
+            predictions["image_scores"],
+            predictions["image_labels"],
+        )
         for key, value in metrics["per_category"][category].items():
             assert recomputed[key] == pytest.approx(value, abs=2e-3), key
     assert len(list((output / "heatmaps").glob("disc_*.png"))) == 3
@@ -196,8 +296,16 @@ def test_eval_cli_writes_metrics_predictions_and_heatmaps(workspace, tmp_path):
 
 def test_eval_of_a_missing_checkpoint_is_a_clear_error(workspace, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        evaluation.main(["--model_name_or_path", str(tmp_path / "missing"), "--dataset_name", str(workspace / "data"),
-                         "--output_dir", str(tmp_path / "e")])
+        evaluation.main(
+            [
+                "--model_name_or_path",
+                str(tmp_path / "missing"),
+                "--dataset_name",
+                str(workspace / "data"),
+                "--output_dir",
+                str(tmp_path / "e"),
+            ]
+        )
     assert exit_info.value.code == 2
     assert "missing" in capsys.readouterr().err
 

@@ -26,8 +26,15 @@ def tiny_clip_config(num_vision_layers: int = 4) -> CLIPConfig:
     """CLIP with hidden width 32, 4 heads, 2 text layers, `num_vision_layers` vision layers, 32 px, patch 4."""
     common = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, projection_dim=16)
     return CLIPConfig(
-        text_config=dict(common, num_hidden_layers=2, vocab_size=60, max_position_embeddings=77, bos_token_id=57,
-                         eos_token_id=58, pad_token_id=58),
+        text_config=dict(
+            common,
+            num_hidden_layers=2,
+            vocab_size=60,
+            max_position_embeddings=77,
+            bos_token_id=57,
+            eos_token_id=58,
+            pad_token_id=58,
+        ),
         vision_config=dict(common, num_hidden_layers=num_vision_layers, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE),
         projection_dim=16,
     )
@@ -55,7 +62,9 @@ def write_real_clip_tokenizer(folder: Path) -> CLIPTokenizer | None:
 
 
 def _bytes_to_unicode() -> dict[int, str]:
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     codes = printable[:]
     extra = 0
     for byte in range(256):
@@ -66,7 +75,9 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, codes)))
 
 
-def make_tiny_clip(folder: Path | None = None, num_vision_layers: int = 4, seed: int = 0) -> tuple[CLIPModel, CLIPTokenizer]:
+def make_tiny_clip(
+    folder: Path | None = None, num_vision_layers: int = 4, seed: int = 0
+) -> tuple[CLIPModel, CLIPTokenizer]:
     """A random tiny CLIPModel and its tokenizer; both saved to `folder` (a loadable CLIP checkpoint) when given."""
     torch.manual_seed(seed)
     clip = CLIPModel(tiny_clip_config(num_vision_layers)).eval()

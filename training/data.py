@@ -41,7 +41,6 @@ import datasets
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-
 logger = logging.getLogger(__name__)
 
 LABEL_NAMES = ("good", "anomaly")
@@ -63,9 +62,7 @@ _ENCODING_VERSION = "1"
 _WRITER_BATCH_SIZE = 16
 _PASSTHROUGH_IMAGE_FORMATS = frozenset({"PNG", "JPEG"})
 _HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_SKIP_MISSING_HINT = (
-    "pass allow_missing_files=True (CLI: --skip_missing_files) to keep only the rows whose files exist"
-)
+_SKIP_MISSING_HINT = "pass allow_missing_files=True (CLI: --skip_missing_files) to keep only the rows whose files exist"
 
 
 class DatasetFormatError(ValueError):

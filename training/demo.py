@@ -42,16 +42,26 @@ def main(argv: list[str] | None = None) -> dict | None:
     print(f"[demo] demo dataset (MVTec-AD layout) written to {dataset_dir}")
     clip_dir = build_smoke_clip(output_dir / "smoke_clip", seed=args.seed)
     print(f"[demo] smoke CLIP (random weights) written to {clip_dir}")
-    metrics = train.main([
-        "--model_name_or_path", str(clip_dir),
-        "--dataset_name", str(dataset_dir),
-        "--output_dir", str(output_dir / "model"),
-        "--max_train_steps", str(args.max_train_steps),
-        "--per_device_train_batch_size", "8",
-        "--learning_rate", "2e-3",
-        "--checkpointing_steps", "100",
-        "--seed", str(args.seed),
-    ])
+    metrics = train.main(
+        [
+            "--model_name_or_path",
+            str(clip_dir),
+            "--dataset_name",
+            str(dataset_dir),
+            "--output_dir",
+            str(output_dir / "model"),
+            "--max_train_steps",
+            str(args.max_train_steps),
+            "--per_device_train_batch_size",
+            "8",
+            "--learning_rate",
+            "2e-3",
+            "--checkpointing_steps",
+            "100",
+            "--seed",
+            str(args.seed),
+        ]
+    )
     print(BANNER)
     print(f"[demo] checkpoint, model card, metrics.json and heatmaps: {output_dir / 'model'}")
     print(f"[demo] wall time {time.perf_counter() - started:.0f} s")

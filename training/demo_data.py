@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-
 CATEGORY_KINDS = {"disc": "object", "weave": "texture"}
 DEFECT_TYPES = {"disc": ("scratch", "spot", "stain"), "weave": ("cut", "hole", "stain")}
 README_MARKER = "CLIP-ADA demo dataset"

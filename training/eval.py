@@ -74,8 +74,12 @@ def evaluate_model(
                     predictions[key].append(value.numpy())
             for offset in range(len(scores)):
                 if output_dir is not None and start + offset in heatmap_rows:
-                    save_heatmap(output_dir / "heatmaps" / f"{category}_{start + offset:04d}.png",
-                                 batch["raw_images"][offset], batch["labels"][offset], anomaly_maps[offset])
+                    save_heatmap(
+                        output_dir / "heatmaps" / f"{category}_{start + offset:04d}.png",
+                        batch["raw_images"][offset],
+                        batch["labels"][offset],
+                        anomaly_maps[offset],
+                    )
         per_category[category] = metrics.compute()
         if save_predictions and output_dir is not None:
             save_category_predictions(output_dir / "predictions" / f"{category}.npz", predictions)
@@ -94,7 +98,9 @@ def _batches(subset, processor: CLIPADAImageProcessor, batch_size: int, num_work
 
     def collate(examples: list[dict]) -> dict:
         images = [example["image"] for example in examples]
-        inputs = processor(images=images, segmentation_maps=[example["mask"] for example in examples], do_normalize=False)
+        inputs = processor(
+            images=images, segmentation_maps=[example["mask"] for example in examples], do_normalize=False
+        )
         return {
             "pixel_values": processor.normalize(inputs["pixel_values"]),
             "raw_images": inputs["pixel_values"],
@@ -152,12 +158,18 @@ def write_evaluation(output_dir: str | Path, per_category: dict, mean: dict) -> 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model_name_or_path", required=True, help="A CLIP-ADA checkpoint folder or Hub id.")
-    parser.add_argument("--dataset_name", required=True,
-                        help="A raw MVTec-AD / VisA folder, a folder saved by training.prepare_dataset, or a Hub id.")
+    parser.add_argument(
+        "--dataset_name",
+        required=True,
+        help="A raw MVTec-AD / VisA folder, a folder saved by training.prepare_dataset, or a Hub id.",
+    )
     parser.add_argument("--dataset", choices=["mvtec_ad", "visa"], default=None)
     parser.add_argument("--categories", nargs="+", default=None)
-    parser.add_argument("--skip_missing_files", action="store_true",
-                        help="VisA: skip split-csv rows whose files are missing (a partial download).")
+    parser.add_argument(
+        "--skip_missing_files",
+        action="store_true",
+        help="VisA: skip split-csv rows whose files are missing (a partial download).",
+    )
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--per_device_eval_batch_size", type=int, default=16)
     parser.add_argument("--dataloader_num_workers", type=int, default=0)
@@ -176,16 +188,26 @@ def main(argv: list[str] | None = None) -> dict:
             processor = CLIPADAImageProcessor.from_pretrained(args.model_name_or_path)
         except OSError:
             processor = CLIPADAImageProcessor(size=model.config.vision_config.image_size)
-        dataset = load_anomaly_dataset(args.dataset_name, dataset=args.dataset, categories=args.categories,
-                                       allow_missing_files=args.skip_missing_files)
+        dataset = load_anomaly_dataset(
+            args.dataset_name,
+            dataset=args.dataset,
+            categories=args.categories,
+            allow_missing_files=args.skip_missing_files,
+        )
         if "test" not in dataset or len(dataset["test"]) == 0:
             raise DatasetFormatError(f"{args.dataset_name} has no test split to evaluate.")
     except (DatasetFormatError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from error
     per_category, mean = evaluate_model(
-        model, processor, dataset["test"], device=args.device, batch_size=args.per_device_eval_batch_size,
-        output_dir=args.output_dir, save_predictions=args.save_predictions, num_heatmaps=args.num_heatmaps,
+        model,
+        processor,
+        dataset["test"],
+        device=args.device,
+        batch_size=args.per_device_eval_batch_size,
+        output_dir=args.output_dir,
+        save_predictions=args.save_predictions,
+        num_heatmaps=args.num_heatmaps,
         num_workers=args.dataloader_num_workers,
     )
     print(write_evaluation(args.output_dir, per_category, mean))

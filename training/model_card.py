@@ -12,9 +12,21 @@ from pathlib import Path
 from training.metrics import format_metrics_table
 
 HYPERPARAMETERS = (
-    "model_name_or_path", "dataset_name", "categories", "preset", "image_size", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "learning_rate", "weight_decay", "num_train_epochs", "max_train_steps",
-    "lr_milestones", "mixed_precision", "seed", "texture_dir",
+    "model_name_or_path",
+    "dataset_name",
+    "categories",
+    "preset",
+    "image_size",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "weight_decay",
+    "num_train_epochs",
+    "max_train_steps",
+    "lr_milestones",
+    "mixed_precision",
+    "seed",
+    "texture_dir",
 )
 
 
@@ -22,8 +34,17 @@ def write_model_card(output_dir: str | Path, args: dict, metrics: dict | None) -
     """Writes `output_dir/README.md` from the training arguments, the saved config and the evaluation metrics."""
     output_dir = Path(output_dir)
     config = json.loads((output_dir / "config.json").read_text())
-    head = {key: config.get(key) for key in ("feature_layer", "num_refinements", "num_prompt_vectors",
-                                             "prompt_template", "image_score_top_k", "smoothing_sigma")}
+    head = {
+        key: config.get(key)
+        for key in (
+            "feature_layer",
+            "num_refinements",
+            "num_prompt_vectors",
+            "prompt_template",
+            "image_score_top_k",
+            "smoothing_sigma",
+        )
+    }
     rows = "\n".join(f"| `{key}` | `{args.get(key)}` |" for key in HYPERPARAMETERS if key in args)
     head_rows = "\n".join(f"| `{key}` | `{value}` |" for key, value in head.items())
     if metrics:

@@ -26,7 +26,6 @@ import datasets
 
 from training.data import DATASET_NAMES, DatasetFormatError, load_anomaly_dataset, save_dataset_atomically
 
-
 logger = logging.getLogger(__name__)
 
 
@@ -111,9 +110,7 @@ def count_samples(dataset_dict: datasets.DatasetDict) -> dict[str, Counter]:
     Returns:
         For each split, a `Counter` keyed by ``(category, defect_type)``.
     """
-    return {
-        name: Counter(zip(split["category"], split["defect_type"])) for name, split in dataset_dict.items()
-    }
+    return {name: Counter(zip(split["category"], split["defect_type"])) for name, split in dataset_dict.items()}
 
 
 def format_counts(counts: dict[str, Counter]) -> str:

@@ -39,11 +39,19 @@ def smoke_clip_config(
     hidden_size: int = 64, num_vision_layers: int = 4, image_size: int = 96, patch_size: int = 8
 ) -> CLIPConfig:
     """A small CLIP configuration sized for the character tokenizer (vocabulary 60, 77 positions)."""
-    common = dict(hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_attention_heads=4,
-                  projection_dim=hidden_size)
+    common = dict(
+        hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_attention_heads=4, projection_dim=hidden_size
+    )
     return CLIPConfig(
-        text_config=dict(common, num_hidden_layers=2, vocab_size=60, max_position_embeddings=77,
-                         bos_token_id=START_TOKEN_ID, eos_token_id=END_TOKEN_ID, pad_token_id=END_TOKEN_ID),
+        text_config=dict(
+            common,
+            num_hidden_layers=2,
+            vocab_size=60,
+            max_position_embeddings=77,
+            bos_token_id=START_TOKEN_ID,
+            eos_token_id=END_TOKEN_ID,
+            pad_token_id=END_TOKEN_ID,
+        ),
         vision_config=dict(common, num_hidden_layers=num_vision_layers, image_size=image_size, patch_size=patch_size),
         projection_dim=hidden_size,
     )

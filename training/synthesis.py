@@ -58,7 +58,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Decisions (which samples, which augmentation, which source) are kept on the CPU, so that a CUDA batch
 # needs no device-to-host synchronisation except the one that checks which masks came out empty.
@@ -373,9 +372,7 @@ AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] =
 _UNIFORMS_PER_AUGMENTATION = 3
 
 
-def augment_sources(
-    sources: torch.Tensor, num_augmentations: int, generator: torch.Generator | None
-) -> torch.Tensor:
+def augment_sources(sources: torch.Tensor, num_augmentations: int, generator: torch.Generator | None) -> torch.Tensor:
     """Applies ``num_augmentations`` distinct random augmentations to every source.
 
     Each sample draws its own augmentations (DRAEM: 3 of its 10, without replacement); they are applied in

@@ -48,8 +48,15 @@ PRESETS = {
 }
 LR_DECAY = 0.2
 HEAD_CONFIG_FIELDS = (
-    "feature_layer", "num_prompt_vectors", "prompt_template", "num_refinements", "refinement_loss_weight",
-    "detach_refinement_input", "image_score_top_k", "smoothing_sigma", "use_feature_layernorm",
+    "feature_layer",
+    "num_prompt_vectors",
+    "prompt_template",
+    "num_refinements",
+    "refinement_loss_weight",
+    "detach_refinement_input",
+    "image_score_top_k",
+    "smoothing_sigma",
+    "use_feature_layernorm",
 )
 CHECKPOINTS_DIR = "checkpoints"
 TRAINABLE_WEIGHTS = "trainable_weights.safetensors"
@@ -57,44 +64,75 @@ TRAINABLE_WEIGHTS = "trainable_weights.safetensors"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model_name_or_path", default="openai/clip-vit-base-patch16",
-                        help="A CLIP checkpoint (Hub id or folder) to start from, or a CLIP-ADA checkpoint to continue.")
-    parser.add_argument("--dataset_name", required=True,
-                        help="A raw MVTec-AD / VisA folder, a folder saved by training.prepare_dataset, or a Hub id.")
-    parser.add_argument("--dataset", choices=["mvtec_ad", "visa"], default=None,
-                        help="Layout of a raw folder, when it cannot be inferred.")
+    parser.add_argument(
+        "--model_name_or_path",
+        default="openai/clip-vit-base-patch16",
+        help="A CLIP checkpoint (Hub id or folder) to start from, or a CLIP-ADA checkpoint to continue.",
+    )
+    parser.add_argument(
+        "--dataset_name",
+        required=True,
+        help="A raw MVTec-AD / VisA folder, a folder saved by training.prepare_dataset, or a Hub id.",
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=["mvtec_ad", "visa"],
+        default=None,
+        help="Layout of a raw folder, when it cannot be inferred.",
+    )
     parser.add_argument("--categories", nargs="+", default=None, help="Train on these categories only.")
-    parser.add_argument("--skip_missing_files", action="store_true",
-                        help="VisA: skip split-csv rows whose files are missing (a partial download).")
+    parser.add_argument(
+        "--skip_missing_files",
+        action="store_true",
+        help="VisA: skip split-csv rows whose files are missing (a partial download).",
+    )
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="The paper's schedule: MVTec-AD 800 epochs, batch 16, lr x0.2 at 400 and 700; "
-                             "VisA 500 epochs, batch 64, lr x0.2 at 250. Explicit flags win.")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="The paper's schedule: MVTec-AD 800 epochs, batch 16, lr x0.2 at 400 and 700; "
+        "VisA 500 epochs, batch 64, lr x0.2 at 250. Explicit flags win.",
+    )
     parser.add_argument("--per_device_train_batch_size", type=int, default=None, help="Default 16.")
     parser.add_argument("--per_device_eval_batch_size", type=int, default=16)
-    parser.add_argument("--learning_rate", type=float, default=1e-3,
-                        help="AdamW learning rate (the paper's value was lost in the text; 1e-3 suits the linear head).")
+    parser.add_argument(
+        "--learning_rate",
+        type=float,
+        default=1e-3,
+        help="AdamW learning rate (the paper's value was lost in the text; 1e-3 suits the linear head).",
+    )
     parser.add_argument("--weight_decay", type=float, default=0.0)
     parser.add_argument("--num_train_epochs", type=int, default=None, help="Default 10.")
     parser.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs when set.")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    parser.add_argument("--lr_milestones", type=int, nargs="*", default=None,
-                        help="Epochs at which the learning rate is multiplied by 0.2.")
-    parser.add_argument("--image_size", type=int, default=None,
-                        help="Input resolution (default: the CLIP's own, 224 for ViT-B/16).")
+    parser.add_argument(
+        "--lr_milestones",
+        type=int,
+        nargs="*",
+        default=None,
+        help="Epochs at which the learning rate is multiplied by 0.2.",
+    )
+    parser.add_argument(
+        "--image_size", type=int, default=None, help="Input resolution (default: the CLIP's own, 224 for ViT-B/16)."
+    )
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--checkpointing_steps", default=None,
-                        help="Save a resumable checkpoint every N optimizer steps, or 'epoch'.")
+    parser.add_argument(
+        "--checkpointing_steps", default=None, help="Save a resumable checkpoint every N optimizer steps, or 'epoch'."
+    )
     parser.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint folder, or 'latest'.")
     parser.add_argument("--with_tracking", action="store_true", help="Log loss and learning rate.")
     parser.add_argument("--report_to", default="tensorboard")
     parser.add_argument("--push_to_hub", action="store_true")
     parser.add_argument("--hub_model_id", default=None)
     parser.add_argument("--hub_token", default=None)
-    parser.add_argument("--texture_dir", default=None,
-                        help="Folder of anomaly-source textures (DTD in the paper). Default: procedural textures "
-                             "and other images of the batch (no download).")
+    parser.add_argument(
+        "--texture_dir",
+        default=None,
+        help="Folder of anomaly-source textures (DTD in the paper). Default: procedural textures "
+        "and other images of the batch (no download).",
+    )
     parser.add_argument("--dataloader_num_workers", type=int, default=0)
     parser.add_argument("--skip_evaluation", action="store_true", help="Do not evaluate on the test split at the end.")
     parser.add_argument("--num_heatmaps", type=int, default=4, help="Heatmap PNGs per category at the end.")
@@ -156,8 +194,10 @@ def build_model(args: argparse.Namespace) -> CLIPADAForAnomalySegmentation:
     if _is_clipada(args.model_name_or_path):
         frozen_shape = {"num_refinements", "num_prompt_vectors", "prompt_template"} & set(overrides)
         if frozen_shape:
-            raise ValueError(f"{sorted(frozen_shape)} cannot change when continuing CLIP-ADA checkpoint "
-                             f"{args.model_name_or_path}; start from a CLIP checkpoint instead.")
+            raise ValueError(
+                f"{sorted(frozen_shape)} cannot change when continuing CLIP-ADA checkpoint "
+                f"{args.model_name_or_path}; start from a CLIP checkpoint instead."
+            )
         return CLIPADAForAnomalySegmentation.from_pretrained(args.model_name_or_path, **overrides)
     return CLIPADAForAnomalySegmentation.from_clip(args.model_name_or_path, **overrides)
 
@@ -170,8 +210,9 @@ def _is_clipada(model_name_or_path: str) -> bool:
 
 
 def load_dataset_from_args(args: argparse.Namespace):
-    return load_anomaly_dataset(args.dataset_name, dataset=args.dataset, categories=args.categories,
-                                allow_missing_files=args.skip_missing_files)
+    return load_anomaly_dataset(
+        args.dataset_name, dataset=args.dataset, categories=args.categories, allow_missing_files=args.skip_missing_files
+    )
 
 
 def build_train_dataloader(
@@ -212,8 +253,14 @@ def resize_once(dataset, processor: CLIPADAImageProcessor):
         return {"pixels": (pixels * 255).round().to(torch.uint8).numpy()}
 
     features = datasets.Features({"pixels": datasets.Array3D(shape=(3, height, width), dtype="uint8")})
-    resized = dataset.map(resize, batched=True, batch_size=32, remove_columns=dataset.column_names,
-                          features=features, desc=f"Resizing training images to {height}x{width} once")
+    resized = dataset.map(
+        resize,
+        batched=True,
+        batch_size=32,
+        remove_columns=dataset.column_names,
+        features=features,
+        desc=f"Resizing training images to {height}x{width} once",
+    )
     return resized.with_format("torch")
 
 
@@ -324,7 +371,9 @@ def resolve_checkpoint(output_dir: str, resume_from_checkpoint: str) -> Path:
         key=lambda p: int(p.name[5:]),
     )
     if not checkpoints:
-        raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint in {Path(output_dir) / CHECKPOINTS_DIR}.")
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint latest: no checkpoint in {Path(output_dir) / CHECKPOINTS_DIR}."
+        )
     return checkpoints[-1]
 
 
@@ -380,8 +429,12 @@ def train(args: argparse.Namespace) -> dict | None:
         accelerator.load_state(str(checkpoint))
     start_epoch, resume_batch = divmod(progress.completed_steps * args.gradient_accumulation_steps, batches_per_epoch)
 
-    bar = tqdm(total=max_steps, initial=progress.completed_steps, disable=not accelerator.is_local_main_process,
-               mininterval=1.0)
+    bar = tqdm(
+        total=max_steps,
+        initial=progress.completed_steps,
+        disable=not accelerator.is_local_main_process,
+        mininterval=1.0,
+    )
     model.train()
     for epoch in range(start_epoch, num_epochs):
         dataloader.set_epoch(epoch)
@@ -390,7 +443,13 @@ def train(args: argparse.Namespace) -> dict | None:
         for batch_index, images in enumerate(epoch_loader, start=skip):
             micro_batch = batch_index * accelerator.num_processes + accelerator.process_index
             loss = training_step(
-                accelerator, model, optimizer, scheduler, processor, synthesizer, images,
+                accelerator,
+                model,
+                optimizer,
+                scheduler,
+                processor,
+                synthesizer,
+                images,
                 synthesis_generator(args.seed, epoch, micro_batch),
             )
             if not accelerator.sync_gradients:
@@ -399,8 +458,10 @@ def train(args: argparse.Namespace) -> dict | None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
             if args.with_tracking:
-                accelerator.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0], "epoch": epoch},
-                                step=progress.completed_steps)
+                accelerator.log(
+                    {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0], "epoch": epoch},
+                    step=progress.completed_steps,
+                )
             if _is_checkpoint_step(args, progress.completed_steps, end_of_epoch=False):
                 save_checkpoint(accelerator, args.output_dir, progress.completed_steps)
             if progress.completed_steps >= max_steps:
@@ -462,8 +523,14 @@ def evaluate_on_test_split(args: argparse.Namespace, model, processor, dataset, 
         return None
     evaluation_dir = Path(args.output_dir) / "evaluation"
     per_category, mean = evaluate_model(
-        model, processor, dataset["test"], device=device, batch_size=args.per_device_eval_batch_size,
-        output_dir=evaluation_dir, save_predictions=args.save_predictions, num_heatmaps=args.num_heatmaps,
+        model,
+        processor,
+        dataset["test"],
+        device=device,
+        batch_size=args.per_device_eval_batch_size,
+        output_dir=evaluation_dir,
+        save_predictions=args.save_predictions,
+        num_heatmaps=args.num_heatmaps,
     )
     table = write_evaluation(evaluation_dir, per_category, mean)
     print(table)
