@@ -121,29 +121,3 @@ def test_tiny_eval_memory_check_reports_each_checkpoint(tmp_path):
     assert buffers == sorted(buffers)  # the metric buffers only grow within a category
     assert written["flat"] == results["flat"] and isinstance(written["flat"], bool)
     assert "| images |" in (tmp_path / "evalmem.md").read_text()
-
-
-@pytest.mark.parametrize(
-    "grid, size, sigma",
-    [
-        ((14, 14), (224, 224), 4.0),
-        ((21, 21), (336, 336), 4.0),
-        ((8, 10), (32, 40), 1.0),
-        ((3, 5), (6, 10), 4.0),
-        ((8, 8), (32, 32), 0.0),
-    ],
-)
-def test_fast_upsample_and_smooth_equals_interpolate_then_gaussian_blur(grid, size, sigma):
-    """The model's matrix form of post-processing (a speed-up) gives the map of the two reference operators."""
-    import torch
-    import torch.nn.functional as F
-
-    from modeling_clipada.modeling_clipada import (
-        _upsample_and_smooth_matrices,
-        gaussian_blur,
-    )
-
-    probabilities = torch.rand(3, *grid, generator=torch.Generator().manual_seed(0))
-    reference = gaussian_blur(F.interpolate(probabilities[:, None], size=size, mode="bilinear"), sigma)[:, 0]
-    rows, columns = _upsample_and_smooth_matrices(grid, size, sigma, probabilities.device, probabilities.dtype)
-    torch.testing.assert_close(rows @ probabilities @ columns.T, reference, rtol=0, atol=1e-6)

@@ -7,6 +7,7 @@ from tiny_clip import IMAGE_SIZE, PATCH_SIZE, make_tiny_clip, tiny_clip_config, 
 from transformers import CLIPModel
 
 from modeling_clipada import CLIPADAConfig, CLIPADAForAnomalySegmentation
+from modeling_clipada.modeling_clipada import _upsample_and_smooth_matrices, gaussian_blur
 
 GRID = IMAGE_SIZE // PATCH_SIZE
 
@@ -285,6 +286,24 @@ def test_trainable_parameters_of_a_vit_b16_shaped_model_match_the_paper(num_refi
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     # (R + 1) * (768 * 512 + 512) projections + 4 * 512 prompt vectors + scale and bias: 0.40M / 0.79M / 1.18M
     assert trainable == expected == (num_refinements + 1) * 393_728 + 4 * 512 + 2
+
+
+@pytest.mark.parametrize(
+    "grid, size, sigma",
+    [
+        ((14, 14), (224, 224), 4.0),
+        ((21, 21), (336, 336), 4.0),
+        ((8, 10), (32, 40), 1.0),
+        ((3, 5), (6, 10), 4.0),
+        ((8, 8), (32, 32), 0.0),
+    ],
+)
+def test_fast_upsample_and_smooth_equals_interpolate_then_gaussian_blur(grid, size, sigma):
+    """The model's matrix form of post-processing (a speed-up) gives the map of the two reference operators."""
+    probabilities = torch.rand(3, *grid, generator=torch.Generator().manual_seed(0))
+    reference = gaussian_blur(F.interpolate(probabilities[:, None], size=size, mode="bilinear"), sigma)[:, 0]
+    rows, columns = _upsample_and_smooth_matrices(grid, size, sigma, probabilities.device, probabilities.dtype)
+    torch.testing.assert_close(rows @ probabilities @ columns.T, reference, rtol=0, atol=1e-6)
 
 
 def _tiny_config_fields() -> dict:
