@@ -10,9 +10,9 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from training.metrics import (
-    CORE_PATH,
+    EVALUATE_MODULE_PATH,
     AnomalyMetrics,
-    _core,
+    anomaly_metrics,
     compute_anomaly_metrics,
     format_metrics_table,
     mean_metrics,
@@ -162,7 +162,7 @@ def test_streaming_accepts_torch_tensors_and_maps_of_different_sizes():
         torch.from_numpy(image_labels),
     )
     metrics.update(small_maps[:, None], small_masks[:, None].astype(np.uint8) * 255, small_scores, small_labels)
-    expected = _core().anomaly_metrics(
+    expected = anomaly_metrics(
         [*maps, *small_maps], [*masks, *small_masks], [*image_scores, *small_scores], [*image_labels, *small_labels]
     )
     assert metrics.compute() == pytest.approx(expected, abs=1e-12)
@@ -246,7 +246,7 @@ def test_evaluate_load_by_local_path_gives_identical_values(monkeypatch, tmp_pat
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(evaluate.config, "HF_MODULES_CACHE", tmp_path / "modules")
-    metric = evaluate.load(str(CORE_PATH.parent), keep_in_memory=True, cache_dir=str(tmp_path / "cache"))
+    metric = evaluate.load(EVALUATE_MODULE_PATH, keep_in_memory=True, cache_dir=str(tmp_path / "cache"))
     maps, masks, image_scores, image_labels = random_case(11)
     results = metric.compute(predictions=maps, references=masks, image_scores=image_scores, image_labels=image_labels)
     assert results == compute_anomaly_metrics(maps, masks, image_scores, image_labels)

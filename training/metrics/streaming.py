@@ -1,66 +1,23 @@
-"""Anomaly-detection metrics for the evaluation loop: a streaming accumulator, category means and the paper's table.
-
-The metric math itself lives in one place, the self-contained `evaluate` module
-`metrics/clipada_anomaly/clipada_anomaly.py` (a user loads that file by path alone, so it cannot import
-this package); this module loads it by path on first use and adds what the evaluation loop needs:
-torch/numpy inputs, compact batch-by-batch buffers, per-category means and a Markdown table.
+"""A streaming accumulator of the anomaly metrics of one category, fed batch by batch by the evaluation loop.
 
 Example:
     ```python
-    >>> from training.metrics import AnomalyMetrics, format_metrics_table, mean_metrics
+    >>> from training.metrics import AnomalyMetrics
     >>> metrics = AnomalyMetrics()
     >>> for batch in dataloader:  # one category
     ...     outputs = model(batch["pixel_values"])
     ...     metrics.update(outputs.anomaly_map, batch["labels"], outputs.pred_score, batch["image_labels"])
-    >>> per_category = {"bottle": metrics.compute()}
-    >>> print(format_metrics_table(per_category, mean_metrics(per_category)))
+    >>> metrics.compute()["pixel_auroc"]
     ```
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import math
-import sys
-import warnings
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-# The single implementation of the metric math (see the module docstring).
-CORE_PATH = Path(__file__).resolve().parent.parent / "metrics" / "clipada_anomaly" / "clipada_anomaly.py"
-
-# Column headers of the paper's table, keyed by the metric names.
-TABLE_COLUMNS = {
-    "image_auroc": "I-AUROC",
-    "pixel_auroc": "P-AUROC",
-    "pixel_ap": "P-mAP",
-    "aupro": "AUPRO",
-    "image_f1_max": "I-F1max",
-    "pixel_f1_max": "P-F1max",
-}
-
-
-@functools.cache
-def _core() -> ModuleType:
-    """Loads the metric math from `CORE_PATH` once (it imports `evaluate`, which takes a few seconds).
-
-    Returns:
-        `ModuleType`: The `clipada_anomaly` evaluate module.
-
-    Raises:
-        ImportError: If the file is missing (the `metrics/` folder must sit beside `training/`).
-    """
-    if not CORE_PATH.is_file():
-        raise ImportError(f"the metric implementation {CORE_PATH} is missing; `metrics/` must sit beside `training/`")
-    spec = importlib.util.spec_from_file_location("clipada_anomaly_metric", CORE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from .anomaly import METRIC_NAMES, image_metrics, pixel_metrics, split_pixels
 
 
 def _to_numpy(values: Any) -> np.ndarray:
@@ -155,7 +112,7 @@ class AnomalyMetrics:
             )
         if not np.isfinite(scores).all():
             raise ValueError("image_scores must be finite; found NaN or infinite scores")
-        normal, anomalous, weights, num_regions = _core().split_pixels(maps, masks)
+        normal, anomalous, weights, num_regions = split_pixels(maps, masks)
         self._normal_scores.append(normal)
         self._anomalous_scores.append(anomalous)
         self._anomalous_weights.append(weights)
@@ -175,7 +132,6 @@ class AnomalyMetrics:
         """
         if not self._image_scores:
             raise ValueError("AnomalyMetrics.compute() called before any update()")
-        core = _core()
         if len(self._normal_scores) != 1:
             # Concatenate once and keep the sorted array as the single chunk: later calls reuse it.
             normal_sorted = np.concatenate(self._normal_scores)
@@ -184,15 +140,15 @@ class AnomalyMetrics:
         else:
             normal_sorted = self._normal_scores[0]
             normal_sorted.sort()  # already sorted after a previous compute: a cheap pass
-        results = core.pixel_metrics(
+        results = pixel_metrics(
             normal_sorted,
             np.concatenate(self._anomalous_scores),
             np.concatenate(self._anomalous_weights),
             self._num_regions,
             self.aupro_fpr_limit,
         )
-        results.update(core.image_metrics(np.concatenate(self._image_scores), np.concatenate(self._image_labels)))
-        return {name: float(results[name]) for name in core.METRIC_NAMES}
+        results.update(image_metrics(np.concatenate(self._image_scores), np.concatenate(self._image_labels)))
+        return {name: float(results[name]) for name in METRIC_NAMES}
 
 
 def compute_anomaly_metrics(
@@ -215,55 +171,4 @@ def compute_anomaly_metrics(
     return metrics.compute()
 
 
-def mean_metrics(per_category: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Averages each metric over the categories, skipping `nan` values (a category where it is undefined).
-
-    Args:
-        per_category (`dict[str, dict[str, float]]`): Category name to its metrics.
-
-    Returns:
-        `dict[str, float]`: Metric name to its mean (`nan` if no category defines it), keys in first-seen order.
-    """
-    names = list(dict.fromkeys(name for metrics in per_category.values() for name in metrics))
-    means = {}
-    for name in names:
-        values = np.array([metrics.get(name, math.nan) for metrics in per_category.values()], dtype=np.float64)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice" when all are nan
-            means[name] = float(np.nanmean(values))
-    return means
-
-
-def format_metrics_table(per_category: dict[str, dict[str, float]], mean: dict[str, float] | None = None) -> str:
-    """Formats the metrics as the paper's Markdown table: one row per category, then "Mean".
-
-    Columns are I-AUROC, P-AUROC, P-mAP, AUPRO, I-F1max, P-F1max, in percent with one decimal; a missing
-    or `nan` value shows as "-".
-
-    Args:
-        per_category (`dict[str, dict[str, float]]`): Category name to its metrics (values in [0, 1]).
-        mean (`dict[str, float]`, *optional*): The "Mean" row; defaults to `mean_metrics(per_category)`.
-
-    Returns:
-        `str`: The table, lines joined by newlines, without a trailing newline.
-    """
-    if mean is None:
-        mean = mean_metrics(per_category)
-
-    def row(label: str, metrics: dict[str, float]) -> str:
-        cells = []
-        for name in TABLE_COLUMNS:
-            value = metrics.get(name, math.nan)
-            cells.append("-" if math.isnan(value) else f"{100.0 * value:.1f}")
-        return "| " + " | ".join([label, *cells]) + " |"
-
-    lines = [
-        "| " + " | ".join(["Category", *TABLE_COLUMNS.values()]) + " |",
-        "|:" + "---|" + "---:|" * len(TABLE_COLUMNS),
-    ]
-    lines.extend(row(category, metrics) for category, metrics in per_category.items())
-    lines.append(row("Mean", mean))
-    return "\n".join(lines)
-
-
-__all__ = ["AnomalyMetrics", "compute_anomaly_metrics", "format_metrics_table", "mean_metrics"]
+__all__ = ["AnomalyMetrics", "compute_anomaly_metrics"]
