@@ -14,30 +14,18 @@ from pathlib import Path
 
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from training.smoke_clip import write_character_tokenizer
+from training.smoke_clip import TINY_CLIP_SIZES, smoke_clip_config, write_character_tokenizer
 
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
-IMAGE_SIZE = 32
-PATCH_SIZE = 4
+IMAGE_SIZE = TINY_CLIP_SIZES["image_size"]
+PATCH_SIZE = TINY_CLIP_SIZES["patch_size"]
 
 
 def tiny_clip_config(num_vision_layers: int = 4) -> CLIPConfig:
     """CLIP with hidden width 32, 4 heads, 2 text layers, `num_vision_layers` vision layers, 32 px, patch 4."""
-    common = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, projection_dim=16)
-    return CLIPConfig(
-        text_config=dict(
-            common,
-            num_hidden_layers=2,
-            vocab_size=60,
-            max_position_embeddings=77,
-            bos_token_id=57,
-            eos_token_id=58,
-            pad_token_id=58,
-        ),
-        vision_config=dict(common, num_hidden_layers=num_vision_layers, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE),
-        projection_dim=16,
-    )
+    return smoke_clip_config(**TINY_CLIP_SIZES, num_vision_layers=num_vision_layers)
 
 
 def write_tiny_tokenizer(folder: Path) -> CLIPTokenizer:
@@ -52,27 +40,13 @@ def write_real_clip_tokenizer(folder: Path) -> CLIPTokenizer | None:
         return None
     lines = gzip.open(bpe_file, "rt", encoding="utf-8").read().split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
-    byte_chars = list(_bytes_to_unicode().values())
+    byte_chars = list(bytes_to_unicode().values())
     vocab_list = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
     vocab_list += ["<|startoftext|>", "<|endoftext|>"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({token: index for index, token in enumerate(vocab_list)}))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     return CLIPTokenizer.from_pretrained(folder)
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    printable = (
-        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, codes)))
 
 
 def make_tiny_clip(

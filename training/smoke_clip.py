@@ -35,13 +35,38 @@ def write_character_tokenizer(folder: str | Path) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(folder)
 
 
+# Sizes of transformers' CLIP ModelTester: the smallest CLIP every code path accepts (tests, `--tiny` benchmarks).
+TINY_CLIP_SIZES = {"hidden_size": 32, "intermediate_size": 37, "projection_dim": 16, "image_size": 32, "patch_size": 4}
+
+
 def smoke_clip_config(
-    hidden_size: int = 64, num_vision_layers: int = 4, image_size: int = 96, patch_size: int = 8
+    hidden_size: int = 64,
+    num_vision_layers: int = 4,
+    image_size: int = 96,
+    patch_size: int = 8,
+    intermediate_size: int | None = None,
+    projection_dim: int | None = None,
 ) -> CLIPConfig:
-    """A small CLIP configuration sized for the character tokenizer (vocabulary 60, 77 positions)."""
-    common = dict(
-        hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_attention_heads=4, projection_dim=hidden_size
-    )
+    """A small CLIP configuration sized for the character tokenizer (vocabulary 60, 77 positions).
+
+    Args:
+        hidden_size: Width of both towers (4 attention heads).
+        num_vision_layers: Vision encoder depth (the text encoder has 2 layers).
+        image_size, patch_size: Vision input size and patch size in pixels.
+        intermediate_size: MLP width, default `4 * hidden_size`.
+        projection_dim: Joint embedding width, default `hidden_size`.
+
+    Example:
+        ```python
+        >>> tiny = smoke_clip_config(**TINY_CLIP_SIZES)  # 32 wide, 32 px images, patch 4
+        ```
+    """
+    common = {
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size or 4 * hidden_size,
+        "num_attention_heads": 4,
+        "projection_dim": projection_dim or hidden_size,
+    }
     return CLIPConfig(
         text_config=dict(
             common,
@@ -53,7 +78,7 @@ def smoke_clip_config(
             pad_token_id=END_TOKEN_ID,
         ),
         vision_config=dict(common, num_hidden_layers=num_vision_layers, image_size=image_size, patch_size=patch_size),
-        projection_dim=hidden_size,
+        projection_dim=projection_dim or hidden_size,
     )
 
 
@@ -70,4 +95,4 @@ def build_smoke_clip(folder: str | Path, seed: int = 0, **config_kwargs) -> Path
     return folder
 
 
-__all__ = ["build_smoke_clip", "smoke_clip_config", "write_character_tokenizer"]
+__all__ = ["TINY_CLIP_SIZES", "build_smoke_clip", "smoke_clip_config", "write_character_tokenizer"]
