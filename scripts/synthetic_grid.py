@@ -23,7 +23,8 @@ from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.synthesis import IMAGE_EXTENSIONS, SyntheticAnomalyGenerator, procedural_textures  # noqa: E402
+from training.data import IMAGE_EXTENSIONS  # noqa: E402
+from training.synthesis import SyntheticAnomalyGenerator, procedural_textures  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,4 +1,4 @@
-"""Tests of the DRAEM-style synthetic anomaly generator (`training/synthesis.py`)."""
+"""Tests of the DRAEM-style synthetic anomaly generator (`training/synthesis/`)."""
 
 import math
 from pathlib import Path
