@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from tiny_clip import make_tiny_clip
 
 from modeling_clipada import CLIPADAForAnomalySegmentation
-from training import eval as evaluation
-from training import train
+from training import evaluation, train
+from training.checkpointing import TRAINABLE_WEIGHTS
 from training.demo_data import make_demo_dataset
 from training.metrics import compute_anomaly_metrics
 
@@ -89,7 +89,7 @@ def test_checkpoints_hold_only_the_trainable_weights(workspace, tmp_path):
     )
     checkpoints = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step_2", "step_4"]
-    weights = load_file(checkpoints / "step_4" / f"0_{train.TRAINABLE_WEIGHTS}")
+    weights = load_file(checkpoints / "step_4" / TRAINABLE_WEIGHTS)
     assert set(weights) == set(_trainable_weights(tmp_path / "run"))
     assert not any(name.startswith("clip.") for name in weights)
     assert not list((checkpoints / "step_4").glob("model*.safetensors"))
@@ -221,7 +221,8 @@ def test_two_processes_hold_identical_weights_equal_to_one_process(workspace, tm
         "no",
         "--main_process_port",
         "29533",
-        str(REPO / "training" / "train.py"),
+        "-m",
+        "training.train",
         *_args(workspace, two, *common),
     ]
     result = subprocess.run(

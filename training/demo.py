@@ -68,5 +68,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     return metrics
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console script `clipada-demo` and `python -m training.demo`."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

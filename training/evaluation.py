@@ -6,7 +6,8 @@ adds the maps it writes).
 
 Example:
     ```bash
-    python -m training.eval --model_name_or_path outputs/clipada-mvtec --dataset_name /data/mvtec_anomaly_detection \\
+    python -m training.evaluation --model_name_or_path outputs/clipada-mvtec \\
+        --dataset_name /data/mvtec_anomaly_detection \\
         --output_dir outputs/clipada-mvtec/evaluation --save_predictions
     ```
 """
@@ -19,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from modeling_clipada import CLIPADAForAnomalySegmentation
 from processing import CLIPADAImageProcessor
 from training.data import DatasetFormatError, load_anomaly_dataset
+from training.heatmaps import save_heatmap
 from training.metrics import AnomalyMetrics, format_metrics_table, mean_metrics
+from training.models import ModelLoadError, load_clipada_model, load_processor
 
 
 def evaluate_model(
@@ -60,7 +62,8 @@ def evaluate_model(
     per_category = {}
     for category in sorted(set(categories.tolist())):
         indices = np.flatnonzero(categories == category)
-        subset = test_dataset.select(indices).select_columns(["image", "mask", "label"])
+        columns = [c for c in ("image", "mask", "label", "image_path") if c in test_dataset.column_names]
+        subset = test_dataset.select(indices).select_columns(columns)
         heatmap_rows = set(_heatmap_rows(labels[indices], num_heatmaps).tolist())
         metrics = AnomalyMetrics()
         predictions = {"image_scores": [], "image_labels": [], "anomaly_maps": [], "masks": []}
@@ -97,9 +100,12 @@ def _batches(subset, processor: CLIPADAImageProcessor, batch_size: int, num_work
     (B,) and `raw_images` (B, 3, H, W) in [0, 1] for the heatmaps."""
 
     def collate(examples: list[dict]) -> dict:
-        images = [example["image"] for example in examples]
+        for example in examples:
+            _check_mask_size(example)
         inputs = processor(
-            images=images, segmentation_maps=[example["mask"] for example in examples], do_normalize=False
+            images=[example["image"] for example in examples],
+            segmentation_maps=[example["mask"] for example in examples],
+            do_normalize=False,
         )
         return {
             "pixel_values": processor.normalize(inputs["pixel_values"]),
@@ -113,6 +119,16 @@ def _batches(subset, processor: CLIPADAImageProcessor, batch_size: int, num_work
         yield index * batch_size, batch
 
 
+def _check_mask_size(example: dict) -> None:
+    """A mask must have its image's size; the error names the image file (saved datasets keep `image_path`)."""
+    image, mask = example["image"], example["mask"]
+    if mask is not None and mask.size != image.size:
+        name = example.get("image_path") or "an image"
+        raise DatasetFormatError(
+            f"{name}: mask size {mask.size[0]}x{mask.size[1]} differs from image size {image.size[0]}x{image.size[1]}"
+        )
+
+
 def save_category_predictions(path: Path, predictions: dict[str, list[np.ndarray]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
@@ -122,26 +138,6 @@ def save_category_predictions(path: Path, predictions: dict[str, list[np.ndarray
         anomaly_maps=np.concatenate(predictions["anomaly_maps"]).astype(np.float16),
         masks=np.concatenate(predictions["masks"]).astype(np.uint8),
     )
-
-
-def save_heatmap(path: Path, image: torch.Tensor, mask: torch.Tensor, anomaly_map: torch.Tensor) -> None:
-    """Writes image | ground truth | anomaly map over the image (jet colours, probabilities 0..1 on a fixed scale).
-
-    Args:
-        image: `(3, H, W)` in [0, 1]; mask: `(H, W)` {0, 1}; anomaly_map: `(H, W)` in [0, 1].
-    """
-    rgb = (image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-    truth = np.repeat((mask.numpy()[..., None] > 0).astype(np.uint8) * 255, 3, axis=2)
-    overlay = (0.5 * rgb + 0.5 * _jet(anomaly_map.numpy())).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate([rgb, truth, overlay], axis=1)).save(path)
-
-
-def _jet(values: np.ndarray) -> np.ndarray:
-    """Jet colour map of values in [0, 1] -> uint8 RGB."""
-    values = np.clip(values, 0.0, 1.0)[..., None]
-    channels = np.clip(1.5 - np.abs(4.0 * values - np.array([3.0, 2.0, 1.0])), 0.0, 1.0)
-    return (channels * 255).astype(np.uint8)
 
 
 def write_evaluation(output_dir: str | Path, per_category: dict, mean: dict) -> str:
@@ -177,17 +173,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--save_predictions", action="store_true")
     parser.add_argument("--num_heatmaps", type=int, default=4)
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        default=None,
+        help="Evaluate at this input size instead of the checkpoint's preprocessor_config.json.",
+    )
+    args = parser.parse_args(argv)
+    for flag in ("per_device_eval_batch_size", "image_size"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be at least 1")
+    return args
+
+
+def resolve_device(name: str) -> torch.device:
+    """`--device`: refuses a CUDA device on a machine without one (instead of a deep CUDA error)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, ...)") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is available on this machine; use --device cpu")
+    return device
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     try:
-        model = CLIPADAForAnomalySegmentation.from_pretrained(args.model_name_or_path, dtype=getattr(torch, args.dtype))
-        try:
-            processor = CLIPADAImageProcessor.from_pretrained(args.model_name_or_path)
-        except OSError:
-            processor = CLIPADAImageProcessor(size=model.config.vision_config.image_size)
+        device = resolve_device(args.device)
+        model = load_clipada_model(args.model_name_or_path, dtype=getattr(torch, args.dtype))
+        processor = load_processor(args.model_name_or_path, image_size=args.image_size)
         dataset = load_anomaly_dataset(
             args.dataset_name,
             dataset=args.dataset,
@@ -196,23 +211,32 @@ def main(argv: list[str] | None = None) -> dict:
         )
         if "test" not in dataset or len(dataset["test"]) == 0:
             raise DatasetFormatError(f"{args.dataset_name} has no test split to evaluate.")
-    except (DatasetFormatError, OSError, ValueError) as error:
+    except (DatasetFormatError, ModelLoadError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from error
-    per_category, mean = evaluate_model(
-        model,
-        processor,
-        dataset["test"],
-        device=args.device,
-        batch_size=args.per_device_eval_batch_size,
-        output_dir=args.output_dir,
-        save_predictions=args.save_predictions,
-        num_heatmaps=args.num_heatmaps,
-        num_workers=args.dataloader_num_workers,
-    )
+    try:
+        per_category, mean = evaluate_model(
+            model,
+            processor,
+            dataset["test"],
+            device=device,
+            batch_size=args.per_device_eval_batch_size,
+            output_dir=args.output_dir,
+            save_predictions=args.save_predictions,
+            num_heatmaps=args.num_heatmaps,
+            num_workers=args.dataloader_num_workers,
+        )
+    except DatasetFormatError as error:  # a bad test image or mask, named
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
     print(write_evaluation(args.output_dir, per_category, mean))
     return {"per_category": per_category, "mean": mean}
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console script `clipada-eval` and `python -m training.evaluation`."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

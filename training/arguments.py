@@ -1,0 +1,172 @@
+"""The command line of `training.train`: HF argument names, the paper's presets and the model-config overrides.
+
+Example:
+    ```python
+    >>> args = parse_args(["--dataset_name", "data/mvtec", "--output_dir", "out", "--preset", "mvtec_ad"])
+    >>> args.num_train_epochs, args.per_device_train_batch_size, args.lr_milestones
+    (800, 16, [400, 700])
+    ```
+"""
+
+import argparse
+import dataclasses
+import math
+import types
+from pathlib import Path
+from typing import Any
+
+from modeling_clipada import CLIPADAConfig
+
+# The paper's schedules (METHOD.md): epochs, batch size and the epochs where the learning rate is multiplied by 0.2.
+PRESETS = {
+    "mvtec_ad": {"num_train_epochs": 800, "per_device_train_batch_size": 16, "lr_milestones": [400, 700]},
+    "visa": {"num_train_epochs": 500, "per_device_train_batch_size": 64, "lr_milestones": [250]},
+}
+DEFAULTS = {"num_train_epochs": 10, "per_device_train_batch_size": 16, "lr_milestones": []}
+# Head fields that `from_clip` fills from the tokenizer: not user settings.
+_DERIVED_HEAD_FIELDS = ("prompt_token_ids", "prompt_insert_position")
+
+
+def overridable_head_fields() -> dict[str, type]:
+    """The `CLIPADAConfig` head fields a user may set on the command line, with their Python type."""
+    field_types = {field.name: field.type for field in dataclasses.fields(CLIPADAConfig)}
+    return {
+        name: _scalar_type(field_types[name])
+        for name in CLIPADAConfig.head_field_names()
+        if name not in _DERIVED_HEAD_FIELDS
+    }
+
+
+def _scalar_type(annotation: Any) -> type:
+    """`int | None` -> int, `float | int` -> float, `bool` -> bool, `str` -> str."""
+    members = set(annotation.__args__) if isinstance(annotation, types.UnionType) else {annotation}
+    for candidate in (bool, float, int, str):
+        if candidate in members:
+            return candidate
+    raise TypeError(f"no command-line type for {annotation!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train one CLIP-ADA model for all categories of a dataset.")
+    parser.add_argument(
+        "--model_name_or_path",
+        default="openai/clip-vit-base-patch16",
+        help="A CLIP checkpoint (Hub id or folder) to start from, or a CLIP-ADA checkpoint to continue.",
+    )
+    parser.add_argument(
+        "--dataset_name",
+        required=True,
+        help="A raw MVTec-AD / VisA folder, a folder saved by training.prepare_dataset, or a Hub id.",
+    )
+    parser.add_argument(
+        "--dataset", choices=["mvtec_ad", "visa"], default=None, help="Layout of a raw folder, when not inferred."
+    )
+    parser.add_argument("--categories", nargs="+", default=None, help="Train on these categories only.")
+    parser.add_argument(
+        "--skip_missing_files",
+        action="store_true",
+        help="VisA: skip split-csv rows whose files are missing (a partial download).",
+    )
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Write into a non-empty folder that is not a CLIP-ADA run (its README.md / config.json are replaced).",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="The paper's schedule: MVTec-AD 800 epochs, batch 16, lr x0.2 at 400 and 700; "
+        "VisA 500 epochs, batch 64, lr x0.2 at 250. Explicit flags win.",
+    )
+    parser.add_argument("--per_device_train_batch_size", type=int, default=None, help="Default 16.")
+    parser.add_argument("--per_device_eval_batch_size", type=int, default=16)
+    parser.add_argument(
+        "--learning_rate",
+        type=float,
+        default=1e-3,
+        help="AdamW learning rate (the paper's value was lost in the text; 1e-3 suits the linear head).",
+    )
+    parser.add_argument("--weight_decay", type=float, default=0.0)
+    parser.add_argument("--num_train_epochs", type=int, default=None, help="Default 10.")
+    parser.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs when set.")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument(
+        "--lr_milestones", type=int, nargs="*", default=None, help="Epochs at which the learning rate is x0.2."
+    )
+    parser.add_argument(
+        "--image_size", type=int, default=None, help="Input resolution (default: the CLIP's own, 224 for ViT-B/16)."
+    )
+    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--checkpointing_steps", default=None, help="Save a resumable checkpoint every N optimizer steps, or 'epoch'."
+    )
+    parser.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help="A checkpoint folder, or 'latest'. A checkpoint of a run with other settings is refused; an explicit "
+        "folder is then resumed anyway, with a warning naming the differences.",
+    )
+    parser.add_argument("--with_tracking", action="store_true", help="Log loss and learning rate.")
+    parser.add_argument("--report_to", default="tensorboard")
+    parser.add_argument("--push_to_hub", action="store_true")
+    parser.add_argument("--hub_model_id", default=None)
+    parser.add_argument("--hub_token", default=None)
+    parser.add_argument(
+        "--texture_dir",
+        default=None,
+        help="Folder of anomaly-source textures (DTD in the paper). Default: procedural textures and other images "
+        "of the batch (no download).",
+    )
+    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    parser.add_argument("--skip_evaluation", action="store_true", help="Do not evaluate on the test split at the end.")
+    parser.add_argument("--num_heatmaps", type=int, default=4, help="Heatmap PNGs per category at the end.")
+    parser.add_argument("--save_predictions", action="store_true")
+    head = parser.add_argument_group("CLIPADAConfig overrides (see the config's documentation)")
+    for name, kind in overridable_head_fields().items():
+        if kind is bool:
+            head.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None)
+        else:
+            head.add_argument(f"--{name}", type=kind, default=None)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses and checks the arguments; fills the preset's (or the default) schedule where no flag was given."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    preset = PRESETS.get(args.preset, {})
+    for name, default in DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, preset.get(name, default))
+    checks = {
+        "--per_device_train_batch_size": args.per_device_train_batch_size >= 1,
+        "--per_device_eval_batch_size": args.per_device_eval_batch_size >= 1,
+        "--gradient_accumulation_steps": args.gradient_accumulation_steps >= 1,
+        "--num_train_epochs": args.num_train_epochs >= 1,
+        "--max_train_steps": args.max_train_steps is None or args.max_train_steps >= 1,
+        "--learning_rate": math.isfinite(args.learning_rate) and args.learning_rate > 0,
+        "--weight_decay": math.isfinite(args.weight_decay) and args.weight_decay >= 0,
+        "--image_size": args.image_size is None or args.image_size >= 1,
+        "--lr_milestones": all(m >= 1 for m in args.lr_milestones),
+        "--num_heatmaps": args.num_heatmaps >= 0,
+        "--dataloader_num_workers": args.dataloader_num_workers >= 0,
+    }
+    for flag, valid in checks.items():
+        if not valid:
+            parser.error(f"{flag} has an invalid value")
+    if args.checkpointing_steps not in (None, "epoch") and not str(args.checkpointing_steps).isdigit():
+        parser.error(f"--checkpointing_steps must be a number of steps or 'epoch', got {args.checkpointing_steps!r}")
+    if args.push_to_hub and not args.hub_model_id:
+        args.hub_model_id = Path(args.output_dir).resolve().name
+    return args
+
+
+def head_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields given on the command line."""
+    return {name: getattr(args, name) for name in overridable_head_fields() if getattr(args, name) is not None}
+
+
+__all__ = ["DEFAULTS", "PRESETS", "build_parser", "head_overrides", "overridable_head_fields", "parse_args"]

@@ -1,0 +1,119 @@
+"""Loading the model and processor a command names, with errors that say which folder or Hub id is wrong.
+
+Example:
+    ```python
+    >>> model = build_model("openai/clip-vit-base-patch16", {"num_refinements": 1})  # a fresh head on CLIP
+    >>> model = load_clipada_model("outputs/run")  # a trained CLIP-ADA checkpoint
+    >>> processor = load_processor("outputs/run")
+    ```
+"""
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import hf_hub_download
+from safetensors import SafetensorError
+
+from modeling_clipada import CLIPADAConfig, CLIPADAForAnomalySegmentation
+from processing import CLIPADAImageProcessor
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+# The head's shape: it cannot change when a CLIP-ADA checkpoint is continued.
+_SHAPE_FIELDS = {"num_refinements", "num_prompt_vectors", "prompt_template"}
+
+
+class ModelLoadError(ValueError):
+    """A model or processor that cannot be loaded; the message names the folder or Hub id."""
+
+
+def check_model_location(name_or_path: str) -> None:
+    """A local folder must exist; anything that is not a folder must look like a Hub id (`org/name`)."""
+    path = Path(name_or_path)
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"--model_name_or_path {path} is a file; give the checkpoint folder")
+        return
+    if not _HUB_ID.match(name_or_path) or name_or_path.count("/") > 1:
+        raise ModelLoadError(f"--model_name_or_path {name_or_path}: no such folder (and not a Hub id org/name)")
+
+
+def saved_model_type(name_or_path: str) -> str | None:
+    """`model_type` in the checkpoint's config.json (a local folder, or a Hub repository's file)."""
+    if Path(name_or_path).is_dir():
+        config_file = Path(name_or_path) / "config.json"
+        if not config_file.is_file():
+            raise ModelLoadError(f"--model_name_or_path {name_or_path} has no config.json: not a model checkpoint")
+    else:
+        try:
+            config_file = Path(hf_hub_download(name_or_path, "config.json"))
+        except Exception as error:  # offline, unknown repository, no config.json, no access: all say the same
+            raise ModelLoadError(
+                f"cannot read config.json of {name_or_path} on the Hub: {_first_line(error)}"
+            ) from error
+    try:
+        return json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, UnicodeDecodeError, AttributeError) as error:
+        raise ModelLoadError(f"{config_file} is not a valid config.json ({error})") from error
+
+
+def build_model(name_or_path: str, overrides: dict[str, Any]) -> CLIPADAForAnomalySegmentation:
+    """A CLIP-ADA checkpoint is continued as is; any other CLIP checkpoint gets a fresh head via `from_clip`."""
+    check_model_location(name_or_path)
+    if saved_model_type(name_or_path) == CLIPADAConfig.model_type:
+        frozen_shape = _SHAPE_FIELDS & set(overrides)
+        if frozen_shape:
+            raise ModelLoadError(
+                f"{sorted(frozen_shape)} cannot change when continuing CLIP-ADA checkpoint {name_or_path}; "
+                "start from a CLIP checkpoint instead"
+            )
+        return _load(CLIPADAForAnomalySegmentation.from_pretrained, name_or_path, **overrides)
+    return _load(CLIPADAForAnomalySegmentation.from_clip, name_or_path, **overrides)
+
+
+def load_clipada_model(name_or_path: str, dtype: torch.dtype = torch.float32) -> CLIPADAForAnomalySegmentation:
+    """A trained CLIP-ADA checkpoint; a plain CLIP (or any other model) is refused by name."""
+    check_model_location(name_or_path)
+    model_type = saved_model_type(name_or_path)
+    if model_type != CLIPADAConfig.model_type:
+        raise ModelLoadError(
+            f"--model_name_or_path {name_or_path} is a {model_type!r} checkpoint, not a CLIP-ADA one; "
+            "train it first (python -m training.train)"
+        )
+    return _load(CLIPADAForAnomalySegmentation.from_pretrained, name_or_path, dtype=dtype)
+
+
+def load_processor(name_or_path: str, image_size: int | None = None) -> CLIPADAImageProcessor:
+    """The checkpoint's image processor; `image_size` replaces a missing one (never a silent default)."""
+    if image_size is not None:
+        return CLIPADAImageProcessor(size=image_size)
+    try:
+        return CLIPADAImageProcessor.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(
+            f"{name_or_path} has no loadable preprocessor_config.json ({_first_line(error)}); "
+            "pass --image_size to evaluate at a size of your choice"
+        ) from error
+
+
+def _load(loader, name_or_path: str, **kwargs) -> CLIPADAForAnomalySegmentation:
+    try:
+        return loader(name_or_path, **kwargs)
+    except (OSError, SafetensorError) as error:
+        raise ModelLoadError(f"cannot load {name_or_path}: {_first_line(error)}") from error
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+__all__ = [
+    "ModelLoadError",
+    "build_model",
+    "check_model_location",
+    "load_clipada_model",
+    "load_processor",
+    "saved_model_type",
+]
