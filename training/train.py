@@ -214,7 +214,16 @@ def train_loop(args: argparse.Namespace, run: TrainingRun) -> bool:
             for batch_index, images in enumerate(epoch_loader, start=skip):
                 micro_batch = batch_index * accelerator.num_processes + accelerator.process_index
                 generator = synthesis_generator(args.seed, epoch, micro_batch)
-                loss = training_step(accelerator, run, images, generator)
+                loss = training_step(
+                    accelerator,
+                    run.model,
+                    run.optimizer,
+                    run.scheduler,
+                    run.processor,
+                    run.synthesizer,
+                    images,
+                    generator,
+                )
                 if not accelerator.sync_gradients:
                     continue
                 run.completed_steps += 1
@@ -241,22 +250,31 @@ def train_loop(args: argparse.Namespace, run: TrainingRun) -> bool:
 
 
 def training_step(
-    accelerator: Accelerator, run: TrainingRun, images: torch.Tensor, generator: torch.Generator
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    processor: CLIPADAImageProcessor,
+    synthesizer: SyntheticAnomalyGenerator,
+    images: torch.Tensor,
+    generator: torch.Generator,
 ) -> float:
     """Synthesise anomalies, forward with their masks, backward and (when gradients sync) one optimizer step.
 
     Args:
         images: `(B, 3, H, W)` uint8 normal images on the device.
         generator: Seeds this micro-batch's anomalies.
+
+    Returns:
+        The loss of this micro-batch.
     """
-    with accelerator.accumulate(run.model):
-        images = images.float() / 255
-        images, masks = run.synthesizer(images, generator=generator)
-        outputs = run.model(pixel_values=run.processor.normalize(images), labels=masks)
+    with accelerator.accumulate(model):
+        images, masks = synthesizer(images.float() / 255, generator=generator)
+        outputs = model(pixel_values=processor.normalize(images), labels=masks)
         accelerator.backward(outputs.loss)
-        run.optimizer.step()
-        run.scheduler.step()
-        run.optimizer.zero_grad()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
     return outputs.loss.item()
 
 
