@@ -1,8 +1,10 @@
 """Image processor for CLIP-ADA: images and masks in, `pixel_values` and `labels` out; anomaly maps back to image sizes.
 
-Images (PIL, numpy or torch; grayscale, RGB, RGBA or 16-bit) -> RGB -> bicubic resize -> rescale to [0, 1] ->
-CLIP mean/std -> `pixel_values` (B, 3, H, W). Masks (`segmentation_maps=`) -> binary {0, 1} -> nearest resize
--> `labels` (B, H, W), never normalised. Plain numpy/torch/PIL, no torchvision.
+Built on transformers' `PilBackend` (as Segformer's PIL processor): the backend stores and validates the settings,
+turns each image channels-first, runs resize -> normalise and saves `preprocessor_config.json`. This file adds what is
+CLIP-ADA's own: pixels scaled to [0, 1] by bit depth (8-bit /255, 16-bit /65535) when an image is read, resizing in
+float precision, masks (`segmentation_maps=`) -> binary `labels` (B, H, W) resized with nearest neighbour and never
+normalised, `normalize()` for tensors already on the device, and `post_process_anomaly_maps`.
 
 Example:
     ```python
@@ -17,19 +19,29 @@ Example:
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from PIL import Image, ImageFile, ImageOps
+from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_utils import BatchFeature
+from transformers.image_utils import PILImageResampling, SizeDict
+from transformers.processing_utils import ImagesKwargs, Unpack
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _EXPECTED = "a PIL image, a numpy array or torch tensor of shape (H, W), (H, W, C) or (C, H, W), or an image path"
+_SIZE_DICT = "{'height': int, 'width': int}"
+_RESAMPLES = (PILImageResampling.NEAREST, PILImageResampling.BILINEAR, PILImageResampling.BICUBIC)
+# PIL modes read as they are; any other mode (P, LA, CMYK, ...) is converted to RGB first.
+_NATIVE_MODES = ("1", "L", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+ImageLike = Image.Image | np.ndarray | torch.Tensor | str | os.PathLike
 
 
-class CLIPADAImageProcessor(BaseImageProcessor):
+class CLIPADAImageProcessor(PilBackend):
     r"""
     Prepares images (and optional anomaly masks) for [`CLIPADAForAnomalySegmentation`].
 
@@ -38,10 +50,10 @@ class CLIPADAImageProcessor(BaseImageProcessor):
             Output size; an int gives a square, a dict has `height` and `width`. No crop: MVTec-AD and VisA
             defects can sit at the border, and maps must cover the whole image.
         resample (`int`, *optional*, defaults to `PIL.Image.BICUBIC`):
-            Resampling filter for images (bicubic with antialiasing, as CLIP's own processor); masks always use
-            nearest neighbour.
+            Resampling filter for images (PIL's bicubic or bilinear, antialiased, as CLIP's own processor, computed
+            in float precision); masks always use nearest neighbour.
         image_mean (`tuple[float]`, *optional*, defaults to CLIP's mean):
-            Per-channel mean subtracted after rescaling to [0, 1].
+            Per-channel mean subtracted from pixels in [0, 1].
         image_std (`tuple[float]`, *optional*, defaults to CLIP's std):
             Per-channel standard deviation divided after subtracting the mean.
         do_normalize (`bool`, *optional*, defaults to `True`):
@@ -49,52 +61,55 @@ class CLIPADAImageProcessor(BaseImageProcessor):
             then calls [`normalize`] on the device.
     """
 
-    model_input_names = ["pixel_values"]
+    resample = PILImageResampling.BICUBIC
+    image_mean = OPENAI_CLIP_MEAN
+    image_std = OPENAI_CLIP_STD
+    size = {"height": 224, "width": 224}
+    do_resize = True
+    do_rescale = False  # pixels are scaled to [0, 1] by their bit depth when read, in `process_image`
+    do_normalize = True
 
-    def __init__(
-        self,
-        size: "int | Sequence[int] | dict[str, int]" = 224,
-        resample: int = Image.BICUBIC,
-        image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
-        image_std: Sequence[float] = OPENAI_CLIP_STD,
-        do_normalize: bool = True,
-        **kwargs,
-    ):
+    def __init__(self, **kwargs: Unpack[ImagesKwargs]) -> None:
         super().__init__(**kwargs)
-        self.size = _size_dict(size)
-        if int(resample) not in (Image.NEAREST, Image.BILINEAR, Image.BICUBIC):
-            raise ValueError(f"`resample` must be PIL NEAREST (0), BILINEAR (2) or BICUBIC (3), got {resample}.")
-        self.resample = int(resample)
-        self.image_mean = _channel_triple(image_mean, "image_mean")
-        self.image_std = _channel_triple(image_std, "image_std")
-        if any(value <= 0 for value in self.image_std):
-            raise ValueError(f"`image_std` must be positive, got {self.image_std}.")
-        self.do_normalize = bool(do_normalize)
-
-    def __call__(self, images, segmentation_maps=None, **kwargs) -> BatchFeature:
-        return self.preprocess(images, segmentation_maps=segmentation_maps, **kwargs)
+        self._validate_preprocess_kwargs(
+            size=self.size, resample=self.resample, image_mean=self.image_mean, image_std=self.image_std
+        )
 
     def preprocess(
-        self, images, segmentation_maps=None, return_tensors: str | None = "pt", do_normalize: bool | None = None
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        segmentation_maps: ImageLike | Sequence[ImageLike | None] | None = None,
+        **kwargs: Unpack[ImagesKwargs],
     ) -> BatchFeature:
         """Turns images (and masks) into model inputs.
 
         Args:
-            images: one image or a list of images: PIL images (modes L, RGB, RGBA, I;16, ...), numpy arrays or torch
-                tensors of shape (H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4} (uint8, uint16, bool, or
-                float in [0, 1]), or paths to image files.
+            images: one image or a list of images: PIL images (modes L, RGB, RGBA, I;16, I, ...), numpy arrays or
+                torch tensors of shape (H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4} (uint8, uint16, bool, or
+                float in [0, 1]), a (B, ...) batch array, or paths to image files.
             segmentation_maps: optional masks, one per image, same kinds as `images`; any value > 0 is anomalous.
                 `None` in the list stands for an all-normal image.
-            return_tensors: `"pt"` (torch tensors) or `"np"`.
-            do_normalize: overrides `self.do_normalize` for this call (`False` returns pixels in [0, 1]).
+            **kwargs: per-call overrides of the settings (`size`, `do_normalize`, ...); `return_tensors` is `"pt"`
+                (the default) or `"np"`. `do_normalize=False` returns pixels in [0, 1].
 
         Returns:
             `BatchFeature` with `pixel_values` `(B, 3, H, W)` float32 and, with masks, `labels` `(B, H, W)` int64.
         """
-        if return_tensors not in ("pt", "np", None):
-            raise ValueError(f"`return_tensors` must be 'pt' or 'np', got {return_tensors!r}.")
+        kwargs["return_tensors"] = kwargs.get("return_tensors") or "pt"
+        return super().preprocess(images, segmentation_maps, **kwargs)
+
+    def _preprocess_image_like_inputs(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        segmentation_maps: ImageLike | Sequence[ImageLike | None] | None,
+        return_tensors: str,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """Reads every image (and mask) under its own name, then resizes and normalises them with the backend."""
         image_list = _as_list(images, "images")
-        mask_list = None
+        names = [_item_name("images", index, image) for index, image in enumerate(image_list)]
+        pixels = [self.process_image(image, name) for image, name in zip(image_list, names)]
+        data = {"pixel_values": self._preprocess(pixels, return_tensors=None, **kwargs)["pixel_values"]}
         if segmentation_maps is not None:
             mask_list = _as_list(segmentation_maps, "segmentation_maps", allow_none_items=True)
             if len(mask_list) != len(image_list):
@@ -102,60 +117,122 @@ class CLIPADAImageProcessor(BaseImageProcessor):
                     f"Got {len(image_list)} images but {len(mask_list)} segmentation_maps: give one mask per image "
                     "(None for a normal image)."
                 )
-        do_normalize = self.do_normalize if do_normalize is None else do_normalize
-        pixel_values, labels = [], []
-        for index, image in enumerate(image_list):
-            pixels = _to_float_chw(image, f"images[{index}]")
-            pixel_values.append(self._prepare_image(pixels, do_normalize))
-            if mask_list is not None:
-                labels.append(self._prepare_mask(mask_list[index], f"segmentation_maps[{index}]", pixels.shape[-2:]))
-        data = {"pixel_values": torch.stack(pixel_values)}
-        if mask_list is not None:
-            data["labels"] = torch.stack(labels)
-        if return_tensors == "np":
-            data = {key: value.numpy() for key, value in data.items()}
-        return BatchFeature(data=data)
+            masks = [
+                self.process_mask(mask, _item_name("segmentation_maps", index, mask), image_name, image.shape[-2:])
+                for index, (mask, image_name, image) in enumerate(zip(mask_list, names, pixels))
+            ]
+            mask_kwargs = {**kwargs, "do_normalize": False, "resample": PILImageResampling.NEAREST}
+            labels = self._preprocess(masks, return_tensors=None, **mask_kwargs)["pixel_values"]
+            data["labels"] = [label[0].astype(np.int64) for label in labels]
+        return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def normalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """CLIP mean/std normalisation of `(..., 3, H, W)` pixels in [0, 1], on their own device and dtype."""
-        mean = torch.tensor(self.image_mean, device=pixel_values.device, dtype=pixel_values.dtype).view(3, 1, 1)
-        std = torch.tensor(self.image_std, device=pixel_values.device, dtype=pixel_values.dtype).view(3, 1, 1)
-        return (pixel_values - mean) / std
-
-    def _prepare_image(self, pixels: torch.Tensor, do_normalize: bool) -> torch.Tensor:
-        """`(C, h, w)` in [0, 1] -> RGB, resized `(3, H, W)` float32, CLIP-normalised when `do_normalize`."""
+    def process_image(self, image: ImageLike, name: str = "image", **kwargs: Any) -> np.ndarray:
+        """One image -> float32 `(3, H, W)` in [0, 1], scaled by its bit depth; grey is repeated, alpha dropped."""
+        array = self._channels_first(image, name)
+        pixels = _to_unit_range(array, name)
         if pixels.shape[0] == 1:
-            pixels = pixels.expand(3, -1, -1)
-        elif pixels.shape[0] == 4:
-            pixels = pixels[:3]  # RGBA: the alpha channel is dropped, as PIL's convert("RGB") does
-        mode = {Image.NEAREST: "nearest", Image.BILINEAR: "bilinear", Image.BICUBIC: "bicubic"}[self.resample]
-        pixels = self._resize(pixels[None], mode=mode)[0].clamp(0.0, 1.0)
-        return self.normalize(pixels) if do_normalize else pixels
+            return np.repeat(pixels, 3, axis=0)
+        return pixels[:3]  # RGBA: the alpha channel is dropped, as PIL's convert("RGB") does
 
-    def _prepare_mask(self, mask, name: str, image_size: tuple[int, int]) -> torch.Tensor:
-        """One mask (None = normal) -> binary `(H, W)` int64 at `self.size` (nearest neighbour)."""
+    def process_mask(
+        self, mask: ImageLike | None, name: str, image_name: str, image_size: tuple[int, int]
+    ) -> np.ndarray:
+        """One mask (None = normal) -> float32 `(1, H, W)` in {0, 1} at its image's size: any value > 0 is anomalous."""
         if mask is None:
-            return torch.zeros(self.size["height"], self.size["width"], dtype=torch.long)
-        values = _to_float_chw(mask, name)
-        if tuple(values.shape[-2:]) != tuple(image_size):
+            return np.zeros((1, *image_size), dtype=np.float32)
+        array = self._channels_first(mask, name)
+        if tuple(array.shape[-2:]) != tuple(image_size):
             raise ValueError(
-                f"{name} has size {tuple(values.shape[-2:])} (H, W) but its image has {tuple(image_size)}: a mask "
-                "must match its image."
+                f"{name} has size {tuple(array.shape[-2:])} (H, W) but its image {image_name} has "
+                f"{tuple(image_size)}: a mask must match its image."
             )
-        binary = (values.amax(dim=0) > 0).float()
-        return self._resize(binary[None, None], mode="nearest-exact")[0, 0].long()
+        if np.issubdtype(array.dtype, np.floating):
+            _check_finite(array, name)
+        if array.dtype != bool and array.min() < 0:
+            raise ValueError(
+                f"{name} has negative values (min {array.min()}); a mask marks anomalous pixels with values > 0 and "
+                "normal pixels with 0."
+            )
+        return (array > 0).any(axis=0, keepdims=True).astype(np.float32)
 
-    def _resize(self, pixels: torch.Tensor, mode: str) -> torch.Tensor:
-        size = (self.size["height"], self.size["width"])
-        if tuple(pixels.shape[-2:]) == size:
-            return pixels
-        antialias = mode in ("bilinear", "bicubic")
-        return F.interpolate(
-            pixels, size=size, mode=mode, antialias=antialias, align_corners=False if antialias else None
+    def _channels_first(self, image: ImageLike, name: str) -> np.ndarray:
+        """Any supported input -> a numpy array `(C, H, W)` in its own dtype, through the backend's `process_image`."""
+        array = _to_array(image, name)
+        channel_layout = array.ndim == 3 and (array.shape[0] in (1, 3, 4) or array.shape[-1] in (1, 3, 4))
+        if array.ndim != 2 and not channel_layout:
+            raise ValueError(
+                f"{name} has shape {tuple(array.shape)}; expected (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4."
+            )
+        array = super().process_image(array, do_convert_rgb=False)
+        if min(array.shape[-2:]) == 0:
+            raise ValueError(f"{name} is empty: {array.shape[-1]}x{array.shape[-2]} pixels (W x H).")
+        return array
+
+    def resize(
+        self, image: np.ndarray, size: SizeDict, resample: PILImageResampling | int | None = None, **kwargs: Any
+    ) -> np.ndarray:
+        """Resizes float32 `(C, H, W)` in [0, 1] channel by channel in PIL's 32-bit float mode.
+
+        The backend's resize goes through uint8 PIL images; this keeps float precision (16-bit images keep their
+        depth) with the same PIL filters. Bicubic overshoot is clipped back to [0, 1].
+        """
+        resample = self.resample if resample is None else resample
+        channels = [
+            Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32)).resize((size.width, size.height), resample)
+            for channel in image
+        ]
+        return np.clip(np.stack([np.asarray(channel) for channel in channels]), 0.0, 1.0)
+
+    def normalize(
+        self,
+        image: np.ndarray | torch.Tensor,
+        mean: float | Sequence[float] | None = None,
+        std: float | Sequence[float] | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray | torch.Tensor:
+        """Mean/std normalisation of `(..., 3, H, W)` pixels in [0, 1] (defaults: the processor's `image_mean` and
+        `image_std`). A torch tensor stays on its own device and dtype, so training can normalise on the GPU."""
+        mean = self.image_mean if mean is None else mean
+        std = self.image_std if std is None else std
+        if isinstance(image, np.ndarray):
+            return super().normalize(image, mean, std)
+        mean = torch.tensor(mean, device=image.device, dtype=image.dtype).reshape(-1, 1, 1)
+        std = torch.tensor(std, device=image.device, dtype=image.dtype).reshape(-1, 1, 1)
+        return (image - mean) / std
+
+    def _standardize_kwargs(self, size: Any = None, **kwargs: Any) -> dict[str, Any]:
+        """The backend's standardisation (`size` -> `SizeDict`), with an error naming `size` when it cannot be read."""
+        try:
+            return super()._standardize_kwargs(size=size, **kwargs)
+        except ValueError as error:
+            raise ValueError(
+                f"`size` must be a positive int, (height, width) or {_SIZE_DICT}, got {size!r}."
+            ) from error
+
+    def _validate_preprocess_kwargs(
+        self,
+        size: SizeDict | None = None,
+        resample: PILImageResampling | int | None = None,
+        image_mean: float | Sequence[float] | None = None,
+        image_std: float | Sequence[float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Checks the settings, at construction and on every call, naming the faulty field."""
+        if size is None or dict(size).keys() != {"height", "width"} or min(size.height, size.width) < 1:
+            raise ValueError(f"`size` must be a positive int, (height, width) or {_SIZE_DICT}, got {size}.")
+        if resample not in _RESAMPLES:
+            raise ValueError(f"`resample` must be PIL NEAREST (0), BILINEAR (2) or BICUBIC (3), got {resample}.")
+        for field, values in (("image_mean", image_mean), ("image_std", image_std)):
+            if isinstance(values, Sequence) and len(values) != 3:
+                raise ValueError(f"`{field}` must have 3 values (R, G, B), got {values}.")
+        if np.min(image_std) <= 0:
+            raise ValueError(f"`image_std` must be positive, got {image_std}.")
+        super()._validate_preprocess_kwargs(
+            size=size, resample=resample, image_mean=image_mean, image_std=image_std, **kwargs
         )
 
     def post_process_anomaly_maps(
-        self, outputs, target_sizes: Sequence[Sequence[int]] | None = None
+        self, outputs: Any, target_sizes: Sequence[Sequence[int]] | None = None
     ) -> list[torch.Tensor]:
         """Model outputs -> one anomaly map per image at its original size.
 
@@ -186,30 +263,7 @@ class CLIPADAImageProcessor(BaseImageProcessor):
         return resized
 
 
-def _size_dict(size) -> dict[str, int]:
-    if isinstance(size, dict):
-        if set(size) != {"height", "width"}:
-            raise ValueError(f"`size` as a dict needs exactly the keys 'height' and 'width', got {sorted(size)}.")
-        height, width = size["height"], size["width"]
-    elif isinstance(size, int):
-        height = width = size
-    elif isinstance(size, Sequence) and len(size) == 2:
-        height, width = size
-    else:
-        raise ValueError(f"`size` must be an int, (height, width) or {{'height', 'width'}}, got {size!r}.")
-    if not all(isinstance(value, int) and value > 0 for value in (height, width)):
-        raise ValueError(f"`size` values must be positive integers, got {size!r}.")
-    return {"height": height, "width": width}
-
-
-def _channel_triple(values, name: str) -> list[float]:
-    values = [float(value) for value in (values if isinstance(values, Sequence) else [values] * 3)]
-    if len(values) != 3:
-        raise ValueError(f"`{name}` must have 3 values (R, G, B), got {values}.")
-    return values
-
-
-def _as_list(images, name: str, allow_none_items: bool = False) -> list:
+def _as_list(images: Any, name: str, allow_none_items: bool = False) -> list:
     """One image or a batch -> a non-empty list of single images."""
     if images is None:
         raise ValueError(f"`{name}` is None; expected {_EXPECTED}, or a list of them.")
@@ -227,79 +281,75 @@ def _as_list(images, name: str, allow_none_items: bool = False) -> list:
     return list(images)
 
 
-def _to_float_chw(image, name: str) -> torch.Tensor:
-    """Any supported image -> float32 `(C, H, W)` in [0, 1], C in {1, 3, 4}."""
+def _item_name(name: str, index: int, item: Any) -> str:
+    """`images[3]`, with the file name when the item is a path: `images[3] ('000.png')`."""
+    if isinstance(item, (str, os.PathLike)):
+        return f"{name}[{index}] ({os.path.basename(item)!r})"
+    return f"{name}[{index}]"
+
+
+def _to_array(image: ImageLike, name: str) -> np.ndarray:
+    """Path, PIL image or torch tensor -> numpy array in a dtype that states the bit depth (PIL `I` -> uint16)."""
     if isinstance(image, (str, os.PathLike)):
         image = _open_image(image, name)
     if isinstance(image, Image.Image):
-        return _pil_to_float_chw(image)
+        if isinstance(image, ImageFile.ImageFile):  # straight from Image.open: make the pixels upright, once
+            image = ImageOps.exif_transpose(image)
+        if image.mode not in _NATIVE_MODES:
+            image = image.convert("RGB")
+        array = np.asarray(image)
+        if image.mode.startswith("I"):  # I;16 variants and I (how PIL holds 16-bit PNG/TIFF): 16-bit
+            if array.size and (array.min() < 0 or array.max() > 65535):
+                raise ValueError(f"{name} is a PIL mode {image.mode} image with values outside the 16-bit range.")
+            array = array.astype(np.uint16)
+        return array
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu()
-        image = image.float().numpy() if image.is_floating_point() else image.numpy()
+        return image.float().numpy() if image.is_floating_point() else image.numpy()
     if not isinstance(image, np.ndarray):
         raise TypeError(f"{name} is a {type(image).__name__}; expected {_EXPECTED}.")
-    return _channels_first(torch.from_numpy(_rescale(image, name)), name)
+    return image
 
 
-def _open_image(path, name: str) -> Image.Image:
+def _open_image(path: str | os.PathLike, name: str) -> Image.Image:
     if not os.path.isfile(path):
         raise ValueError(
             f"{name} is the string {str(path)!r}, which is not an existing image file; expected {_EXPECTED}."
         )
     try:
         with Image.open(path) as image:
-            image.load()
-            return image.copy()
+            return ImageOps.exif_transpose(image)  # a loaded copy, upright
     except Exception as error:  # PIL raises many types for broken files
         raise ValueError(f"{name}: cannot read image file {str(path)!r}: {error}") from error
 
 
-def _pil_to_float_chw(image: Image.Image) -> torch.Tensor:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        array = np.asarray(image, dtype=np.uint16).astype(np.float32) / 65535.0
-        return torch.from_numpy(array)[None]
-    if image.mode in ("I", "F"):
-        array = np.asarray(image, dtype=np.float32)
-        scale = 65535.0 if array.max(initial=0) > 255 else 255.0
-        return torch.from_numpy(np.clip(array / scale, 0.0, 1.0))[None]
-    if image.mode not in ("L", "RGB"):
-        image = image.convert("RGB")
-    array = np.asarray(image, dtype=np.uint8).astype(np.float32) / 255.0
-    tensor = torch.from_numpy(array)
-    return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
-
-
-def _channels_first(tensor: torch.Tensor, name: str) -> torch.Tensor:
-    if tensor.ndim == 2:
-        return tensor[None]
-    if tensor.ndim == 3:
-        if tensor.shape[0] in (1, 3, 4) and tensor.shape[-1] not in (1, 3, 4):
-            return tensor
-        if tensor.shape[-1] in (1, 3, 4):
-            return tensor.permute(2, 0, 1)
-    raise ValueError(
-        f"{name} has shape {tuple(tensor.shape)}; expected (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4."
-    )
-
-
-def _rescale(array: np.ndarray, name: str) -> np.ndarray:
-    """uint8 / 8-bit ints by 255, uint16 / wider ints by 65535, bool as 0/1, floats checked to lie in [0, 1]."""
+def _to_unit_range(array: np.ndarray, name: str) -> np.ndarray:
+    """Scales by the dtype, never by the content: uint8 /255, uint16 /65535, bool 0/1, floats must lie in [0, 1]."""
     if array.dtype == bool:
         return array.astype(np.float32)
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
-    if np.issubdtype(array.dtype, np.integer):
-        scale = 65535.0 if array.dtype == np.uint16 or array.max(initial=0) > 255 else 255.0
-        return array.astype(np.float32) / scale
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
     if np.issubdtype(array.dtype, np.floating):
-        array = array.astype(np.float32)
+        _check_finite(array, name)
         if array.size and (array.min() < 0 or array.max() > 1):
             raise ValueError(
                 f"{name} is a float array with values in [{array.min():.3g}, {array.max():.3g}]; float images must "
-                "lie in [0, 1] (pass uint8 for 0..255)."
+                "lie in [0, 1] (pass uint8 for 0..255, uint16 for 0..65535)."
             )
-        return array
-    raise TypeError(f"{name} has dtype {array.dtype}; expected uint8, uint16, bool or float ({_EXPECTED}).")
+        return array.astype(np.float32)
+    raise TypeError(
+        f"{name} has dtype {array.dtype}; expected uint8 (0..255), uint16 (0..65535), bool, or float in [0, 1]: "
+        "the dtype states the bit depth, so cast other integer types to one of these."
+    )
+
+
+def _check_finite(array: np.ndarray, name: str) -> None:
+    if np.isnan(array).any():
+        raise ValueError(f"{name} contains NaN.")
+    if np.isinf(array).any():
+        raise ValueError(f"{name} contains inf.")
 
 
 __all__ = ["CLIPADAImageProcessor", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]

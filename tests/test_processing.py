@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from transformers import AutoImageProcessor
 
 from processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPADAImageProcessor
@@ -61,6 +61,23 @@ def test_resize_is_bicubic_like_pil(processor):
         OPENAI_CLIP_STD
     )[:, None, None]
     assert (ours - pil).abs().mean() < 0.02
+
+
+@pytest.mark.parametrize("resample, mode", [(Image.BICUBIC, "bicubic"), (Image.BILINEAR, "bilinear")])
+@pytest.mark.parametrize("height, width", [(96, 96), (17, 23), (300, 280)])
+def test_resize_matches_antialiased_float_interpolation(resample, mode, height, width):
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    ours = CLIPADAImageProcessor(size=(32, 40), resample=resample)(images=image, do_normalize=False)["pixel_values"]
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    expected = torch.nn.functional.interpolate(pixels, size=(32, 40), mode=mode, antialias=True).clamp(0, 1)
+    assert (ours - expected).abs().max() < 1e-4
+
+
+def test_numpy_outputs_keep_their_dtypes(processor):
+    mask = np.zeros((40, 48), dtype=np.uint8)
+    outputs = processor(images=_gradient_image(), segmentation_maps=mask, return_tensors="np")
+    assert isinstance(outputs["pixel_values"], np.ndarray) and outputs["pixel_values"].dtype == np.float32
+    assert outputs["labels"].shape == (1, 32, 32) and outputs["labels"].dtype == np.int64
 
 
 def test_batches_and_paths_are_accepted(processor, tmp_path):
@@ -171,3 +188,118 @@ def test_unnormalised_pixels_then_normalize_equals_the_normalised_path(processor
     raw = processor(images=image, do_normalize=False)["pixel_values"]
     assert 0 <= raw.min() and raw.max() <= 1
     torch.testing.assert_close(processor.normalize(raw), processor(images=image)["pixel_values"])
+
+
+# Issue 9: bit depth, NaN/inf, EXIF orientation, and errors that name the item.
+
+
+def _dark_sixteen_bit(mode: str) -> Image.Image:
+    """A 16-bit image whose values all stay below 256: dark, not white."""
+    values = np.full((20, 20), 200, dtype=np.uint16)
+    return Image.fromarray(values) if mode == "I;16" else Image.fromarray(values.astype(np.int32))  # mode I
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_sixteen_bit_images_are_scaled_by_bit_depth_not_by_content(processor, tmp_path, mode):
+    image = _dark_sixteen_bit(mode)
+    assert image.mode == mode
+    path = tmp_path / "dark16.png"
+    _dark_sixteen_bit("I;16").save(path)  # a 16-bit PNG on disk (Pillow opens it as I;16, older Pillow as I)
+    for source in (image, path):
+        pixels = processor(images=source, do_normalize=False)["pixel_values"]
+        torch.testing.assert_close(pixels, torch.full((1, 3, 32, 32), 200 / 65535))
+
+
+@pytest.mark.parametrize(
+    "array, expected",
+    [
+        (np.full((8, 8), 200, dtype=np.uint8), 200 / 255),
+        (np.full((8, 8), 200, dtype=np.uint16), 200 / 65535),
+        (torch.full((8, 8), 200, dtype=torch.uint8), 200 / 255),
+        (np.ones((8, 8), dtype=bool), 1.0),
+        (np.full((8, 8), 0.25, dtype=np.float64), 0.25),
+    ],
+)
+def test_arrays_are_scaled_by_their_dtype(processor, array, expected):
+    pixels = processor(images=array, do_normalize=False)["pixel_values"]
+    torch.testing.assert_close(pixels, torch.full((1, 3, 32, 32), expected))
+
+
+@pytest.mark.parametrize(
+    "array",
+    [np.full((8, 8), 200, dtype=np.int32), torch.full((8, 8), 200, dtype=torch.int64)],
+    ids=["numpy-int32", "torch-int64"],
+)
+def test_integer_arrays_without_a_bit_depth_are_refused(processor, array):
+    with pytest.raises(TypeError, match=r"images\[1\] has dtype int(32|64).*uint8.*uint16"):
+        processor(images=[np.zeros((8, 8), dtype=np.uint8), array])
+
+
+@pytest.mark.parametrize("bad, word", [(float("nan"), "NaN"), (float("inf"), "inf")])
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_float_images_with_nan_or_inf_name_the_image(processor, bad, word, kind):
+    image = np.full((8, 8, 3), 0.5, dtype=np.float32)
+    broken = image.copy()
+    broken[2, 3, 1] = bad
+    images = [image, image, image, broken]
+    if kind == "torch":
+        images = [torch.from_numpy(array) for array in images]
+    with pytest.raises(ValueError, match=rf"images\[3\] contains {word}"):
+        processor(images=images)
+
+
+def _sideways_jpeg(path) -> None:
+    """60x30 JPEG, bright top half, dark bottom half, stored with EXIF Orientation 6 (display rotated 90° clockwise)."""
+    pixels = np.zeros((30, 60, 3), dtype=np.uint8)
+    pixels[:15] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+
+
+def test_exif_orientation_is_applied_once(processor, tmp_path):
+    path = tmp_path / "sideways.jpg"
+    _sideways_jpeg(path)
+    with Image.open(path) as opened:
+        upright = ImageOps.exif_transpose(opened)
+        assert upright.size == (30, 60)  # rotated: the bright half is now on the right
+        from_open = processor(images=opened, do_normalize=False)["pixel_values"]
+    from_path = processor(images=path, do_normalize=False)["pixel_values"]
+    from_upright = processor(images=upright, do_normalize=False)["pixel_values"]  # not rotated a second time
+    for pixels in (from_path, from_open, from_upright):
+        left, right = pixels[0, :, :, :12].mean(), pixels[0, :, :, -12:].mean()
+        assert left < 0.05 and right > 0.95
+    torch.testing.assert_close(from_path, from_upright)
+    torch.testing.assert_close(from_open, from_upright)
+
+
+@pytest.mark.parametrize(
+    "empty",
+    [np.zeros((0, 0, 3), dtype=np.uint8), Image.new("RGB", (0, 0)), np.zeros((0, 5), dtype=np.uint8)],
+    ids=["numpy-0x0", "pil-0x0", "numpy-5x0"],
+)
+def test_empty_images_are_named(processor, empty):
+    with pytest.raises(ValueError, match=r"images\[1\] is empty"):
+        processor(images=[_gradient_image(), empty])
+
+
+def test_mask_size_mismatch_names_the_index_and_the_image_file(processor, tmp_path):
+    _gradient_image().save(tmp_path / "good_000.png")
+    _gradient_image().save(tmp_path / "crack_007.png")
+    images = [tmp_path / "good_000.png", str(tmp_path / "crack_007.png")]
+    with pytest.raises(ValueError, match=r"segmentation_maps\[1\] .*'crack_007.png'.*must match its image"):
+        processor(images=images, segmentation_maps=[None, np.zeros((10, 10), dtype=np.uint8)])
+    Image.fromarray(np.zeros((10, 10), dtype=np.uint8)).save(tmp_path / "crack_007_mask.png")
+    with pytest.raises(ValueError, match=r"segmentation_maps\[1\] \('crack_007_mask.png'\)"):
+        processor(images=images, segmentation_maps=[None, tmp_path / "crack_007_mask.png"])
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [(-1, r"segmentation_maps\[1\] has negative values"), (float("nan"), r"segmentation_maps\[1\] contains NaN")],
+)
+def test_masks_that_cannot_be_binarised_are_named(processor, value, message):
+    mask = np.zeros((40, 48), dtype=np.float32)
+    mask[5:10, 5:10] = value
+    with pytest.raises(ValueError, match=message):
+        processor(images=[_gradient_image(), _gradient_image()], segmentation_maps=[None, mask])
