@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: quiet, offline transformers and tiny random CLIP checkpoints."""
+"""Shared pytest fixtures: quiet, offline transformers, tiny random CLIP checkpoints and one shared training run."""
 
 import os
 import sys
@@ -13,6 +13,7 @@ if "HF_DATASETS_CACHE" not in os.environ:  # keep the user's datasets cache clea
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pytest  # noqa: E402
+from run_helpers import training_args  # noqa: E402
 from tiny_clip import make_tiny_clip  # noqa: E402
 
 
@@ -22,6 +23,33 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny_clip")
     make_tiny_clip(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory) -> Path:
+    """A tiny CLIP checkpoint (`clip/`) and a tiny demo dataset (`data/`: 2 categories x 6 normal training images,
+    32 px) for training runs."""
+    from training.demo_data import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("training")
+    make_tiny_clip(root / "clip")
+    make_demo_dataset(root / "data", num_train=6, num_test_good=2, num_test_defect=2, image_size=32)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(workspace, tmp_path_factory) -> Path:
+    """ONE finished tiny run shared by the tests that only read it (copy it before changing anything): 4 steps,
+    checkpoints `step_2` and `step_4`, no evaluation."""
+    from training import train
+
+    output_dir = tmp_path_factory.mktemp("shared_run") / "run"
+    train.main(
+        training_args(
+            workspace, output_dir, "--max_train_steps", "4", "--checkpointing_steps", "2", "--skip_evaluation"
+        )
+    )
+    return output_dir
 
 
 @pytest.fixture

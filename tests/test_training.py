@@ -10,46 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from run_helpers import training_args
 from safetensors.torch import load_file
-from tiny_clip import make_tiny_clip
 
 from modeling_clipada import CLIPADAForAnomalySegmentation
 from training import evaluation, train
 from training.checkpointing import TRAINABLE_WEIGHTS
-from training.demo_data import make_demo_dataset
 from training.metrics import compute_anomaly_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINABLE = ("prompt_vectors", "similarity_logit_scale", "similarity_logit_bias", "patch_projections")
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    """A tiny CLIP checkpoint and a tiny demo dataset (2 categories x 6 normal training images, 32 px)."""
-    root = tmp_path_factory.mktemp("training")
-    make_tiny_clip(root / "clip")
-    make_demo_dataset(root / "data", num_train=6, num_test_good=2, num_test_defect=2, image_size=32)
-    return root
-
-
-def _args(workspace: Path, output_dir: Path, *extra: str) -> list[str]:
-    return [
-        "--model_name_or_path",
-        str(workspace / "clip"),
-        "--dataset_name",
-        str(workspace / "data"),
-        "--output_dir",
-        str(output_dir),
-        "--per_device_train_batch_size",
-        "4",
-        "--learning_rate",
-        "0.01",
-        "--lr_milestones",
-        "2",
-        "--num_heatmaps",
-        "2",
-        *extra,
-    ]
 
 
 def _trainable_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -57,8 +27,9 @@ def _trainable_weights(folder: Path) -> dict[str, torch.Tensor]:
     return {name: value for name, value in weights.items() if name.startswith(TRAINABLE)}
 
 
+@pytest.mark.slow
 def test_training_saves_a_loadable_model_with_card_metrics_and_heatmaps(workspace, tmp_path):
-    metrics = train.main(_args(workspace, tmp_path / "run", "--max_train_steps", "6"))
+    metrics = train.main(training_args(workspace, tmp_path / "run", "--max_train_steps", "6"))
     run = tmp_path / "run"
     for name in (
         "config.json",
@@ -83,26 +54,29 @@ def test_training_saves_a_loadable_model_with_card_metrics_and_heatmaps(workspac
     assert not torch.equal(model.patch_projections[0].weight, initial.patch_projections[0].weight)
 
 
-def test_checkpoints_hold_only_the_trainable_weights(workspace, tmp_path):
-    train.main(
-        _args(workspace, tmp_path / "run", "--max_train_steps", "4", "--checkpointing_steps", "2", "--skip_evaluation")
-    )
-    checkpoints = tmp_path / "run" / "checkpoints"
+@pytest.mark.slow
+def test_checkpoints_hold_only_the_trainable_weights(trained_run):
+    checkpoints = trained_run / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step_2", "step_4"]
     weights = load_file(checkpoints / "step_4" / TRAINABLE_WEIGHTS)
-    assert set(weights) == set(_trainable_weights(tmp_path / "run"))
+    assert set(weights) == set(_trainable_weights(trained_run))
     assert not any(name.startswith("clip.") for name in weights)
     assert not list((checkpoints / "step_4").glob("model*.safetensors"))
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(workspace, tmp_path):
     # 12 images at batch 4 = 3 steps per epoch: the resume at step 10 lands mid-epoch, after a lr milestone.
-    train.main(_args(workspace, tmp_path / "straight", "--max_train_steps", "20", "--skip_evaluation"))
+    train.main(training_args(workspace, tmp_path / "straight", "--max_train_steps", "20", "--skip_evaluation"))
     resumed = tmp_path / "resumed"
-    train.main(_args(workspace, resumed, "--max_train_steps", "10", "--checkpointing_steps", "10", "--skip_evaluation"))
+    train.main(
+        training_args(workspace, resumed, "--max_train_steps", "10", "--checkpointing_steps", "10", "--skip_evaluation")
+    )
     (resumed / "checkpoints" / ".partial_step_15").mkdir()  # a write killed midway is never "latest"
     train.main(
-        _args(workspace, resumed, "--max_train_steps", "20", "--resume_from_checkpoint", "latest", "--skip_evaluation")
+        training_args(
+            workspace, resumed, "--max_train_steps", "20", "--resume_from_checkpoint", "latest", "--skip_evaluation"
+        )
     )
     straight, after_resume = _trainable_weights(tmp_path / "straight"), _trainable_weights(resumed)
     assert set(straight) == set(after_resume) and len(straight) == 7
@@ -112,13 +86,13 @@ def test_resume_continues_exactly(workspace, tmp_path):
 
 def test_resume_errors_are_clear(workspace, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train.main(_args(workspace, tmp_path / "empty", "--resume_from_checkpoint", "latest"))
+        train.main(training_args(workspace, tmp_path / "empty", "--resume_from_checkpoint", "latest"))
     assert exit_info.value.code == 2
     assert "no checkpoint in" in capsys.readouterr().err
 
 
 def test_missing_dataset_is_a_clear_error(workspace, tmp_path, capsys):
-    args = _args(workspace, tmp_path / "run")
+    args = training_args(workspace, tmp_path / "run")
     args[args.index("--dataset_name") + 1] = str(tmp_path / "nowhere")
     with pytest.raises(SystemExit) as exit_info:
         train.main(args)
@@ -137,7 +111,7 @@ def test_missing_dataset_is_a_clear_error(workspace, tmp_path, capsys):
 )
 def test_bad_arguments_are_rejected(workspace, tmp_path, flag, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train.main(_args(workspace, tmp_path / "run", flag, value))
+        train.main(training_args(workspace, tmp_path / "run", flag, value))
     assert exit_info.value.code == 2
     assert flag.lstrip("-") in capsys.readouterr().err
 
@@ -164,19 +138,23 @@ def test_learning_rate_is_multiplied_by_0_2_at_each_milestone():
     )
 
 
+@pytest.mark.slow
 def test_continuing_a_clipada_checkpoint(workspace, tmp_path):
     train.main(
-        _args(workspace, tmp_path / "first", "--max_train_steps", "2", "--skip_evaluation", "--num_refinements", "2")
+        training_args(
+            workspace, tmp_path / "first", "--max_train_steps", "2", "--skip_evaluation", "--num_refinements", "2"
+        )
     )
-    args = _args(workspace, tmp_path / "second", "--max_train_steps", "1", "--skip_evaluation")
+    args = training_args(workspace, tmp_path / "second", "--max_train_steps", "1", "--skip_evaluation")
     args[args.index("--model_name_or_path") + 1] = str(tmp_path / "first")
     train.main(args)
     assert json.loads((tmp_path / "second" / "config.json").read_text())["num_refinements"] == 2
 
 
+@pytest.mark.slow
 def test_push_to_hub_uploads_the_final_model_only(workspace, tmp_path, hub_uploads):
     train.main(
-        _args(
+        training_args(
             workspace,
             tmp_path / "run",
             "--max_train_steps",
@@ -203,6 +181,7 @@ def test_push_to_hub_uploads_the_final_model_only(workspace, tmp_path, hub_uploa
     assert not any(name.startswith("checkpoints/") for name in files)
 
 
+@pytest.mark.slow
 def test_two_processes_hold_identical_weights_equal_to_one_process(workspace, tmp_path):
     common = ["--max_train_steps", "4", "--per_device_train_batch_size", "2", "--skip_evaluation"]
     two = tmp_path / "two"
@@ -223,7 +202,7 @@ def test_two_processes_hold_identical_weights_equal_to_one_process(workspace, tm
         "29533",
         "-m",
         "training.train",
-        *_args(workspace, two, *common),
+        *training_args(workspace, two, *common),
     ]
     result = subprocess.run(
         command,
@@ -236,7 +215,7 @@ def test_two_processes_hold_identical_weights_equal_to_one_process(workspace, tm
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Trainable weights identical on all 2 processes." in result.stdout + result.stderr
     # One process, two accumulated micro-batches of 2 = the same global batches of 4.
-    train.main(_args(workspace, tmp_path / "one", *common, "--gradient_accumulation_steps", "2"))
+    train.main(training_args(workspace, tmp_path / "one", *common, "--gradient_accumulation_steps", "2"))
     one, both = _trainable_weights(tmp_path / "one"), _trainable_weights(two)
     for name in one:
         torch.testing.assert_close(both[name], one[name], rtol=0, atol=1e-6)
@@ -258,13 +237,13 @@ def test_synthesis_seed_depends_on_data_order_only():
     )
 
 
-def test_eval_cli_writes_metrics_predictions_and_heatmaps(workspace, tmp_path):
-    train.main(_args(workspace, tmp_path / "run", "--max_train_steps", "2", "--skip_evaluation"))
+@pytest.mark.slow
+def test_eval_cli_writes_metrics_predictions_and_heatmaps(workspace, trained_run, tmp_path):
     output = tmp_path / "evaluation"
     metrics = evaluation.main(
         [
             "--model_name_or_path",
-            str(tmp_path / "run"),
+            str(trained_run),
             "--dataset_name",
             str(workspace / "data"),
             "--output_dir",
@@ -311,6 +290,7 @@ def test_eval_of_a_missing_checkpoint_is_a_clear_error(workspace, tmp_path, caps
     assert "missing" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_offline_main_job_runs_end_to_end(tmp_path, capsys):
     from training import demo
 
@@ -325,6 +305,9 @@ def test_offline_main_job_runs_end_to_end(tmp_path, capsys):
     shutil.rmtree(tmp_path / "demo")
 
 
+@pytest.mark.slow
 def test_with_tracking_writes_tensorboard_logs(workspace, tmp_path):
-    train.main(_args(workspace, tmp_path / "run", "--max_train_steps", "2", "--skip_evaluation", "--with_tracking"))
+    train.main(
+        training_args(workspace, tmp_path / "run", "--max_train_steps", "2", "--skip_evaluation", "--with_tracking")
+    )
     assert list((tmp_path / "run").rglob("events.out.tfevents.*"))

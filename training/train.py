@@ -56,6 +56,7 @@ from training.synthesis import SyntheticAnomalyGenerator
 logger = get_logger(__name__)
 
 LR_DECAY = 0.2
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as a process killed by it
 # Errors a user can fix (bad input, a folder in use, a damaged checkpoint): one line and exit code 2.
 USER_ERRORS = (DatasetFormatError, CheckpointError, ModelLoadError, OutputDirError, FileNotFoundError, ValueError)
 
@@ -384,9 +385,11 @@ def _loggable(config: dict) -> dict:
 
 
 def train(args: argparse.Namespace) -> dict | None:
-    """Runs the whole job; returns the evaluation metrics on the main process (None elsewhere, when skipped or
-    when stopped by SIGTERM). User errors of the set-up phase exit with code 2 and one line; a failure inside a
-    training step keeps its traceback."""
+    """Runs the whole job; returns the evaluation metrics on the main process (None elsewhere or when skipped).
+
+    User errors of the set-up phase, and a checkpoint that cannot be written, exit with code 2 and one line; a
+    failure inside a training step keeps its traceback. SIGTERM exits with code 143 after writing a checkpoint.
+    """
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -406,8 +409,9 @@ def train(args: argparse.Namespace) -> dict | None:
         run = _user_errors_exit(set_up, args, accelerator)
         if args.with_tracking:
             accelerator.init_trackers("clipada", config=_loggable(vars(args)))
-        completed = _user_errors_exit(train_loop, args, run, only=(CheckpointError,))
-        metrics = finish(args, run) if completed else None
+        if not _user_errors_exit(train_loop, args, run, only=(CheckpointError,)):
+            raise SystemExit(PREEMPTED_EXIT_CODE)  # the checkpoint is written; a scheduler requeues the job
+        metrics = finish(args, run)
         if args.with_tracking:
             accelerator.end_training()
         return metrics
