@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageOps
 
 from training.synthesis import (
     AUGMENTATIONS,
@@ -18,6 +18,18 @@ from training.synthesis import (
     procedural_textures,
     rotate_images,
     shift_images,
+)
+from training.synthesis.augmentations import (
+    augment_autocontrast,
+    augment_brightness,
+    augment_equalize,
+    augment_gamma,
+    augment_hue_saturation,
+    augment_invert,
+    augment_posterize,
+    augment_rotation,
+    augment_sharpness,
+    augment_solarize,
 )
 
 
@@ -268,6 +280,140 @@ def test_each_augmentation_keeps_shape_and_range(name):
         assert not torch.allclose(out, images[2:], atol=1e-3)
 
 
+def uint8_images(batch: int = 4, height: int = 24, width: int = 32) -> np.ndarray:
+    """uint8 images (B, H, W, 3) with varied histograms: full-range noise, a narrow band, 4 levels, a gradient."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+    images[1] = rng.integers(60, 90, (height, width, 3))
+    images[2] = images[2] // 64 * 64
+    images[3] = np.linspace(0, 255, width, dtype=np.uint8)[None, :, None]
+    images[3, :, :, 2] = 77  # a constant channel
+    return images
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).contiguous()
+
+
+def to_grey_levels(images: torch.Tensor) -> np.ndarray:
+    """float (B, 3, H, W) in [0, 1] -> float64 (B, H, W, 3) in [0, 255], unrounded."""
+    return images.permute(0, 2, 3, 1).double().numpy() * 255
+
+
+def pil_reference(images: np.ndarray, operation) -> np.ndarray:
+    """Applies ``operation`` (PIL image, sample index) -> PIL image to every uint8 image (B, H, W, 3)."""
+    return np.stack([np.asarray(operation(Image.fromarray(image), i)) for i, image in enumerate(images)])
+
+
+# PIL works on uint8 and rounds its intermediate images; each tolerance below (in grey levels) is the largest
+# rounding PIL can add: ImageEnhance blends truncate (< 1); autocontrast truncates its lookup table (< 1);
+# sharpness and colour also round their degenerate image to uint8 first (0.5, times |1 - factor| <= 1).
+
+
+def test_brightness_matches_pil_and_its_formula():
+    images = uint8_images()
+    u = torch.rand(4, 3, generator=seeded(20))
+    out = augment_brightness(to_tensor(images), u)
+    multiply, add = 0.8 + 0.4 * u[:, 0].double(), (-30 + 60 * u[:, 1].double()) / 255
+    expected = (to_tensor(images).double() * multiply[:, None, None, None] + add[:, None, None, None]).clamp(0, 1)
+    torch.testing.assert_close(out.double(), expected, atol=1e-6, rtol=0)
+    u[:, 1] = 0.5  # no offset: PIL's Brightness is the multiplication alone
+    out = to_grey_levels(augment_brightness(to_tensor(images), u))
+    factors = (0.8 + 0.4 * u[:, 0].double()).tolist()
+    reference = pil_reference(images, lambda image, i: ImageEnhance.Brightness(image).enhance(factors[i]))
+    assert np.abs(out - reference).max() < 1
+
+
+def test_sharpness_matches_pil_on_an_edge_padded_image():
+    images = uint8_images()
+    u = torch.rand(4, 3, generator=seeded(21))
+    out = to_grey_levels(augment_sharpness(to_tensor(images), u))
+    # PIL leaves the 1-pixel border unfiltered; ours smooths it with replicated edges, as PIL does on a padded copy
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    factors = (2 * u[:, 0].double()).tolist()
+    reference = pil_reference(padded, lambda image, i: ImageEnhance.Sharpness(image).enhance(factors[i]))
+    assert np.abs(out - reference[:, 1:-1, 1:-1]).max() <= 1.5
+
+
+def test_saturation_matches_pil_color_and_hue_rotates_in_yiq():
+    images = uint8_images()
+    u = torch.rand(4, 3, generator=seeded(22))
+    u[:, 0] = 0.5  # hue angle 0: saturation alone is PIL's Color enhancement (blend with the ITU-R 601 luma)
+    out = to_grey_levels(augment_hue_saturation(to_tensor(images), u))
+    factors = (0.5 + u[:, 1].double()).tolist()
+    reference = pil_reference(images, lambda image, i: ImageEnhance.Color(image).enhance(factors[i]))
+    assert np.abs(out - reference).max() <= 1.5
+
+    u = torch.rand(4, 3, generator=seeded(23))
+    out = augment_hue_saturation(to_tensor(images), u).double().numpy()
+    rgb_to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    angles = (-50 + 100 * u[:, 0].double().numpy()) * 2 * math.pi / 255
+    saturations = 0.5 + u[:, 1].double().numpy()
+    for i, image in enumerate(to_tensor(images).double().numpy()):
+        y, in_phase, quadrature = np.einsum("ij,jhw->ihw", rgb_to_yiq, image)
+        cos, sin = math.cos(angles[i]) * saturations[i], math.sin(angles[i]) * saturations[i]
+        rotated = np.stack([y, cos * in_phase - sin * quadrature, sin * in_phase + cos * quadrature])
+        expected = np.clip(np.einsum("ij,jhw->ihw", np.linalg.inv(rgb_to_yiq), rotated), 0, 1)
+        np.testing.assert_allclose(out[i], expected, atol=1e-6)
+
+
+def test_gamma_matches_its_formula_per_channel():
+    images = to_tensor(uint8_images())
+    u = torch.rand(4, 3, generator=seeded(24))
+    gamma = torch.exp(math.log(0.5) + math.log(4.0) * u.double())  # log-uniform in [0.5, 2]
+    expected = images.double() ** gamma[:, :, None, None]
+    torch.testing.assert_close(augment_gamma(images, u).double(), expected, atol=1e-6, rtol=0)
+
+
+def test_solarize_posterize_invert_equalize_match_pil_exactly():
+    images = uint8_images()
+    # thresholds half-way between grey levels, so float and integer comparisons agree: 32.5 + j -> PIL's 33 + j
+    steps = torch.tensor([0, 10, 40, 95])
+    u = torch.zeros(4, 3)
+    u[:, 0] = (steps + 0.5) / 96
+    out = to_grey_levels(augment_solarize(to_tensor(images), u))
+    reference = pil_reference(images, lambda image, i: ImageOps.solarize(image, 33 + int(steps[i])))
+    assert np.abs(out - reference).max() < 1e-3
+    for bits in range(1, 8):
+        out = to_grey_levels(augment_posterize(to_tensor(images), torch.full((4, 3), (bits - 0.5) / 7)))
+        reference = pil_reference(images, lambda image, i, bits=bits: ImageOps.posterize(image, bits))
+        assert np.abs(out - reference).max() < 1e-3, bits
+    out = to_grey_levels(augment_invert(to_tensor(images), torch.rand(4, 3)))
+    assert np.abs(out - pil_reference(images, lambda image, i: ImageOps.invert(image))).max() < 1e-3
+    out = to_grey_levels(augment_equalize(to_tensor(images), torch.rand(4, 3)))
+    assert np.abs(out - pil_reference(images, lambda image, i: ImageOps.equalize(image))).max() < 1e-3
+
+
+def test_autocontrast_matches_pil():
+    images = uint8_images()
+    out = to_grey_levels(augment_autocontrast(to_tensor(images), torch.rand(4, 3)))
+    reference = pil_reference(images, lambda image, i: ImageOps.autocontrast(image))
+    assert 0 <= (out - reference).min() and (out - reference).max() < 1  # PIL truncates the exact stretch
+
+
+def test_equalize_accepts_non_contiguous_images():
+    images = torch.rand(2, 16, 16, 3, generator=seeded(25)).permute(0, 3, 1, 2)
+    torch.testing.assert_close(
+        augment_equalize(images, torch.rand(2, 3)), augment_equalize(images.contiguous(), torch.rand(2, 3))
+    )
+
+
+def test_rotation_matches_pil():
+    images = uint8_images(height=24, width=24)
+    for angle, transpose in [(90, Image.Transpose.ROTATE_90), (-90, Image.Transpose.ROTATE_270)]:
+        out = to_grey_levels(rotate_images(to_tensor(images), torch.full((4,), float(angle)), "reflection"))
+        assert np.abs(out - pil_reference(images, lambda image, i, op=transpose: image.transpose(op))).max() < 1e-2, (
+            angle
+        )
+    u = torch.full((4, 3), 75 / 90)  # augment_rotation's angle is U(-45, 45): 75 / 90 -> 30 degrees
+    out = to_grey_levels(augment_rotation(to_tensor(images), u))
+    reference = pil_reference(images, lambda image, i: image.rotate(30, Image.Resampling.BILINEAR))
+    ys, xs = np.mgrid[:24, :24]
+    inside = (ys - 11.5) ** 2 + (xs - 11.5) ** 2 < 10**2  # PIL fills the corners black, ours reflects
+    assert np.abs(out - reference)[:, inside].max() < 1.5  # PIL's bilinear output is rounded to uint8
+
+
 def test_augment_sources_range_and_determinism():
     sources = make_images(batch=6)
     first = augment_sources(sources, 3, seeded(14))
@@ -325,3 +471,34 @@ def test_missing_or_empty_texture_dir_raises_with_the_folder_name(tmp_path):
     (empty / "notes.txt").write_text("nothing here")
     with pytest.raises(ValueError, match="empty_textures"):
         SyntheticAnomalyGenerator(empty)
+
+
+def write_broken_png(path: Path) -> Path:
+    """A PNG whose header is fine but whose IDAT length is wrong: PIL opens it and fails while decoding."""
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IDAT") - 4
+    length = int.from_bytes(data[start : start + 4], "big")
+    data[start : start + 4] = (length // 2).to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_texture_that_fails_while_decoding_is_skipped_with_a_warning(tmp_path):
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "good.png")
+    write_broken_png(tmp_path / "broken.png")
+    with pytest.warns(UserWarning, match="broken.png"):
+        bank = load_texture_bank(tmp_path, image_size=8)
+    assert bank.shape == (1, 3, 8, 8)
+
+
+def test_folder_of_corrupt_images_raises_with_the_folder_name(tmp_path):
+    folder = tmp_path / "corrupt_textures"
+    folder.mkdir()
+    write_broken_png(folder / "broken.png")
+    (folder / "junk.jpg").write_bytes(b"not an image at all")
+    with pytest.warns(UserWarning) as warned, pytest.raises(ValueError, match="corrupt_textures"):
+        load_texture_bank(folder)
+    messages = " ".join(str(warning.message) for warning in warned)
+    assert "broken.png" in messages and "junk.jpg" in messages  # each skipped file is named

@@ -1,4 +1,4 @@
-"""Random numbers for the synthesis: drawn on the generator's device, then moved to where the pixels are."""
+"""Random numbers and per-sample parameters: drawn on the generator's device, moved to the pixels' device."""
 
 from __future__ import annotations
 

@@ -173,7 +173,7 @@ def load_texture_bank(
             with Image.open(path) as image:
                 image.draft("RGB", (image_size, image_size))  # JPEGs decode at a reduced scale, still >= size
                 image = ImageOps.fit(image.convert("RGB"), (image_size, image_size), Image.Resampling.BILINEAR)
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # PIL's broken-file errors
             warnings.warn(f"Skipping unreadable texture file {path}: {error}", stacklevel=2)
             continue
         pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
