@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import shutil
+import struct
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +27,8 @@ MVTEC_BAD_CASES = (
     "truncated_image",  # a PNG cut in half
     "empty_train",  # train/good holds no image (only a .DS_Store)
     "no_test",  # the category has no test/ folder
+    "empty_image",  # an image file of 0 bytes
+    "zero_size_image",  # a PNG whose header says 0x0 pixels
 )
 VISA_BAD_CASES = (
     "missing_file",  # a csv row pointing at an image that does not exist
@@ -34,6 +38,9 @@ VISA_BAD_CASES = (
     "corrupt_image",  # an image file holding garbage
     "truncated_image",  # a JPEG cut in half
     "empty_train",  # an object without train rows
+    "csv_not_utf8",  # the split csv holds a Latin-1 byte
+    "absolute_path",  # a csv row naming an image outside the root by its absolute path
+    "parent_path",  # a csv row naming an image outside the root through ../
 )
 VISA_HEADER = ("object", "split", "label", "image", "mask")
 
@@ -132,7 +139,8 @@ def write_visa_tree(
         rows += _missing_rows(obj, missing_rows)
     rows += _missing_rows("absent", missing_rows)
     bad_file = _inject_visa(root, objects[0], rows, bad_case) if bad_case else None
-    _write_csv(root / "split_csv" / "1cls.csv", VISA_HEADER, rows)
+    encoding = "latin-1" if bad_case == "csv_not_utf8" else "utf-8"
+    _write_csv(root / "split_csv" / "1cls.csv", VISA_HEADER, rows, encoding)
     return FakeTree(root, bad_file)
 
 
@@ -188,6 +196,12 @@ def _inject_mvtec(category_dir: Path, defect: str, bad_case: str) -> Path:
     if bad_case == "no_test":
         shutil.rmtree(category_dir / "test")
         return category_dir / "test"
+    if bad_case == "empty_image":
+        image.write_bytes(b"")
+        return image
+    if bad_case == "zero_size_image":
+        image.write_bytes(zero_size_png())
+        return image
     raise ValueError(f"unknown bad_case {bad_case!r}; expected one of {MVTEC_BAD_CASES}")
 
 
@@ -215,7 +229,20 @@ def _inject_visa(root: Path, obj: str, rows: list[tuple[str, ...]], bad_case: st
     if bad_case == "empty_train":
         rows[:] = [r for r in rows if not (r[0] == obj and r[1] == "train")]
         return root / "split_csv" / "1cls.csv"
+    if bad_case == "csv_not_utf8":  # the csv is written in Latin-1, so this "é" is the single byte 0xe9
+        rows[anomaly] = _with_image(rows[anomaly], rows[anomaly][3].replace(".JPG", "\xe9.JPG"))
+        return root / "split_csv" / "1cls.csv"
+    if bad_case in ("absolute_path", "parent_path"):
+        outside = root.parent / "outside.JPG"  # a readable image the csv must not be able to embed
+        shutil.copy(image, outside)
+        rows[anomaly] = _with_image(rows[anomaly], str(outside) if bad_case == "absolute_path" else "../outside.JPG")
+        return root / "split_csv" / "1cls.csv"
     raise ValueError(f"unknown bad_case {bad_case!r}; expected one of {VISA_BAD_CASES}")
+
+
+def _with_image(row: tuple[str, ...], image: str) -> tuple[str, ...]:
+    """A split-csv row with another image path."""
+    return row[:3] + (image,) + row[4:]
 
 
 def _write_images(folder: Path, count: int, size: tuple[int, int], mode: str, rng) -> None:
@@ -247,13 +274,23 @@ def _write_strays(folder: Path, names: Sequence[str]) -> None:
         (folder / name).write_bytes(b"\x00\x01stray")
 
 
-def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]], encoding: str = "utf-8") -> None:
     """Write a csv with CRLF line endings, as VisA ships it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
+    with open(path, "w", newline="", encoding=encoding) as handle:
         writer = csv.writer(handle, lineterminator="\r\n")
         writer.writerow(header)
         writer.writerows(rows)
+
+
+def zero_size_png() -> bytes:
+    """Return a structurally valid PNG whose header says 0x0 pixels (an RGB image without any pixel)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 def _truncate(path: Path) -> Path:
@@ -263,4 +300,4 @@ def _truncate(path: Path) -> Path:
     return path
 
 
-__all__ = ["MVTEC_BAD_CASES", "VISA_BAD_CASES", "FakeTree", "write_mvtec_tree", "write_visa_tree"]
+__all__ = ["MVTEC_BAD_CASES", "VISA_BAD_CASES", "FakeTree", "write_mvtec_tree", "write_visa_tree", "zero_size_png"]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import io
+import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -11,14 +16,17 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+from datasets.arrow_writer import ArrowWriter
 from fake_trees import MVTEC_BAD_CASES, VISA_BAD_CASES, write_mvtec_tree, write_visa_tree
-from PIL import Image, ImageFile
+from PIL import ExifTags, Image, ImageFile, ImageOps
 
 from training import prepare_dataset
 from training.data import (
     DatasetFormatError,
     build_mvtec_ad,
     build_visa,
+    encode_binary_mask,
+    encode_rgb_image,
     infer_dataset_layout,
     load_anomaly_dataset,
     save_dataset_atomically,
@@ -69,6 +77,11 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 def leftovers(folder: Path) -> list[str]:
     """Hidden staging/cache folders left behind in ``folder``."""
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def file_bytes(root: Path) -> dict[str, bytes]:
+    """Every file of a tree by relative path."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -272,7 +285,7 @@ def test_failed_save_leaves_no_output_and_keeps_an_existing_one(tmp_path, monkey
     with monkeypatch.context() as patch:
         patch.setattr(datasets.DatasetDict, "save_to_disk", broken_save)
         with pytest.raises(RuntimeError):
-            save_dataset_atomically(dataset, out)
+            save_dataset_atomically(dataset, out, overwrite=True)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert leftovers(tmp_path) == []
 
@@ -299,7 +312,8 @@ def test_cli_writes_a_self_contained_dataset(tmp_path, capsys):
     raw_images = reloaded["test"].cast_column("image", datasets.Image(decode=False))["image"]
     assert all(item["bytes"] for item in raw_images)
     assert_well_formed(reloaded)
-    code, _, _ = run_cli(["--data_dir", str(out), "--output_dir", str(out), "--categories", "grid"], capsys)
+    argv = ["--data_dir", str(out), "--output_dir", str(out), "--categories", "grid", "--overwrite_output_dir"]
+    code, _, _ = run_cli(argv, capsys)
     assert code == 0 and set(load_anomaly_dataset(str(out))["train"]["category"]) == {"grid"}
 
 
@@ -326,6 +340,7 @@ def test_cli_unknown_category_and_missing_data_dir(tmp_path, capsys, extra, mess
     assert code == 2 and message in stderr and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_process_exit_code_without_traceback(tmp_path):
     tree = write_mvtec_tree(tmp_path / "raw", bad_case="missing_mask")
     command = [sys.executable, "-m", "training.prepare_dataset", "--data_dir", str(tree.root)]
@@ -352,6 +367,154 @@ def test_cli_push_to_hub_calls_datasetdict_push_to_hub(tmp_path, capsys, monkeyp
     with pytest.raises(SystemExit) as exit_info:
         prepare_dataset.parse_args(argv)
     assert exit_info.value.code == 2
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hardening (issue 9): output folders, 16-bit and EXIF images, csv paths and encodings, full disks
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_saved_dataset_carries_our_marker_and_is_replaced_only_with_overwrite(tmp_path):
+    dataset = build_mvtec_ad(write_mvtec_tree(tmp_path / "raw", categories=("bottle",)).root)
+    out = save_dataset_atomically(dataset, tmp_path / "out")
+    assert json.loads((out / ".clipada_dataset.json").read_text())["version"] == 1
+    (out / "notes.txt").write_text("added by the user")
+    with pytest.raises(DatasetFormatError, match=f"{re.escape(str(out))}: .*overwrite=True"):
+        save_dataset_atomically(dataset, out)
+    assert (out / "notes.txt").read_text() == "added by the user"
+    save_dataset_atomically(dataset, out, overwrite=True)
+    assert not (out / "notes.txt").exists() and (out / ".clipada_dataset.json").is_file()
+
+
+@pytest.mark.parametrize("flag", [[], ["--overwrite_output_dir"]])
+def test_cli_never_replaces_a_saved_dataset_it_did_not_write(tmp_path, capsys, flag):
+    foreign = tmp_path / "out"
+    splits = {s: datasets.Dataset.from_dict({"x": [1]}) for s in ("train", "test")}
+    datasets.DatasetDict(splits).save_to_disk(str(foreign))  # holds dataset_dict.json, but not our marker
+    (foreign / "results.csv").write_text("my results")
+    tree = write_mvtec_tree(tmp_path / "raw", categories=("bottle",))
+    code, _, stderr = run_cli(["--data_dir", str(tree.root), "--output_dir", str(foreign), *flag], capsys)
+    assert code == 2 and stderr.startswith(f"error: {foreign}: ") and "not a saved dataset of ours" in stderr
+    assert (foreign / "results.csv").read_text() == "my results" and (foreign / "dataset_dict.json").is_file()
+    assert leftovers(tmp_path) == []
+
+
+def test_cli_rerun_into_its_own_output_needs_the_overwrite_flag(tmp_path, capsys, monkeypatch):
+    tree = write_mvtec_tree(tmp_path / "raw", categories=("bottle",))
+    out = tmp_path / "out"
+    argv = ["--data_dir", str(tree.root), "--output_dir", str(out)]
+    assert run_cli(argv, capsys)[0] == 0
+    before = file_bytes(out)
+    with monkeypatch.context() as patch:  # the refusal comes before anything is built
+        patch.setattr(prepare_dataset, "load_anomaly_dataset", lambda *a, **k: pytest.fail("must not build"))
+        code, _, stderr = run_cli(argv, capsys)
+    assert code == 2 and stderr.startswith(f"error: {out}: ") and "--overwrite_output_dir" in stderr
+    assert file_bytes(out) == before
+    assert run_cli([*argv, "--overwrite_output_dir"], capsys)[0] == 0
+
+
+@pytest.mark.parametrize("mode, dtype", [("I;16", "<u2"), ("I;16B", ">u2"), ("I", "<i4")])
+def test_16bit_images_are_scaled_by_their_bit_depth_not_their_content(mode, dtype):
+    values = np.array([[0, 128, 129, 1000], [2570, 30000, 65278, 65535]])
+    image = Image.fromarray(values.astype(dtype))
+    assert image.mode == mode
+    rgb = np.asarray(Image.open(io.BytesIO(encode_rgb_image(image, None))))
+    assert rgb.shape == (2, 4, 3) and (rgb == rgb[..., :1]).all()
+    assert rgb[..., 0].tolist() == [[0, 0, 1, 4], [10, 117, 254, 255]]  # round(v / 257)
+
+
+@pytest.mark.parametrize("dtype", ["<u2", ">u2", "<i4"])
+def test_16bit_masks_binarise_any_nonzero_value(dtype):
+    mask = Image.fromarray(np.array([[0, 1, 2], [256, 0, 65535]]).astype(dtype))
+    binary = Image.open(io.BytesIO(encode_binary_mask(mask, None)))
+    assert binary.mode == "L" and np.asarray(binary).tolist() == [[0, 255, 255], [255, 0, 255]]
+
+
+def test_16bit_png_files_stay_dark_end_to_end(tmp_path):
+    tree = write_mvtec_tree(tmp_path / "mvtec", categories=("bottle",))  # images and masks are 20x16
+    dark = np.full((16, 20), 1000, dtype=np.uint16)
+    dark[0, 0] = 65535
+    Image.fromarray(dark).save(tree.root / "bottle" / "train" / "good" / "000.png")
+    mask = np.zeros((16, 20), dtype=np.uint16)
+    mask[2:6, 3:9] = 3  # a defect id stored in 16 bits
+    Image.fromarray(mask).save(tree.root / "bottle" / "ground_truth" / "crack" / "000_mask.png")
+    dataset = build_mvtec_ad(tree.root)
+    assert dataset["train"][0]["image_path"] == "bottle/train/good/000.png"
+    assert np.unique(np.asarray(dataset["train"][0]["image"])).tolist() == [4, 255]
+    assert_well_formed(dataset)
+
+
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_exif_orientation_is_applied_once_and_the_mask_checked_against_the_upright_image(tmp_path, orientation):
+    tree = write_mvtec_tree(tmp_path / "mvtec", categories=("bottle",))  # images and masks are 20x16 (w x h)
+    image_file = tree.root / "bottle" / "test" / "crack" / "000.png"
+    image_file.unlink()
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation  # rotate by 90 degrees to view: 16x20 pixels show as 20x16
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 16, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(image_file.with_suffix(".jpg"), exif=exif)
+    with Image.open(image_file.with_suffix(".jpg")) as raw:
+        assert raw.size == (16, 20)
+        upright = np.asarray(ImageOps.exif_transpose(raw))
+    test = build_mvtec_ad(tree.root)["test"]
+    index = test["image_path"].index("bottle/test/crack/000.jpg")
+    assert test[index]["image"].size == test[index]["mask"].size == (20, 16)
+    np.testing.assert_array_equal(np.asarray(test[index]["image"]), upright)
+    stored = test.cast_column("image", datasets.Image(decode=False))[index]["image"]["bytes"]
+    assert Image.open(io.BytesIO(stored)).size == (20, 16)  # upright pixels, not a tag for the reader to apply
+
+
+def test_visa_csv_paths_are_checked_after_resolving_symlinks(tmp_path):
+    tree = write_visa_tree(tmp_path / "visa", bad_case="parent_path")
+    csv_file = tree.root / "split_csv" / "1cls.csv"
+    with pytest.raises(DatasetFormatError, match=rf"{re.escape(str(csv_file))} line \d+: path '\.\./outside\.JPG'"):
+        build_visa(tree.root)
+    tree = write_visa_tree(tmp_path / "linked")
+    anomalies = tree.root / "candle" / "Data" / "Images" / "Anomaly"
+    shutil.move(anomalies, tmp_path / "elsewhere")
+    anomalies.symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # a link inside the root leading out
+    with pytest.raises(DatasetFormatError, match=r"1cls\.csv line 5: path 'candle/Data/Images/Anomaly/000\.JPG'"):
+        build_visa(tree.root)
+    shutil.move(tmp_path / "elsewhere", tree.root / "moved")
+    anomalies.unlink()
+    anomalies.symlink_to(tree.root / "moved", target_is_directory=True)  # a link that stays inside is fine
+    assert build_visa(tree.root)["test"].num_rows == 6
+
+
+def test_non_utf8_annotation_csv_is_a_clear_error(tmp_path):
+    tree = write_visa_tree(tmp_path / "visa")
+    anno_file = tree.root / "candle" / "image_anno.csv"
+    anno_file.write_bytes(anno_file.read_bytes().replace(b"scratch", "rayure \xe9".encode("latin-1"), 1))
+    with pytest.raises(DatasetFormatError, match=rf"{re.escape(str(anno_file))}: not UTF-8 text"):
+        build_visa(tree.root)
+
+
+def test_empty_image_file_is_named_as_empty(tmp_path):
+    tree = write_mvtec_tree(tmp_path / "mvtec", bad_case="empty_image")
+    with pytest.raises(DatasetFormatError, match=rf"{re.escape(str(tree.bad_file))}: empty file \(0 bytes\)"):
+        build_mvtec_ad(tree.root)
+
+
+@pytest.mark.parametrize("writer", ["arrow_cache", "save_to_disk"])
+def test_cli_full_disk_is_a_clear_error_that_keeps_the_existing_dataset(tmp_path, capsys, monkeypatch, writer):
+    tree = write_mvtec_tree(tmp_path / "raw", categories=("bottle",))
+    out = tmp_path / "out"
+    argv = ["--data_dir", str(tree.root), "--output_dir", str(out), "--overwrite_output_dir"]
+    assert run_cli(argv, capsys)[0] == 0
+    before = file_bytes(out)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if writer == "arrow_cache":  # building the splits
+        monkeypatch.setattr(ArrowWriter, "write_table", disk_full)
+    else:
+        monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", disk_full)
+    code, _, stderr = run_cli(argv, capsys)
+    assert code == 2 and "Traceback" not in stderr
+    assert [line for line in stderr.splitlines() if line.startswith("error:")] == [stderr.strip()]
+    assert stderr.startswith(f"error: {out}: ") and "No space left on device" in stderr
+    assert file_bytes(out) == before and leftovers(tmp_path) == []
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -400,6 +563,7 @@ def real_outputs(tmp_path_factory) -> dict[str, Path]:
 
 
 @needs_realdata
+@pytest.mark.slow
 @pytest.mark.parametrize("name, expected", [("mvtec", REAL_MVTEC_COUNTS), ("visa", REAL_VISA_COUNTS)])
 def test_real_files_give_expected_counts_and_well_formed_rows(real_outputs, name, expected):
     dataset = load_anomaly_dataset(str(real_outputs[name]))
@@ -408,6 +572,7 @@ def test_real_files_give_expected_counts_and_well_formed_rows(real_outputs, name
 
 
 @needs_realdata
+@pytest.mark.slow
 def test_real_image_sizes_and_paths(real_outputs):
     visa_test = load_anomaly_dataset(str(real_outputs["visa"]), categories=["capsules"])["test"]
     assert visa_test[0]["image"].size == (1500, 1000)

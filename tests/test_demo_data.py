@@ -72,7 +72,7 @@ def test_masks_mark_exactly_the_pixels_each_defect_changed(tmp_path, category):
 
 def test_regenerating_replaces_an_earlier_demo_without_stale_files(tmp_path):
     root = make_demo_dataset(tmp_path / "demo", **{**SMALL, "num_train": 3})
-    make_demo_dataset(root, **SMALL)
+    make_demo_dataset(root, **SMALL, overwrite=True)
     assert sorted(p.name for p in (root / "disc" / "train" / "good").iterdir()) == ["000.png", "001.png"]
     assert [p.name for p in tmp_path.iterdir()] == ["demo"]
 
@@ -85,6 +85,31 @@ def test_existing_unrelated_folder_is_never_overwritten(tmp_path, capsys):
     assert demo_data.main(["--output_dir", str(tmp_path / "mine")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep me"
+
+
+def test_an_earlier_demo_is_replaced_only_with_overwrite(tmp_path, capsys):
+    root = make_demo_dataset(tmp_path / "demo", **SMALL)
+    (root / "my_notes.txt").write_text("added by the user")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        make_demo_dataset(root, **SMALL)
+    assert demo_data.main(["--output_dir", str(root)]) == 2
+    assert "--overwrite_output_dir" in capsys.readouterr().err
+    assert (root / "my_notes.txt").read_text() == "added by the user"
+    assert demo_data.main(["--output_dir", str(root), "--overwrite_output_dir", "--num_train", "1"]) == 0
+    assert not (root / "my_notes.txt").exists() and (root / "disc" / "train" / "good" / "000.png").is_file()
+
+
+def test_failed_generation_leaves_nothing_and_keeps_an_earlier_demo(tmp_path, monkeypatch):
+    root = make_demo_dataset(tmp_path / "demo", **SMALL)
+    before = file_bytes(root)
+
+    def broken_write(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(demo_data, "_write_category", broken_write)
+    with pytest.raises(OSError, match="No space left"):
+        make_demo_dataset(root, **SMALL, overwrite=True)
+    assert file_bytes(root) == before and [p.name for p in tmp_path.iterdir()] == ["demo"]
 
 
 @pytest.mark.parametrize(

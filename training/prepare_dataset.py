@@ -1,12 +1,15 @@
 """Convert a raw MVTec-AD or VisA download into a self-contained Hugging Face `DatasetDict` on disk.
 
 The output folder (written with `save_to_disk`, splits ``train`` and ``test``) embeds the image and
-mask bytes, so it survives deleting the raw folder; it appears only once complete. Bad input prints
-``error: ...`` naming the offending file and exits with code 2.
+mask bytes, so it survives deleting the raw folder; it appears only once complete. A non-empty output
+folder is never replaced unless it is a dataset this command wrote earlier (it holds
+``.clipada_dataset.json``) and ``--overwrite_output_dir`` is given. Bad input, a refused output folder or
+a failed write (e.g. a full disk) prints ``error: ...`` naming the offending file or folder and exits with
+code 2, leaving the output folder as it was.
 
 Example:
     $ python -m training.prepare_dataset --dataset mvtec_ad --data_dir ~/mvtec_anomaly_detection \\
-        --output_dir ~/data/mvtec_ad_hf --categories bottle leather
+        --output_dir ~/data/mvtec_ad_hf --categories bottle leather --overwrite_output_dir
     $ python -m training.prepare_dataset --dataset visa --data_dir ~/VisA --output_dir ~/data/visa_hf \\
         --skip_missing_files --push_to_hub --hub_dataset_id user/visa
 """
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 import tempfile
 from collections import Counter
@@ -24,7 +26,13 @@ from pathlib import Path
 
 import datasets
 
-from training.data import DATASET_NAMES, DatasetFormatError, load_anomaly_dataset, save_dataset_atomically
+from training.data import (
+    DATASET_NAMES,
+    DatasetFormatError,
+    check_output_dir,
+    load_anomaly_dataset,
+    save_dataset_atomically,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +61,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="VisA: keep only the split-csv rows whose files exist (for partial downloads).",
     )
+    parser.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Replace --output_dir when it holds a dataset written earlier by this command.",
+    )
     parser.add_argument("--push_to_hub", action="store_true", help="Also push the dataset to the Hub.")
     parser.add_argument("--hub_dataset_id", default=None, help="Hub dataset repository, e.g. user/mvtec_ad.")
     args = parser.parse_args(argv)
@@ -67,11 +80,13 @@ def prepare_dataset(
     dataset: str | None = None,
     categories: Sequence[str] | None = None,
     allow_missing_files: bool = False,
+    overwrite: bool = False,
 ) -> datasets.DatasetDict:
     """Build the dataset of a raw folder and save it atomically to ``output_dir``.
 
-    The Arrow cache used while building lives in a temporary folder beside ``output_dir`` (same disk) and
-    is removed afterwards, so nothing is left in the `datasets` cache.
+    ``output_dir`` is checked before anything is built (see `training.data.check_output_dir`). The Arrow
+    cache used while building lives in a temporary folder beside ``output_dir`` (same disk) and is removed
+    afterwards, so nothing is left in the `datasets` cache.
 
     Args:
         data_dir: The raw MVTec-AD or VisA folder (a saved dataset folder is re-saved, filtered).
@@ -79,25 +94,33 @@ def prepare_dataset(
         dataset: ``"mvtec_ad"``, ``"visa"`` or ``None`` to infer it from the layout.
         categories: Only these categories (all when ``None``).
         allow_missing_files: VisA: drop split-csv rows whose files are missing.
+        overwrite: Replace ``output_dir`` when it holds a dataset written earlier by this function.
 
     Returns:
         The saved dataset, loaded back from ``output_dir``.
 
     Raises:
-        DatasetFormatError: Bad input; ``output_dir`` is then left as it was.
+        DatasetFormatError: Bad input, an ``output_dir`` that may not be replaced, or a failed write (e.g.
+            a full disk); ``output_dir`` is then left as it was.
     """
     data_dir, output_dir = Path(data_dir).expanduser(), Path(output_dir).expanduser().absolute()
     if not data_dir.is_dir():
         raise DatasetFormatError(f"{data_dir}: data_dir not found (expected a folder)")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    cache_dir = tempfile.mkdtemp(prefix=f".{output_dir.name}.cache-", dir=output_dir.parent)
+    check_output_dir(output_dir, overwrite)
     try:
-        dataset_dict = load_anomaly_dataset(
-            str(data_dir), dataset, categories, allow_missing_files=allow_missing_files, cache_dir=cache_dir
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        cache = tempfile.TemporaryDirectory(
+            prefix=f".{output_dir.name}.cache-", dir=output_dir.parent, ignore_cleanup_errors=True
         )
-        save_dataset_atomically(dataset_dict, output_dir)
-    finally:
-        shutil.rmtree(cache_dir, ignore_errors=True)
+        with cache as cache_dir:
+            dataset_dict = load_anomaly_dataset(
+                str(data_dir), dataset, categories, allow_missing_files=allow_missing_files, cache_dir=cache_dir
+            )
+            save_dataset_atomically(dataset_dict, output_dir, overwrite=overwrite)
+    except OSError as error:
+        raise DatasetFormatError(
+            f"{output_dir}: building or writing the dataset failed ({error}); the folder was left as it was"
+        ) from error
     return datasets.load_from_disk(str(output_dir))
 
 
@@ -146,7 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         dataset_dict = prepare_dataset(
-            args.data_dir, args.output_dir, args.dataset, args.categories, args.skip_missing_files
+            args.data_dir,
+            args.output_dir,
+            args.dataset,
+            args.categories,
+            args.skip_missing_files,
+            overwrite=args.overwrite_output_dir,
         )
     except DatasetFormatError as error:
         print(f"error: {error}", file=sys.stderr)

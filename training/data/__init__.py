@@ -1,0 +1,79 @@
+"""Turn raw MVTec-AD / VisA folders, saved folders or Hub ids into an anomaly-detection `DatasetDict`.
+
+Every dataset this package returns has the splits ``train`` and ``test`` and the columns
+
+- ``image`` (`datasets.Image`): 8-bit RGB, upright, its encoded bytes embedded in the dataset;
+- ``mask`` (`datasets.Image`): mode ``L`` with values 0/255, ``None`` for normal images;
+- ``label`` (`datasets.ClassLabel`, names ``["good", "anomaly"]``);
+- ``category`` (`str`), ``defect_type`` (`str`, ``"good"`` for normal images);
+- ``image_path`` (`str`): the image's path relative to the dataset root, posix style.
+
+Raw folders are read in two passes: a cheap pass over the folder layout (`mvtec`) or VisA's split csv
+(`visa`) that pairs every image with its mask and checks that the files exist, then `build`, which
+decodes each file once through `Dataset.from_generator` (`images`: rejecting corrupt, truncated or empty
+files, applying the EXIF orientation, scaling 16-bit data) and writes the rows to an Arrow cache on disk,
+so the decoded images never sit in RAM together. `sources` picks the source and checks saved datasets;
+`save` writes a dataset atomically. Every problem with the input raises `DatasetFormatError` naming the
+offending file.
+
+Modules:
+    schema: columns, constants, `Sample`, `DatasetFormatError` and the checks every layout shares.
+    images: reading, decoding and re-encoding one image or mask file.
+    mvtec, visa: locating the samples of each raw layout.
+    build: building the `DatasetDict` from located samples.
+    sources: `load_anomaly_dataset` (raw folder, saved folder or Hub id), layout inference, category filter.
+    save: `save_dataset_atomically` with our marker file.
+
+Example:
+    >>> from training.data import load_anomaly_dataset, save_dataset_atomically
+    >>> dataset = load_anomaly_dataset("/data/mvtec_anomaly_detection", categories=["bottle"])
+    >>> dataset["train"].features["label"].names
+    ['good', 'anomaly']
+    >>> save_dataset_atomically(dataset, "/data/mvtec_bottle_hf")
+"""
+
+from .build import build_dataset_dict, encode_sample
+from .images import encode_binary_mask, encode_rgb_image, read_image_file
+from .mvtec import build_mvtec_ad
+from .save import DATASET_MARKER, check_output_dir, is_our_dataset, save_dataset_atomically
+from .schema import (
+    DATASET_NAMES,
+    IMAGE_EXTENSIONS,
+    LABEL_NAMES,
+    NORMAL_DEFECT_TYPE,
+    REQUIRED_COLUMNS,
+    SPLIT_NAMES,
+    DatasetFormatError,
+    Sample,
+    anomaly_features,
+    select_categories,
+)
+from .sources import filter_categories, infer_dataset_layout, load_anomaly_dataset
+from .visa import build_visa
+
+__all__ = [
+    "DATASET_MARKER",
+    "DATASET_NAMES",
+    "IMAGE_EXTENSIONS",
+    "LABEL_NAMES",
+    "NORMAL_DEFECT_TYPE",
+    "REQUIRED_COLUMNS",
+    "SPLIT_NAMES",
+    "DatasetFormatError",
+    "Sample",
+    "anomaly_features",
+    "build_dataset_dict",
+    "build_mvtec_ad",
+    "build_visa",
+    "check_output_dir",
+    "encode_binary_mask",
+    "encode_rgb_image",
+    "encode_sample",
+    "filter_categories",
+    "infer_dataset_layout",
+    "is_our_dataset",
+    "load_anomaly_dataset",
+    "read_image_file",
+    "save_dataset_atomically",
+    "select_categories",
+]

@@ -1,0 +1,166 @@
+"""The dataset schema: columns, constants, the `Sample` record, the error type and the checks every layout shares."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+
+LABEL_NAMES = ("good", "anomaly")
+DATASET_NAMES = ("mvtec_ad", "visa")
+SPLIT_NAMES = ("train", "test")
+REQUIRED_COLUMNS = ("image", "mask", "label", "category", "defect_type")
+NORMAL_DEFECT_TYPE = "good"
+# The one list of image file suffixes of the project (lower case; compare with `path.suffix.lower()`).
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+class DatasetFormatError(ValueError):
+    """Raised for any input that cannot be turned into an anomaly-detection dataset, or cannot be saved.
+
+    The message names the offending file or folder and says what is wrong with it.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One image of a raw dataset, located but not yet read.
+
+    Attributes:
+        split: ``"train"`` or ``"test"``.
+        image_file: Absolute path of the image file.
+        mask_file: Absolute path of the mask file, ``None`` for normal images.
+        label: 0 for normal (``"good"``), 1 for anomalous images.
+        category: Category (MVTec-AD) or object (VisA) name.
+        defect_type: Defect name, ``"good"`` for normal images.
+        image_path: The image's path relative to the dataset root, posix style.
+    """
+
+    split: str
+    image_file: Path
+    mask_file: Path | None
+    label: int
+    category: str
+    defect_type: str
+    image_path: str
+
+
+def anomaly_features() -> datasets.Features:
+    """Return the `datasets.Features` shared by every split this package produces.
+
+    Returns:
+        The features of the columns ``image``, ``mask``, ``label``, ``category``, ``defect_type`` and
+        ``image_path``.
+    """
+    return datasets.Features(
+        {
+            "image": datasets.Image(),
+            "mask": datasets.Image(),
+            "label": datasets.ClassLabel(names=list(LABEL_NAMES)),
+            "category": datasets.Value("string"),
+            "defect_type": datasets.Value("string"),
+            "image_path": datasets.Value("string"),
+        }
+    )
+
+
+def select_categories(
+    available: Sequence[str], requested: Sequence[str] | str | None, source: str | os.PathLike
+) -> list[str]:
+    """Check requested categories against the available ones.
+
+    Args:
+        available: The categories the dataset has.
+        requested: The categories the user asked for (a single name is accepted); ``None`` means all.
+        source: Where the categories were found, for error messages.
+
+    Returns:
+        The requested categories in the order given, without duplicates, or all available ones.
+
+    Raises:
+        DatasetFormatError: A requested category does not exist, or nothing is selected.
+    """
+    if requested is None:
+        selected = list(available)
+    else:
+        requested = [requested] if isinstance(requested, str) else list(requested)
+        unknown = [c for c in requested if c not in available]
+        if unknown:
+            raise DatasetFormatError(
+                f"{source}: unknown categories {', '.join(map(repr, unknown))}; "
+                f"available: {', '.join(available) or '(none)'}"
+            )
+        selected = list(dict.fromkeys(requested))
+    if not selected:
+        raise DatasetFormatError(f"{source}: no categories {'found' if requested is None else 'selected'}")
+    return selected
+
+
+def check_category_splits(samples: Sequence[Sample], category: str, source: Path) -> None:
+    """Raise when a category has no train or no test image.
+
+    Args:
+        samples: The located samples.
+        category: The category to check.
+        source: Where the samples were listed, for the error message.
+
+    Raises:
+        DatasetFormatError: The category has an empty split.
+    """
+    for split in SPLIT_NAMES:
+        if not any(s.category == category and s.split == split for s in samples):
+            raise DatasetFormatError(f"{source}: empty {split} split for category {category!r}")
+
+
+def existing_dir(data_dir: str | os.PathLike) -> Path:
+    """Return ``data_dir`` as a path, raising when it is not an existing folder.
+
+    Args:
+        data_dir: The folder given by the user.
+
+    Returns:
+        The folder, with ``~`` expanded.
+
+    Raises:
+        DatasetFormatError: ``data_dir`` is missing or a file.
+    """
+    path = Path(data_dir).expanduser()
+    if not path.exists():
+        raise DatasetFormatError(f"{path}: data_dir not found")
+    if not path.is_dir():
+        raise DatasetFormatError(f"{path}: data_dir is a file; expected a folder")
+    return path
+
+
+def subdirs(folder: Path) -> list[Path]:
+    """Return the sorted non-hidden sub-folders of ``folder`` (none when it does not exist).
+
+    Args:
+        folder: The folder to list.
+
+    Returns:
+        Its sub-folders, sorted by name.
+    """
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+__all__ = [
+    "DATASET_NAMES",
+    "IMAGE_EXTENSIONS",
+    "LABEL_NAMES",
+    "NORMAL_DEFECT_TYPE",
+    "REQUIRED_COLUMNS",
+    "SPLIT_NAMES",
+    "DatasetFormatError",
+    "Sample",
+    "anomaly_features",
+    "check_category_splits",
+    "existing_dir",
+    "select_categories",
+    "subdirs",
+]

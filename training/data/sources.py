@@ -1,0 +1,173 @@
+"""Choosing the source of a dataset (raw folder, saved folder or Hub id), checking its schema and categories."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+
+from .mvtec import build_mvtec_ad
+from .schema import (
+    DATASET_NAMES,
+    REQUIRED_COLUMNS,
+    SPLIT_NAMES,
+    DatasetFormatError,
+    existing_dir,
+    select_categories,
+    subdirs,
+)
+from .visa import VISA_SPLIT_CSV, build_visa
+
+_HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def load_anomaly_dataset(
+    dataset_name: str,
+    dataset: str | None = None,
+    categories: Sequence[str] | None = None,
+    *,
+    allow_missing_files: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+) -> datasets.DatasetDict:
+    """Load an anomaly-detection `DatasetDict` from a raw folder, a saved folder or the Hub.
+
+    Args:
+        dataset_name: A raw MVTec-AD folder (or one of its category folders), a raw VisA folder (holds
+            ``split_csv/1cls.csv``), a folder written by `DatasetDict.save_to_disk`, or a Hub dataset id.
+            The Hub is only tried when the string is not an existing local path.
+        dataset: ``"mvtec_ad"``, ``"visa"`` or ``None`` to infer the layout of a raw folder.
+        categories: Keep only these categories (all when ``None``); an unknown one is an error that lists
+            the available ones.
+        allow_missing_files: VisA only: drop split-csv rows whose files are missing instead of failing.
+        cache_dir: Where `datasets` caches the Arrow files built from a raw folder (defaults to the
+            `datasets` cache).
+
+    Returns:
+        A `DatasetDict` with the splits ``train`` and ``test`` and the columns of `anomaly_features`.
+
+    Raises:
+        DatasetFormatError: The input is missing, of an unknown layout, or malformed.
+    """
+    if dataset is not None and dataset not in DATASET_NAMES:
+        raise DatasetFormatError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASET_NAMES)} or None")
+    name = os.fspath(dataset_name)
+    path = Path(name).expanduser()
+    if path.is_dir() and not _is_saved_dataset(path):
+        layout = dataset or infer_dataset_layout(path)
+        if layout == "visa":
+            return build_visa(path, categories, allow_missing_files=allow_missing_files, cache_dir=cache_dir)
+        return build_mvtec_ad(path, categories, cache_dir=cache_dir)
+    if path.is_dir():
+        dataset_dict = _load_saved_dataset(path)
+    elif path.exists():
+        raise DatasetFormatError(f"{path}: is a file; expected a dataset folder")
+    elif not _HUB_ID_PATTERN.match(name):
+        raise DatasetFormatError(f"{path}: folder not found")
+    else:
+        dataset_dict = _load_hub_dataset(name)
+    _check_schema(dataset_dict, name)
+    return filter_categories(dataset_dict, categories, name)
+
+
+def infer_dataset_layout(data_dir: str | os.PathLike) -> str:
+    """Tell whether a raw folder is laid out as VisA or MVTec-AD.
+
+    Args:
+        data_dir: The folder to inspect.
+
+    Returns:
+        ``"visa"`` when ``split_csv/1cls.csv`` exists, ``"mvtec_ad"`` when the folder (or one of its
+        sub-folders) holds ``train/good``.
+
+    Raises:
+        DatasetFormatError: The folder is missing or matches neither layout.
+    """
+    root = existing_dir(data_dir)
+    if (root / VISA_SPLIT_CSV).is_file():
+        return "visa"
+    if (root / "train" / "good").is_dir() or any((d / "train" / "good").is_dir() for d in subdirs(root)):
+        return "mvtec_ad"
+    raise DatasetFormatError(
+        f"{root}: cannot tell the dataset layout; expected {VISA_SPLIT_CSV} (VisA), <category>/train/good/ "
+        "(MVTec-AD) or a folder written by DatasetDict.save_to_disk (dataset_dict.json)"
+    )
+
+
+def filter_categories(
+    dataset_dict: datasets.DatasetDict, categories: Sequence[str] | None, source: str | os.PathLike
+) -> datasets.DatasetDict:
+    """Keep only the rows of the given categories in every split of a built dataset.
+
+    Args:
+        dataset_dict: A dataset with a ``category`` column in every split.
+        categories: The categories to keep; ``None`` keeps everything.
+        source: Where the dataset came from, for error messages.
+
+    Returns:
+        The filtered `DatasetDict` (the input itself when ``categories`` is ``None``).
+
+    Raises:
+        DatasetFormatError: An unknown category, or a category without training images.
+    """
+    if categories is None:
+        return dataset_dict
+    available = sorted({c for split in dataset_dict.values() for c in split.unique("category")})
+    wanted = set(select_categories(available, categories, source))
+    filtered = datasets.DatasetDict()
+    for name, split in dataset_dict.items():
+        indices = [i for i, category in enumerate(split["category"]) if category in wanted]
+        filtered[name] = split.select(indices, keep_in_memory=True)
+    missing_train = sorted(wanted - set(filtered["train"].unique("category")))
+    if missing_train:
+        raise DatasetFormatError(f"{source}: empty train split for categories {', '.join(missing_train)}")
+    return filtered
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    """Whether ``path`` was written by `save_to_disk` (a `DatasetDict` or a single `Dataset`)."""
+    return any((path / name).is_file() for name in ("dataset_dict.json", "state.json"))
+
+
+def _load_saved_dataset(path: Path) -> datasets.DatasetDict:
+    """Load a folder written by `DatasetDict.save_to_disk`."""
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as error:
+        raise DatasetFormatError(f"{path}: cannot load the saved dataset ({type(error).__name__}: {error})") from error
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise DatasetFormatError(f"{path}: holds a single Dataset; expected a DatasetDict with train and test splits")
+    return loaded
+
+
+def _load_hub_dataset(dataset_id: str) -> datasets.DatasetDict:
+    """Load a dataset from the Hugging Face Hub."""
+    try:
+        loaded = datasets.load_dataset(dataset_id)
+    except Exception as error:
+        raise DatasetFormatError(
+            f"{dataset_id}: not an existing folder, and loading it as a Hub dataset failed "
+            f"({type(error).__name__}: {error})"
+        ) from error
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise DatasetFormatError(f"{dataset_id}: expected a DatasetDict with train and test splits")
+    return loaded
+
+
+def _check_schema(dataset_dict: datasets.DatasetDict, source: str) -> None:
+    """Raise unless ``dataset_dict`` has the splits and columns this package produces."""
+    missing_splits = [s for s in SPLIT_NAMES if s not in dataset_dict]
+    if missing_splits:
+        raise DatasetFormatError(f"{source}: missing splits {', '.join(missing_splits)}; expected train and test")
+    for name in SPLIT_NAMES:
+        missing = [c for c in REQUIRED_COLUMNS if c not in dataset_dict[name].column_names]
+        if missing:
+            raise DatasetFormatError(
+                f"{source}: split {name!r} lacks the columns {', '.join(missing)}; "
+                f"expected {', '.join(REQUIRED_COLUMNS)} (as written by training.prepare_dataset)"
+            )
+
+
+__all__ = ["filter_categories", "infer_dataset_layout", "load_anomaly_dataset"]
