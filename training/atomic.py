@@ -4,6 +4,7 @@ A reader of the target sees either the old folder or the complete new one, never
 on any error the staging folder is removed and the target is left as it was.
 
 Example:
+    >>> from pathlib import Path
     >>> from training.atomic import atomic_dir
     >>> with atomic_dir(Path("/data/out")) as staging:
     ...     (staging / "result.txt").write_text("done")

@@ -99,22 +99,6 @@ def select_categories(
     return selected
 
 
-def check_category_splits(samples: Sequence[Sample], category: str, source: Path) -> None:
-    """Raise when a category has no train or no test image.
-
-    Args:
-        samples: The located samples.
-        category: The category to check.
-        source: Where the samples were listed, for the error message.
-
-    Raises:
-        DatasetFormatError: The category has an empty split.
-    """
-    for split in SPLIT_NAMES:
-        if not any(s.category == category and s.split == split for s in samples):
-            raise DatasetFormatError(f"{source}: empty {split} split for category {category!r}")
-
-
 def existing_dir(data_dir: str | os.PathLike) -> Path:
     """Return ``data_dir`` as a path, raising when it is not an existing folder.
 
@@ -159,7 +143,6 @@ __all__ = [
     "DatasetFormatError",
     "Sample",
     "anomaly_features",
-    "check_category_splits",
     "existing_dir",
     "select_categories",
     "subdirs",

@@ -17,7 +17,6 @@ from .schema import (
     SPLIT_NAMES,
     DatasetFormatError,
     Sample,
-    check_category_splits,
     existing_dir,
     select_categories,
 )
@@ -76,7 +75,7 @@ def build_visa(
         selected = [c for c in selected if any(s.category == c for s in samples)]
     samples = _with_visa_defect_types(root, samples)
     for category in selected:
-        check_category_splits(samples, category, csv_file)
+        _check_category_splits(samples, category, csv_file)
     return build_dataset_dict(samples, cache_dir)
 
 
@@ -188,6 +187,13 @@ def _read_visa_annotations(anno_file: Path) -> dict[str, str]:
         for row in rows
         if row["image"] and row["label"] and row["label"].strip() != "normal"
     }
+
+
+def _check_category_splits(samples: list[Sample], category: str, source: Path) -> None:
+    """Raise when a category has no train or no test image."""
+    for split in SPLIT_NAMES:
+        if not any(s.category == category and s.split == split for s in samples):
+            raise DatasetFormatError(f"{source}: empty {split} split for category {category!r}")
 
 
 __all__ = ["VISA_SPLIT_CSV", "build_visa"]
