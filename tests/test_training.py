@@ -302,6 +302,8 @@ def test_offline_main_job_runs_end_to_end(tmp_path, capsys):
     assert (model_dir / "evaluation" / "metrics.json").is_file()
     assert list((model_dir / "evaluation" / "heatmaps").glob("*.png"))
     assert set(metrics["per_category"]) == {"disc", "weave"}
+    again = demo.main(["--output_dir", str(tmp_path / "demo"), "--max_train_steps", "1"])  # the README's re-run
+    assert set(again["per_category"]) == {"disc", "weave"}
     shutil.rmtree(tmp_path / "demo")
 
 

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     started = time.perf_counter()
     print(BANNER)
     output_dir = Path(args.output_dir)
-    dataset_dir = make_demo_dataset(output_dir / "demo_dataset", seed=args.seed)
+    dataset_dir = make_demo_dataset(output_dir / "demo_dataset", seed=args.seed, overwrite=True)
     print(f"[demo] demo dataset (MVTec-AD layout) written to {dataset_dir}")
     clip_dir = build_smoke_clip(output_dir / "smoke_clip", seed=args.seed)
     print(f"[demo] smoke CLIP (random weights) written to {clip_dir}")
