@@ -9,7 +9,7 @@ Example:
 
 from transformers import AutoConfig, AutoModel
 
-from .configuration_clipada import CLIPADAConfig
+from .configuration_clipada import CLIPADAConfig, CLIPADAConfigError
 from .modeling_clipada import CLIPADAForAnomalySegmentation, CLIPADAOutput, CLIPADAPreTrainedModel
 
 AutoConfig.register(CLIPADAConfig.model_type, CLIPADAConfig, exist_ok=True)
@@ -18,4 +18,10 @@ AutoModel.register(CLIPADAConfig, CLIPADAForAnomalySegmentation, exist_ok=True)
 CLIPADAConfig.register_for_auto_class()
 CLIPADAForAnomalySegmentation.register_for_auto_class("AutoModel")
 
-__all__ = ["CLIPADAConfig", "CLIPADAForAnomalySegmentation", "CLIPADAOutput", "CLIPADAPreTrainedModel"]
+__all__ = [
+    "CLIPADAConfig",
+    "CLIPADAConfigError",
+    "CLIPADAForAnomalySegmentation",
+    "CLIPADAOutput",
+    "CLIPADAPreTrainedModel",
+]

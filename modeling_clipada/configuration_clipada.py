@@ -9,13 +9,42 @@ Example:
     ```
 """
 
-from huggingface_hub.dataclasses import strict
+import dataclasses
+import math
+
+from huggingface_hub.dataclasses import StrictDataclassFieldValidationError, strict
 from transformers import CLIPConfig
 
 PROMPT_MARKER = "[CLS]"
 DEFAULT_PROMPT_TEMPLATE = "A photo of a [CLS] with defects for anomaly detection"
 
 
+class CLIPADAConfigError(ValueError):
+    """An invalid field of a [`CLIPADAConfig`] (wrong type or value); the message names the field."""
+
+
+def _type_errors_as_config_errors(config_class: type) -> type:
+    """Makes `@strict`'s type errors, which are no `ValueError`, raise [`CLIPADAConfigError`] like the other checks.
+
+    Args:
+        config_class: A class decorated with `@strict`.
+
+    Returns:
+        The same class, its `__setattr__` wrapped.
+    """
+    strict_setattr = config_class.__setattr__
+
+    def __setattr__(self, name, value):
+        try:
+            strict_setattr(self, name, value)
+        except StrictDataclassFieldValidationError as error:
+            raise CLIPADAConfigError(f"Invalid `{name}`: {error.__cause__}") from error
+
+    config_class.__setattr__ = __setattr__
+    return config_class
+
+
+@_type_errors_as_config_errors
 @strict
 class CLIPADAConfig(CLIPConfig):
     r"""
@@ -86,26 +115,45 @@ class CLIPADAConfig(CLIPConfig):
             self.feature_layer = max(1, self.vision_config.num_hidden_layers // 2)
         self.validate_head()
 
+    @classmethod
+    def head_field_names(cls) -> tuple[str, ...]:
+        """The fields this class adds to [`CLIPConfig`] (the head's), in their declaration order.
+
+        Returns:
+            The field names, e.g. `("feature_layer", "num_prompt_vectors", ...)`; none of `CLIPConfig`'s.
+        """
+        clip_fields = {field.name for field in dataclasses.fields(CLIPConfig)}
+        return tuple(field.name for field in dataclasses.fields(cls) if field.name not in clip_fields)
+
     def validate_head(self):
-        """Checks every head field and raises a `ValueError` that names the first invalid one.
+        """Checks the head fields' values (`@strict` checks their types on every assignment).
 
         Runs at construction; the model runs it again, so a field edited after construction is caught too.
+
+        Raises:
+            CLIPADAConfigError: A `ValueError` naming the first invalid field.
         """
+        for name in self.head_field_names():
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise CLIPADAConfigError(f"`{name}` must be a finite number, got {value}.")
         num_layers = self.vision_config.num_hidden_layers
         if self.feature_layer is not None and not 1 <= self.feature_layer <= num_layers:
-            raise ValueError(f"`feature_layer` must be in 1..{num_layers} (vision layers), got {self.feature_layer}.")
+            raise CLIPADAConfigError(
+                f"`feature_layer` must be in 1..{num_layers} (vision layers), got {self.feature_layer}."
+            )
         if self.num_refinements < 0:
-            raise ValueError(f"`num_refinements` must be >= 0, got {self.num_refinements}.")
+            raise CLIPADAConfigError(f"`num_refinements` must be >= 0, got {self.num_refinements}.")
         if self.num_prompt_vectors < 0:
-            raise ValueError(f"`num_prompt_vectors` must be >= 0, got {self.num_prompt_vectors}.")
+            raise CLIPADAConfigError(f"`num_prompt_vectors` must be >= 0, got {self.num_prompt_vectors}.")
         if self.image_score_top_k < 1:
-            raise ValueError(f"`image_score_top_k` must be >= 1, got {self.image_score_top_k}.")
+            raise CLIPADAConfigError(f"`image_score_top_k` must be >= 1, got {self.image_score_top_k}.")
         if self.smoothing_sigma < 0:
-            raise ValueError(f"`smoothing_sigma` must be >= 0, got {self.smoothing_sigma}.")
+            raise CLIPADAConfigError(f"`smoothing_sigma` must be >= 0, got {self.smoothing_sigma}.")
         if self.refinement_loss_weight < 0:
-            raise ValueError(f"`refinement_loss_weight` must be >= 0, got {self.refinement_loss_weight}.")
+            raise CLIPADAConfigError(f"`refinement_loss_weight` must be >= 0, got {self.refinement_loss_weight}.")
         if self.prompt_template.count(PROMPT_MARKER) != 1:
-            raise ValueError(
+            raise CLIPADAConfigError(
                 f"`prompt_template` must contain the marker {PROMPT_MARKER} exactly once (where the prompt vectors "
                 f"go), got {self.prompt_template!r}."
             )
@@ -113,20 +161,22 @@ class CLIPADAConfig(CLIPConfig):
 
     def _validate_prompt_tokens(self):
         if (self.prompt_token_ids is None) != (self.prompt_insert_position is None):
-            raise ValueError("`prompt_token_ids` and `prompt_insert_position` must be set together (see `from_clip`).")
+            raise CLIPADAConfigError(
+                "`prompt_token_ids` and `prompt_insert_position` must be set together (see `from_clip`)."
+            )
         if self.prompt_token_ids is None:
             return
         max_positions = self.text_config.max_position_embeddings
         if len(self.prompt_token_ids) + self.num_prompt_vectors > max_positions:
-            raise ValueError(
+            raise CLIPADAConfigError(
                 f"`prompt_token_ids` ({len(self.prompt_token_ids)} tokens) plus {self.num_prompt_vectors} prompt "
                 f"vectors exceed the text encoder's {max_positions} positions."
             )
         if not 1 <= self.prompt_insert_position < len(self.prompt_token_ids):
-            raise ValueError(
+            raise CLIPADAConfigError(
                 f"`prompt_insert_position` must lie between the start and end tokens "
                 f"(1..{len(self.prompt_token_ids) - 1}), got {self.prompt_insert_position}."
             )
 
 
-__all__ = ["CLIPADAConfig", "DEFAULT_PROMPT_TEMPLATE", "PROMPT_MARKER"]
+__all__ = ["CLIPADAConfig", "CLIPADAConfigError", "DEFAULT_PROMPT_TEMPLATE", "PROMPT_MARKER"]

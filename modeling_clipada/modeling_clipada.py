@@ -1,13 +1,14 @@
 """CLIP-ADA: anomaly segmentation by adapting a frozen CLIP with learnable prompts and linear projections.
 
-The method, in the paper's order (Cai et al., arXiv 2403.09493):
-1. text: M learnable prompt vectors are inserted into a fixed template; the frozen text tower turns it into
-   ONE text embedding t (computed once per weight update, never per image);
+The method, in the paper's order (Cai et al., arXiv 2403.09493), each step a section of this file:
+1. text embedding: M learnable prompt vectors are inserted into a fixed template; the frozen text tower turns it
+   into ONE text embedding t (computed once per weight update, never per image);
 2. coarse map: patch tokens of vision layer `feature_layer` -> linear projection W0 -> cosine similarity with t
    -> learnable scale and bias -> sigmoid;
 3. refinement (R times): the previous map, upsampled, is multiplied into the normalised pixels, which are
    encoded again (up to the same layer) and projected by a new W_r;
-4. loss: BCE of every stage against the mask; post-processing: upsample, Gaussian smoothing, top-k image score.
+4. loss: BCE of every stage against the mask resized to the patch grid;
+5. post-processing: bilinear upsampling, Gaussian smoothing, top-k mean as the image score.
 
 Example:
     ```python
@@ -24,28 +25,29 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import CLIPModel, CLIPTokenizer, PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers import initialization as init
+from transformers.masking_utils import create_causal_mask
+from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
 
 from .configuration_clipada import PROMPT_MARKER, CLIPADAConfig
 
 
 @dataclass
 class CLIPADAOutput(ModelOutput):
-    """Output of [`CLIPADAForAnomalySegmentation`].
+    """Output of [`CLIPADAForAnomalySegmentation`]; (h, w) = (H / patch_size, W / patch_size) is the patch grid.
 
-    Args:
-        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
-            `bce(stage 0) + refinement_loss_weight * sum_r bce(stage r)`, each against the mask resized to (h, w).
-        logits (`torch.FloatTensor` of shape `(batch_size, h, w)`):
-            Anomaly logits of the final stage on the patch grid (h, w) = (H / patch, W / patch), before sigmoid.
-        stage_logits (`tuple(torch.FloatTensor)`, R + 1 tensors of shape `(batch_size, h, w)`):
-            Logits of every stage, coarse first.
-        anomaly_map (`torch.FloatTensor` of shape `(batch_size, H, W)`):
-            Final anomaly probabilities at the input resolution (bilinear upsampling, then Gaussian smoothing).
-        pred_score (`torch.FloatTensor` of shape `(batch_size,)`):
-            Image anomaly score: mean of the `image_score_top_k` highest values of each `anomaly_map`.
+    Attributes:
+        loss: `()`, only when `labels` are given: `bce(stage 0) + refinement_loss_weight * sum_r bce(stage r)`,
+            each against the mask resized to (h, w).
+        logits: `(batch_size, h, w)`, anomaly logits of the final stage, before the sigmoid.
+        stage_logits: R + 1 tensors `(batch_size, h, w)`, the logits of every stage, coarse first.
+        anomaly_map: `(batch_size, H, W)`, final anomaly probabilities at the input resolution (bilinear
+            upsampling, then Gaussian smoothing).
+        pred_score: `(batch_size,)`, image anomaly score: mean of the `image_score_top_k` highest values of each
+            `anomaly_map`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -56,6 +58,8 @@ class CLIPADAOutput(ModelOutput):
 
 
 class CLIPADAPreTrainedModel(PreTrainedModel):
+    """Config class, weight initialisation of the head, and strict checkpoint loading of CLIP-ADA models."""
+
     config_class = CLIPADAConfig
     config: CLIPADAConfig
     base_model_prefix = "clip"
@@ -63,22 +67,66 @@ class CLIPADAPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
     supports_gradient_checkpointing = True
+    # The text pass builds its mask with transformers' `create_causal_mask` and runs `CLIPEncoder` with
+    # `is_causal=True`, as `CLIPTextModel` does, so every backend that CLIP supports works here too.
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
 
     @torch.no_grad()
-    def _init_weights(self, module):
-        # CLIP's own modules are initialised by CLIPModel; only the head's parameters are ours.
+    def _init_weights(self, module: nn.Module):
+        """Initialises the head's parameters; CLIP's own modules are initialised by `CLIPModel`.
+
+        `transformers.initialization` skips every tensor loaded from a checkpoint (flagged `_is_hf_initialized`),
+        so a loaded head is never overwritten, even when this is called after `from_pretrained`.
+        """
         if isinstance(module, CLIPADAForAnomalySegmentation):
             config = module.config
-            nn.init.normal_(module.prompt_vectors, std=0.02)
-            nn.init.constant_(module.similarity_logit_scale, config.similarity_logit_scale_init)
-            nn.init.constant_(module.similarity_logit_bias, config.similarity_logit_bias_init)
+            init.normal_(module.prompt_vectors, std=0.02)
+            init.constant_(module.similarity_logit_scale, config.similarity_logit_scale_init)
+            init.constant_(module.similarity_logit_bias, config.similarity_logit_bias_init)
             for projection in module.patch_projections:
-                nn.init.normal_(projection.weight, std=config.vision_config.hidden_size**-0.5)
-                nn.init.zeros_(projection.bias)
+                init.normal_(projection.weight, std=config.vision_config.hidden_size**-0.5)
+                init.zeros_(projection.bias)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, output_loading_info: bool = False, **kwargs):
+        """`PreTrainedModel.from_pretrained`, except that every tensor must come from the checkpoint.
+
+        transformers initialises a tensor missing from the checkpoint at random and only logs it; a CLIP-ADA
+        checkpoint holds the frozen CLIP and the trained head, so either missing is an error here. A new head is
+        built from a CLIP checkpoint with [`~CLIPADAForAnomalySegmentation.from_clip`].
+
+        Args:
+            pretrained_model_name_or_path: A Hub id or a local folder with a saved CLIP-ADA model.
+            *model_args: Passed on to `PreTrainedModel.from_pretrained`.
+            output_loading_info: Also return the loading report (`missing_keys`, `unexpected_keys`, ...).
+            **kwargs: Passed on to `PreTrainedModel.from_pretrained` (`dtype`, `attn_implementation`, ...).
+
+        Returns:
+            The model, or `(model, loading_info)` when `output_loading_info` is set.
+
+        Raises:
+            OSError: The safetensors weights file cannot be read (truncated or corrupt).
+            ValueError: The checkpoint lacks tensors; the message names them.
+        """
+        try:
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        except SafetensorError as error:
+            raise OSError(
+                f"Cannot read the weights of {pretrained_model_name_or_path}: its {SAFE_WEIGHTS_NAME} (or one of its "
+                f"shards) is truncated or corrupt ({error})."
+            ) from error
+        missing = sorted(loading_info["missing_keys"])
+        if missing:
+            raise ValueError(
+                f"The checkpoint {pretrained_model_name_or_path} lacks {len(missing)} tensors, which would be "
+                f"initialised at random: {', '.join(missing)}."
+            )
+        return (model, loading_info) if output_loading_info else model
 
 
 class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
@@ -87,6 +135,9 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
     Build it from a pre-trained CLIP with [`from_clip`]; reload a trained one with `from_pretrained`.
     The normalised pixel tensor is what refinement multiplies by the previous map, so suppressed regions tend
     to the dataset mean colour (zero after CLIP normalisation).
+
+    Args:
+        config: The frozen CLIP's and the head's configuration.
     """
 
     def __init__(self, config: CLIPADAConfig):
@@ -117,14 +168,17 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         """Builds CLIP-ADA around a pre-trained CLIP: copies its weights and tokenises the prompt template.
 
         Args:
-            model_or_path: a Hub id (e.g. `"openai/clip-vit-base-patch16"`), a local folder with a CLIP
+            model_or_path: A Hub id (e.g. `"openai/clip-vit-base-patch16"`), a local folder with a CLIP
                 checkpoint, or a `CLIPModel` instance.
-            tokenizer: the CLIP tokenizer; loaded from `model_or_path` when it is a path or id. Required
+            tokenizer: The CLIP tokenizer; loaded from `model_or_path` when it is a path or id. Required
                 when `model_or_path` is an instance.
             **config_overrides: [`CLIPADAConfig`] head fields (`num_refinements=2`, `feature_layer=8`, ...).
 
         Returns:
-            The model with CLIP's weights, freshly initialised head, and `prompt_token_ids` filled.
+            The model with CLIP's weights, a freshly initialised head, and `prompt_token_ids` filled.
+
+        Raises:
+            ValueError: `model_or_path` is an instance and `tokenizer` is missing, or a head field is invalid.
         """
         if isinstance(model_or_path, CLIPModel):
             clip = model_or_path
@@ -148,7 +202,7 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         model.clip.load_state_dict(clip.state_dict())
         return model.to(clip.dtype)
 
-    # ------------------------------------------------------------------ step 1: text embedding with prompts
+    # ------------------------------------------------------------------ step 1: text embedding with learnable prompts
 
     def text_embedding(self) -> torch.Tensor:
         """The template's text embedding with the prompt vectors inserted.
@@ -157,7 +211,7 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         recomputed, with grad, once per training forward.
 
         Returns:
-            `torch.Tensor` of shape `(projection_dim,)`, L2-normalised.
+            `(projection_dim,)`, L2-normalised.
         """
         if torch.is_grad_enabled() and self.prompt_vectors.requires_grad:
             return self._compute_text_embedding()
@@ -173,6 +227,14 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         return tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
 
     def _compute_text_embedding(self) -> torch.Tensor:
+        """`CLIPTextModel`'s forward with the prompt vectors inserted into the token embeddings.
+
+        Returns:
+            `(projection_dim,)`, L2-normalised.
+
+        Raises:
+            ValueError: `config.prompt_token_ids` is not set.
+        """
         if self.config.prompt_token_ids is None:
             raise ValueError(
                 "`config.prompt_token_ids` is not set: build the model with `CLIPADAForAnomalySegmentation.from_clip` "
@@ -185,28 +247,27 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         prompt = self.prompt_vectors.to(token_embeds.dtype)
         inputs_embeds = torch.cat([token_embeds[:position], prompt, token_embeds[position:]])[None]
         hidden_states = text_model.embeddings(inputs_embeds=inputs_embeds)
-        causal_mask = (
-            torch.full((inputs_embeds.shape[1],) * 2, torch.finfo(hidden_states.dtype).min, device=hidden_states.device)
-            .triu(1)[None, None]
-            .to(hidden_states.dtype)
+        causal_mask = create_causal_mask(
+            config=text_model.config, inputs_embeds=hidden_states, attention_mask=None, cache=None
         )
-        for layer in text_model.encoder.layers:
-            hidden_states = layer(hidden_states, causal_mask)
+        hidden_states = text_model.encoder(
+            inputs_embeds=hidden_states, attention_mask=causal_mask, is_causal=True
+        ).last_hidden_state
         hidden_states = text_model.final_layer_norm(hidden_states)
         # The end-of-text token is the template's last token; it moved right by the number of prompt vectors.
         pooled = hidden_states[0, -1]
         return F.normalize(self.clip.text_projection(pooled), dim=-1)
 
-    # ------------------------------------------------------------------ step 2: patch features and the map
+    # ------------------------------------------------------------------ steps 2 and 3: the map of one stage
 
     def patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Patch tokens of vision layer `feature_layer`; layers after it are never run.
 
         Args:
-            pixel_values: `(B, 3, H, W)` CLIP-normalised images.
+            pixel_values: `(batch_size, 3, H, W)`, CLIP-normalised images.
 
         Returns:
-            `torch.Tensor` of shape `(B, h * w, vision_hidden_size)`, CLS token dropped.
+            `(batch_size, h * w, vision_hidden_size)`, CLS token dropped.
         """
         vision_model = self.clip.vision_model
         height, width = pixel_values.shape[-2:]
@@ -224,40 +285,49 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         """Anomaly logits of one stage: scaled cosine similarity of projected patch tokens with the text.
 
         Args:
-            patch_tokens: `(B, h * w, vision_hidden_size)`.
+            patch_tokens: `(batch_size, h * w, vision_hidden_size)`.
             text_embedding: `(projection_dim,)`, L2-normalised.
             stage: 0 for the coarse map, r for the r-th refinement (selects the projection W_r).
 
         Returns:
-            `torch.Tensor` of shape `(B, h * w)`.
+            `(batch_size, h * w)`.
         """
         projected = F.normalize(self.patch_projections[stage](patch_tokens), dim=-1)
         similarity = projected @ text_embedding.to(projected.dtype)
         return similarity * self.similarity_logit_scale.exp() + self.similarity_logit_bias
 
-    # ------------------------------------------------------------------ forward: coarse map, then refinements
+    # ------------------------------------------------------------------ forward: steps 1 to 5
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> CLIPADAOutput:
-        r"""
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> CLIPADAOutput:
+        """Anomaly maps and image scores of a batch, and the loss when masks are given.
+
         Args:
-            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, H, W)`):
-                CLIP-normalised images, e.g. from [`CLIPADAImageProcessor`]. H and W multiples of the patch size.
-            labels (`torch.Tensor` of shape `(batch_size, H, W)` or `(batch_size, 1, H, W)`, *optional*):
-                Binary ground-truth masks at the input resolution (1 = anomalous). When given, `loss` is returned.
+            pixel_values: `(batch_size, 3, H, W)`, CLIP-normalised images, e.g. from `CLIPADAImageProcessor`;
+                H and W multiples of the patch size.
+            labels: `(batch_size, H, W)` or `(batch_size, 1, H, W)`, optional. Ground-truth masks at the input
+                resolution with values in [0, 1] (1 = anomalous). When given, `loss` is returned.
+
+        Returns:
+            [`CLIPADAOutput`], whose `loss` is `None` without `labels`.
+
+        Raises:
+            ValueError: `pixel_values` or `labels` of the wrong shape, dtype or value range.
         """
         pixel_values = self._check_pixel_values(pixel_values)
         batch_size, _, height, width = pixel_values.shape
         patch = self.config.vision_config.patch_size
         grid = (height // patch, width // patch)
+
+        # step 1: the text embedding with the learnable prompts (cached while the weights do not change)
         text_embedding = self.text_embedding()
 
-        # step 1: the coarse map from the frozen encoder (no gradient ever flows into the encoder's input here)
+        # step 2: the coarse map from the frozen encoder (no gradient ever flows into the encoder's input here)
         with torch.no_grad():
             patch_tokens = self.patch_features(pixel_values)
         logits = self.similarity_logits(patch_tokens, text_embedding, stage=0)
         all_logits = [logits]
 
-        # step 2: region refinement; the upsampled map, multiplied into the pixels, is encoded again
+        # step 3: region refinement; the upsampled map, multiplied into the pixels, is encoded again
         for stage in range(1, self.config.num_refinements + 1):
             previous_map = torch.sigmoid(logits).view(batch_size, 1, *grid)
             previous_map = F.interpolate(previous_map, size=(height, width), mode="bilinear", align_corners=False)
@@ -266,11 +336,12 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
                 patch_tokens = self.patch_features(pixel_values * previous_map)
             logits = self.similarity_logits(patch_tokens, text_embedding, stage=stage)
             all_logits.append(logits)
-
         stage_logits = tuple(stage.float().view(batch_size, *grid) for stage in all_logits)
-        loss = None if labels is None else self.loss(stage_logits, labels)
 
-        # step 3: post-processing to a pixel anomaly map and an image score
+        # step 4: the loss of every stage
+        loss = None if labels is None else self.compute_loss(stage_logits, labels)
+
+        # step 5: post-processing to a pixel anomaly map and an image score
         anomaly_map = self.upsample_and_smooth(torch.sigmoid(stage_logits[-1]), (height, width))
         pred_score = self.image_score(anomaly_map)
         return CLIPADAOutput(
@@ -282,44 +353,82 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         )
 
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-            shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
-            raise ValueError(f"`pixel_values` must be a (batch, 3, height, width) tensor, got {shape}.")
-        patch = self.config.vision_config.patch_size
-        if pixel_values.shape[-2] % patch or pixel_values.shape[-1] % patch:
+        """Checks the images and casts them to the model's dtype.
+
+        Args:
+            pixel_values: `(batch_size, 3, H, W)`, floating point, non-empty, H and W multiples of the patch size.
+
+        Returns:
+            `pixel_values` in the dtype of the head.
+
+        Raises:
+            ValueError: Naming `pixel_values` and its shape.
+        """
+        if not isinstance(pixel_values, torch.Tensor):
+            raise ValueError(f"`pixel_values` must be a (batch, 3, height, width) tensor, got {type(pixel_values)}.")
+        shape = tuple(pixel_values.shape)
+        if pixel_values.ndim != 4 or shape[1] != 3 or 0 in shape:
+            raise ValueError(f"`pixel_values` must be a non-empty (batch, 3, height, width) tensor, got shape {shape}.")
+        if not pixel_values.is_floating_point():
             raise ValueError(
-                f"`pixel_values` height and width must be multiples of the patch size {patch}, "
-                f"got {tuple(pixel_values.shape[-2:])}."
+                f"`pixel_values` must be floating point (CLIP-normalised), got {pixel_values.dtype} of shape {shape}."
+            )
+        patch = self.config.vision_config.patch_size
+        if shape[-2] % patch or shape[-1] % patch:
+            raise ValueError(
+                f"`pixel_values` height and width must be multiples of the patch size {patch}, got shape {shape}."
             )
         return pixel_values.to(self.prompt_vectors.dtype)
 
-    # ------------------------------------------------------------------ loss and post-processing
+    # ------------------------------------------------------------------ step 4: loss
 
-    def loss(self, stage_logits: tuple[torch.Tensor, ...], labels: torch.Tensor) -> torch.Tensor:
+    def compute_loss(self, stage_logits: tuple[torch.Tensor, ...], labels: torch.Tensor) -> torch.Tensor:
         """BCE of every stage: `bce(stage 0) + refinement_loss_weight * sum_{r >= 1} bce(stage r)`.
 
         The mask is resized to the patch grid by area averaging, so a patch that a defect covers in part gets
         a soft target equal to the covered fraction (nearest resizing would drop small defects or inflate them).
 
         Args:
-            stage_logits: R + 1 tensors `(B, h, w)`.
-            labels: `(B, H, W)` or `(B, 1, H, W)` binary masks at the input resolution.
+            stage_logits: R + 1 tensors `(batch_size, h, w)`.
+            labels: `(batch_size, H, W)` or `(batch_size, 1, H, W)` masks at the input resolution, values in [0, 1].
+
+        Returns:
+            `()`, the loss.
+
+        Raises:
+            ValueError: `labels` of the wrong shape, with NaN, or with values outside [0, 1] (e.g. 0/255 masks).
         """
         labels = labels.to(stage_logits[0].device)
         if labels.ndim == 4 and labels.shape[1] == 1:
             labels = labels[:, 0]
         if labels.ndim != 3 or labels.shape[0] != stage_logits[0].shape[0]:
             raise ValueError(f"`labels` must be (batch, H, W) or (batch, 1, H, W) masks, got {tuple(labels.shape)}.")
-        targets = F.interpolate(labels[:, None].float(), size=stage_logits[0].shape[-2:], mode="area")[:, 0]
+        labels = labels.float()
+        low, high = (value.item() for value in labels.aminmax())
+        if not 0 <= low <= high <= 1:  # also catches NaN, which fails every comparison
+            raise ValueError(
+                f"`labels` must be masks with values in [0, 1] (1 = anomalous), got values from {low} to {high} "
+                "(divide 0/255 masks by 255)."
+            )
+        targets = F.interpolate(labels[:, None], size=stage_logits[0].shape[-2:], mode="area")[:, 0]
         losses = [F.binary_cross_entropy_with_logits(logits, targets) for logits in stage_logits]
         return losses[0] + self.config.refinement_loss_weight * sum(losses[1:])
 
+    # ------------------------------------------------------------------ step 5: post-processing
+
     def upsample_and_smooth(self, probabilities: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Patch-grid probabilities `(B, h, w)` -> `(B, H, W)`: bilinear upsampling then Gaussian smoothing.
+        """Bilinear upsampling of patch-grid probabilities, then Gaussian smoothing.
 
         Both steps are linear and separable, so they are applied as one `(H, h)` matrix on the rows and one
-        `(W, w)` matrix on the columns: the same map as `gaussian_blur(F.interpolate(...))` up to float rounding,
-        at a small fraction of the cost of convolving the full-resolution map.
+        `(W, w)` matrix on the columns: the same map as upsampling then convolving with the Gaussian, up to float
+        rounding, at a small fraction of the cost of convolving the full-resolution map.
+
+        Args:
+            probabilities: `(batch_size, h, w)`.
+            size: The output size `(H, W)`.
+
+        Returns:
+            `(batch_size, H, W)`.
         """
         rows, columns = _upsample_and_smooth_matrices(
             tuple(probabilities.shape[-2:]), tuple(size), float(self.config.smoothing_sigma),
@@ -328,13 +437,20 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         return rows @ probabilities @ columns.T
 
     def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
-        """Mean of the `image_score_top_k` highest pixel scores: `(B, H, W)` -> `(B,)`."""
+        """Mean of the `image_score_top_k` highest pixel scores.
+
+        Args:
+            anomaly_map: `(batch_size, H, W)`.
+
+        Returns:
+            `(batch_size,)`.
+        """
         flat = anomaly_map.flatten(1)
         top_k = min(self.config.image_score_top_k, flat.shape[1])
         return flat.topk(top_k, dim=1).values.mean(dim=1)
 
-    def train(self, mode: bool = True):
-        # The frozen CLIP stays in eval mode: CLIP has no dropout by default, but a config could add some.
+    def train(self, mode: bool = True) -> "CLIPADAForAnomalySegmentation":
+        """Sets the head's training mode; the frozen CLIP stays in eval mode (a config could give it dropout)."""
         super().train(mode)
         self.clip.eval()
         return self
@@ -343,8 +459,15 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
 def tokenize_prompt_template(template: str, tokenizer: CLIPTokenizer) -> tuple[list[int], int]:
     """Tokenises `template` without its `[CLS]` marker.
 
+    Args:
+        template: The prompt template, with the marker `[CLS]` exactly once.
+        tokenizer: The CLIP tokenizer.
+
     Returns:
         `(token_ids, insert_position)`: ids with start and end tokens, and the index where the prompt vectors go.
+
+    Raises:
+        ValueError: The marker is missing or repeated.
     """
     if template.count(PROMPT_MARKER) != 1:
         raise ValueError(f"`prompt_template` must contain the marker {PROMPT_MARKER} exactly once, got {template!r}.")
@@ -355,22 +478,17 @@ def tokenize_prompt_template(template: str, tokenizer: CLIPTokenizer) -> tuple[l
     return token_ids, 1 + len(prefix_ids)
 
 
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian smoothing of `(B, 1, H, W)` maps (kernel radius 4 sigma, reflected borders)."""
-    if sigma <= 0:
-        return images
-    kernel = _gaussian_kernel(sigma, images.device).to(images.dtype)
-    radius = kernel.numel() // 2
-    height, width = images.shape[-2:]
-    images = F.pad(images, (radius, radius, radius, radius), mode=_blur_padding_mode(radius, height, width))
-    images = F.conv2d(images, kernel.view(1, 1, 1, -1))
-    return F.conv2d(images, kernel.view(1, 1, -1, 1))
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    """Normalised Gaussian kernel (float64, CPU).
 
+    Args:
+        sigma: Standard deviation in pixels, > 0.
 
-def _gaussian_kernel(sigma: float, device: torch.device) -> torch.Tensor:
-    """Normalised float32 Gaussian kernel of radius `max(1, round(4 sigma))`."""
+    Returns:
+        `(2 * radius + 1,)` with radius `max(1, round(4 sigma))`.
+    """
     radius = max(1, int(4.0 * sigma + 0.5))
-    offsets = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     return kernel / kernel.sum()
 
@@ -384,17 +502,25 @@ def _blur_padding_mode(radius: int, height: int, width: int) -> str:
 def _upsample_and_smooth_matrices(
     grid: tuple[int, int], size: tuple[int, int], sigma: float, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column matrices of bilinear upsampling (`align_corners=False`) followed by `gaussian_blur`.
+    """Row and column matrices of bilinear upsampling (`align_corners=False`) followed by Gaussian smoothing.
 
-    `rows @ maps @ columns.T` maps `(B, h, w)` to `(B, H, W)` exactly as
-    `gaussian_blur(F.interpolate(maps[:, None], size, mode="bilinear"), sigma)[:, 0]` does (up to float rounding).
-    Built once per (grid, size, sigma, device, dtype) by applying those operators to unit impulses (in float64
-    on the CPU, then moved).
+    `rows @ maps @ columns.T` maps `(B, h, w)` to `(B, H, W)` as `F.interpolate(maps[:, None], size, mode="bilinear")`
+    followed by a separable convolution with `_gaussian_kernel(sigma)` and reflected borders (the
+    edge repeated when the map is narrower than the kernel radius) does, up to float rounding. Built once per
+    (grid, size, sigma, device, dtype) by applying those operators to unit impulses (in float64 on the CPU, then
+    moved).
+
+    Args:
+        grid: The patch grid `(h, w)`.
+        size: The output size `(H, W)`.
+        sigma: Standard deviation of the Gaussian in pixels; 0 skips the smoothing.
+        device: Where the matrices go.
+        dtype: Their dtype.
 
     Returns:
         `(rows, columns)` of shapes `(H, h)` and `(W, w)`.
     """
-    kernel = _gaussian_kernel(sigma, torch.device("cpu")).double() if sigma > 0 else None
+    kernel = _gaussian_kernel(sigma) if sigma > 0 else None
     matrices = []
     for cells, length in zip(grid, size):
         identity = torch.eye(cells, dtype=torch.float64)[None, None]
@@ -408,4 +534,4 @@ def _upsample_and_smooth_matrices(
     return matrices[0], matrices[1]
 
 
-__all__ = ["CLIPADAForAnomalySegmentation", "CLIPADAOutput", "CLIPADAPreTrainedModel", "gaussian_blur"]
+__all__ = ["CLIPADAForAnomalySegmentation", "CLIPADAOutput", "CLIPADAPreTrainedModel"]

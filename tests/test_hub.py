@@ -6,7 +6,9 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from tiny_clip import IMAGE_SIZE, make_tiny_clip
 
 from modeling_clipada import CLIPADAForAnomalySegmentation
@@ -37,6 +39,40 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
     assert (outputs.anomaly_map - expected.anomaly_map).abs().max() <= 1e-5
     assert (outputs.logits - expected.logits).abs().max() <= 1e-5
     assert reloaded.config.num_refinements == 2 and reloaded.config.feature_layer == 3
+
+
+def test_init_weights_never_overwrites_a_loaded_head(tmp_path):
+    model = _trained_looking_model()
+    model.save_pretrained(tmp_path)
+    reloaded = CLIPADAForAnomalySegmentation.from_pretrained(tmp_path)
+    reloaded._init_weights(reloaded)
+    for name, value in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], value), name
+
+
+@pytest.mark.parametrize(
+    "dropped",
+    [
+        ["prompt_vectors"],
+        ["patch_projections.1.weight", "similarity_logit_scale", "similarity_logit_bias"],
+        ["clip.text_projection.weight"],
+    ],
+)
+def test_from_pretrained_of_a_checkpoint_lacking_tensors_is_an_error_naming_them(tmp_path, dropped):
+    _trained_looking_model().save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({name: value for name, value in weights.items() if name not in dropped}, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="lacks") as error:
+        CLIPADAForAnomalySegmentation.from_pretrained(tmp_path)
+    assert all(name in str(error.value) for name in dropped)
+
+
+def test_from_pretrained_of_a_truncated_safetensors_file_is_an_error_naming_the_file(tmp_path):
+    _trained_looking_model().save_pretrained(tmp_path)
+    weights_file = tmp_path / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[: weights_file.stat().st_size // 2])
+    with pytest.raises(OSError, match="model.safetensors.*truncated"):
+        CLIPADAForAnomalySegmentation.from_pretrained(tmp_path)
 
 
 def test_saved_checkpoint_loads_with_trust_remote_code_where_the_project_is_not_importable(tmp_path):

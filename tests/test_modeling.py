@@ -1,15 +1,25 @@
 """Tests of CLIPADAConfig and CLIPADAForAnomalySegmentation on tiny random CLIPs."""
 
+import dataclasses
+from typing import get_args
+
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_ops import gaussian_blur
 from tiny_clip import IMAGE_SIZE, PATCH_SIZE, make_tiny_clip, tiny_clip_config, write_real_clip_tokenizer
-from transformers import CLIPModel
+from transformers import CLIPConfig, CLIPModel
 
 from modeling_clipada import CLIPADAConfig, CLIPADAForAnomalySegmentation
-from modeling_clipada.modeling_clipada import _upsample_and_smooth_matrices, gaussian_blur
+from modeling_clipada.modeling_clipada import _upsample_and_smooth_matrices
 
 GRID = IMAGE_SIZE // PATCH_SIZE
+FLOAT_HEAD_FIELDS = (
+    "refinement_loss_weight",
+    "smoothing_sigma",
+    "similarity_logit_scale_init",
+    "similarity_logit_bias_init",
+)
 
 
 class CLIPADAModelTester:
@@ -66,6 +76,22 @@ def test_loss_is_coarse_plus_weighted_refinement_bce(tester):
     targets = F.avg_pool2d(labels[:, None], PATCH_SIZE)[:, 0]
     bce = [F.binary_cross_entropy_with_logits(stage, targets) for stage in outputs.stage_logits]
     torch.testing.assert_close(outputs.loss, bce[0] + 0.5 * (bce[1] + bce[2]))
+    torch.testing.assert_close(model.compute_loss(outputs.stage_logits, labels), outputs.loss)
+
+
+@pytest.mark.parametrize(
+    "bad_labels",
+    [
+        pytest.param(lambda labels: labels * 255, id="0-255 masks"),
+        pytest.param(lambda labels: labels - 1, id="negative"),
+        pytest.param(lambda labels: labels.masked_fill(labels == 1, float("nan")), id="NaN"),
+    ],
+)
+def test_labels_outside_zero_one_or_nan_are_errors_naming_labels(tester, bad_labels):
+    model = tester.model().eval()
+    pixel_values, labels = tester.inputs()
+    with pytest.raises(ValueError, match="`labels`"), torch.no_grad():
+        model(pixel_values, labels=bad_labels(labels))
 
 
 def test_backward_reaches_only_the_trainable_head(tester):
@@ -200,6 +226,27 @@ def test_attention_is_sdpa_by_default(tester):
     assert tester.model().config._attn_implementation == "sdpa"
 
 
+def test_eager_and_sdpa_attention_give_the_same_text_embedding_and_outputs(tester):
+    model = tester.model(num_refinements=1).eval()
+    pixel_values, labels = tester.inputs()
+    results = {}
+    for implementation in ("eager", "sdpa"):
+        model.set_attn_implementation(implementation)
+        assert model.clip.text_model.config._attn_implementation == implementation
+        with torch.no_grad():
+            results[implementation] = (model._compute_text_embedding(), model(pixel_values, labels=labels))
+    (eager_text, eager), (sdpa_text, sdpa) = results["eager"], results["sdpa"]
+    torch.testing.assert_close(sdpa_text, eager_text, rtol=0, atol=1e-5)
+    for name in ("loss", "logits", "anomaly_map", "pred_score"):
+        torch.testing.assert_close(sdpa[name], eager[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_forward_rejects_unknown_keyword_arguments(tester):
+    model = tester.model().eval()
+    with pytest.raises(TypeError, match="output_attentions"):
+        model(tester.inputs()[0], output_attentions=True)
+
+
 def test_from_clip_loads_a_checkpoint_folder_with_its_tokenizer(tiny_clip_dir):
     model = CLIPADAForAnomalySegmentation.from_clip(str(tiny_clip_dir), num_refinements=2, feature_layer=3)
     clip = CLIPModel.from_pretrained(tiny_clip_dir)
@@ -256,11 +303,86 @@ def test_invalid_config_values_name_the_field(overrides, field):
         CLIPADAConfig(**_tiny_config_fields(), **overrides)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("field", FLOAT_HEAD_FIELDS)
+def test_non_finite_float_fields_are_errors_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"`{field}`"):
+        CLIPADAConfig(**_tiny_config_fields(), **{field: value})
+
+
+def test_float_head_fields_are_all_tested_for_finiteness():
+    fields = {field.name: field.type for field in dataclasses.fields(CLIPADAConfig)}
+    assert {name for name in CLIPADAConfig.head_field_names() if float in get_args(fields[name])} == set(
+        FLOAT_HEAD_FIELDS
+    )
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("feature_layer", "3"),
+        ("feature_layer", 2.0),
+        ("num_refinements", 1.0),
+        ("num_refinements", True),
+        ("num_prompt_vectors", "4"),
+        ("image_score_top_k", False),
+        ("prompt_template", 3),
+        ("prompt_token_ids", [57, 1.5, 58]),
+        ("detach_refinement_input", 1),
+        ("use_feature_layernorm", "yes"),
+        ("smoothing_sigma", "4"),
+        ("smoothing_sigma", True),
+        ("refinement_loss_weight", None),
+    ],
+)
+def test_wrong_types_of_head_fields_are_value_errors_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"`{field}`"):
+        CLIPADAConfig(**_tiny_config_fields(), **{field: value})
+    config = CLIPADAConfig(**_tiny_config_fields())
+    with pytest.raises(ValueError, match=f"`{field}`"):
+        setattr(config, field, value)
+
+
+def test_head_field_names_are_the_fields_added_to_clip_config():
+    names = CLIPADAConfig.head_field_names()
+    assert {
+        "feature_layer",
+        "num_prompt_vectors",
+        "prompt_template",
+        "num_refinements",
+        "refinement_loss_weight",
+        "detach_refinement_input",
+        "image_score_top_k",
+        "smoothing_sigma",
+        "use_feature_layernorm",
+    } <= set(names)
+    assert not set(names) & set(CLIPConfig().to_dict()) and not set(names) & set(dir(CLIPConfig))
+    config = CLIPADAConfig()
+    assert len(set(names)) == len(names) and all(hasattr(config, name) for name in names)
+
+
 def test_a_field_edited_after_construction_is_caught_by_the_model():
     config = CLIPADAConfig(**_tiny_config_fields())
     config.num_refinements = -2
     with pytest.raises(ValueError, match="`num_refinements`"):
         CLIPADAForAnomalySegmentation(config)
+
+
+@pytest.mark.parametrize(
+    "pixel_values",
+    [
+        pytest.param(torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE), id="empty batch"),
+        pytest.param(torch.zeros(1, 3, 0, 0), id="0x0 images"),
+        pytest.param(torch.zeros(1, 4, IMAGE_SIZE, IMAGE_SIZE), id="4 channels"),
+        pytest.param(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8), id="uint8"),
+        pytest.param(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.bool), id="bool"),
+    ],
+)
+def test_empty_wrong_channel_or_non_float_pixel_values_are_errors_naming_them_and_the_shape(tester, pixel_values):
+    model = tester.model().eval()
+    shape = str(tuple(pixel_values.shape)).replace("(", r"\(").replace(")", r"\)")
+    with pytest.raises(ValueError, match=rf"`pixel_values`.*{shape}"), torch.no_grad():
+        model(pixel_values)
 
 
 def test_bad_pixel_values_and_labels_are_clear_errors(tester):
