@@ -234,16 +234,16 @@ def train_loop(args: argparse.Namespace, run: TrainingRun) -> bool:
                     metrics = {"train/loss": loss, "train/lr": run.scheduler.get_last_lr()[0], "epoch": epoch}
                     accelerator.log(metrics, step=run.completed_steps)
                 if _is_checkpoint_step(args.checkpointing_steps, run.completed_steps, end_of_epoch=False):
-                    _save(args, run)
+                    _save(args.output_dir, run)
                 if preemption.requested(accelerator):
-                    path = _save(args, run)
+                    path = _save(args.output_dir, run)
                     accelerator.print(f"SIGTERM: stopped after step {run.completed_steps}; resumable from {path}")
                     bar.close()
                     return False
                 if run.completed_steps >= run.max_steps:
                     break
             if _is_checkpoint_step(args.checkpointing_steps, run.completed_steps, end_of_epoch=True):
-                _save(args, run)
+                _save(args.output_dir, run)
             if run.completed_steps >= run.max_steps:
                 break
     bar.close()
@@ -285,11 +285,11 @@ def _is_checkpoint_step(checkpointing_steps: str | None, step: int, end_of_epoch
     return not end_of_epoch and checkpointing_steps is not None and step % int(checkpointing_steps) == 0
 
 
-def _save(args: argparse.Namespace, run: TrainingRun) -> Path:
+def _save(output_dir: str, run: TrainingRun) -> Path:
     try:
         return save_checkpoint(
             run.accelerator,
-            args.output_dir,
+            output_dir,
             run.completed_steps,
             run.model,
             run.optimizer,
@@ -298,7 +298,7 @@ def _save(args: argparse.Namespace, run: TrainingRun) -> Path:
         )
     except OSError as error:  # e.g. a full disk; the earlier checkpoints are intact
         raise CheckpointError(
-            f"cannot write checkpoint step_{run.completed_steps} into {Path(args.output_dir) / CHECKPOINTS_DIR} "
+            f"cannot write checkpoint step_{run.completed_steps} into {Path(output_dir) / CHECKPOINTS_DIR} "
             f"({error.strerror or error}); the earlier checkpoints are intact"
         ) from error
 
@@ -329,7 +329,16 @@ def finish(args: argparse.Namespace, run: TrainingRun) -> dict | None:
         model.save_pretrained(args.output_dir)
         run.processor.save_pretrained(args.output_dir)
         if not args.skip_evaluation:
-            metrics = evaluate_on_test_split(args, model, run.processor, run.dataset, accelerator.device)
+            metrics = evaluate_on_test_split(
+                model,
+                run.processor,
+                run.dataset,
+                accelerator.device,
+                output_dir=Path(args.output_dir) / "evaluation",
+                batch_size=args.per_device_eval_batch_size,
+                save_predictions=args.save_predictions,
+                num_heatmaps=args.num_heatmaps,
+            )
         write_model_card(args.output_dir, vars(args), metrics)
         if args.push_to_hub:
             url = push_folder(
@@ -344,23 +353,31 @@ def finish(args: argparse.Namespace, run: TrainingRun) -> dict | None:
     return metrics
 
 
-def evaluate_on_test_split(args: argparse.Namespace, model, processor, dataset, device) -> dict | None:
+def evaluate_on_test_split(
+    model: CLIPADAForAnomalySegmentation,
+    processor: CLIPADAImageProcessor,
+    dataset,
+    device: torch.device,
+    output_dir: Path,
+    batch_size: int,
+    save_predictions: bool,
+    num_heatmaps: int,
+) -> dict | None:
+    """Evaluates on `dataset["test"]` into `output_dir`, prints the table; None when there is no test split."""
     if "test" not in dataset or len(dataset["test"]) == 0:
         logger.warning("No test split: skipping evaluation.")
         return None
-    evaluation_dir = Path(args.output_dir) / "evaluation"
     per_category, mean = evaluate_model(
         model,
         processor,
         dataset["test"],
         device=device,
-        batch_size=args.per_device_eval_batch_size,
-        output_dir=evaluation_dir,
-        save_predictions=args.save_predictions,
-        num_heatmaps=args.num_heatmaps,
+        batch_size=batch_size,
+        output_dir=output_dir,
+        save_predictions=save_predictions,
+        num_heatmaps=num_heatmaps,
     )
-    table = write_evaluation(evaluation_dir, per_category, mean)
-    print(table)
+    print(write_evaluation(output_dir, per_category, mean))
     return {"per_category": per_category, "mean": mean}
 
 
