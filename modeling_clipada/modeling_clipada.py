@@ -1,6 +1,7 @@
 """CLIP-ADA: anomaly segmentation by adapting a frozen CLIP with learnable prompts and linear projections.
 
-The method, in the paper's order (Cai et al., arXiv 2403.09493), each step a section of this file:
+The method, in the paper's order (Cai et al., arXiv 2403.09493); the section banners below and the comments in
+`forward` use the same step numbers:
 1. text embedding: M learnable prompt vectors are inserted into a fixed template; the frozen text tower turns it
    into ONE text embedding t (computed once per weight update, never per image);
 2. coarse map: patch tokens of vision layer `feature_layer` -> linear projection W0 -> cosine similarity with t
