@@ -260,3 +260,19 @@ def test_evaluate_load_by_local_path_gives_identical_values(monkeypatch, tmp_pat
     )
     expected = compute_anomaly_metrics(maps, masks, image_scores, image_labels, aupro_fpr_limit=0.1)
     assert results == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_f1_max_thresholds_are_the_scores_where_f1_max_is_reached(seed):
+    maps, masks, image_scores, image_labels = random_case(seed)
+    metrics = AnomalyMetrics()
+    metrics.update(maps, masks, image_scores, image_labels)
+    results = metrics.compute(include_thresholds=True)
+    for prefix, labels, scores in (("image", image_labels > 0, image_scores), ("pixel", masks.ravel(), maps.ravel())):
+        threshold = results[f"{prefix}_f1_max_threshold"]
+        predicted = scores >= threshold
+        true_positives = np.sum(predicted & labels)
+        f1 = 2 * true_positives / (predicted.sum() + labels.sum())
+        assert f1 == pytest.approx(results[f"{prefix}_f1_max"], abs=1e-12)
+        assert threshold in set(scores[labels].tolist())
+    assert set(metrics.compute()) == set(METRIC_NAMES)

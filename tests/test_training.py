@@ -268,6 +268,7 @@ def test_eval_cli_writes_metrics_predictions_and_heatmaps(workspace, trained_run
             predictions["masks"],
             predictions["image_scores"],
             predictions["image_labels"],
+            include_thresholds=True,
         )
         for key, value in metrics["per_category"][category].items():
             assert recomputed[key] == pytest.approx(value, abs=2e-3), key

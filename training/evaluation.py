@@ -52,7 +52,8 @@ def evaluate_model(
 
     Returns:
         `(per_category, mean)`: metric dicts (`image_auroc`, `pixel_auroc`, `pixel_ap`, `aupro`, `image_f1_max`,
-        `pixel_f1_max`), values in [0, 1].
+        `pixel_f1_max`), values in [0, 1]; each category's also holds `image_f1_max_threshold` and
+        `pixel_f1_max_threshold`, the scores where its F1-max values are reached.
     """
     model = model.to(device).eval()
     dtype = model.prompt_vectors.dtype
@@ -83,7 +84,7 @@ def evaluate_model(
                         batch["labels"][offset],
                         anomaly_maps[offset],
                     )
-        per_category[category] = metrics.compute()
+        per_category[category] = metrics.compute(include_thresholds=True)
         if save_predictions and output_dir is not None:
             save_category_predictions(output_dir / "predictions" / f"{category}.npz", predictions)
     return per_category, mean_metrics(per_category)

@@ -22,6 +22,8 @@ from scipy import ndimage
 
 # Names of the values returned by every entry point, in the paper's column order.
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "image_f1_max", "pixel_f1_max")
+# The scores where the two F1-max values are reached ("anomalous when score >= threshold").
+THRESHOLD_NAMES = ("image_f1_max_threshold", "pixel_f1_max_threshold")
 
 # 8-connectivity inside each (H, W) slice of an (N, H, W) stack, and no connection between images.
 _REGION_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
@@ -31,6 +33,7 @@ _REGION_STRUCTURE[1] = True
 class _ThresholdCounts(NamedTuple):
     """Counts at each distinct positive score t, in descending order of t (see `_threshold_counts`)."""
 
+    thresholds: np.ndarray  # the distinct positive scores t, highest first
     negatives_above: np.ndarray  # number of negatives with score > t
     negatives_at_or_above: np.ndarray  # number of negatives with score >= t
     positives_at_or_above: np.ndarray  # number of positives with score >= t
@@ -109,7 +112,9 @@ def _threshold_counts(
     num_negatives = negatives_sorted.size
     negatives_at_or_above = num_negatives - np.searchsorted(negatives_sorted, thresholds, side="left")
     negatives_above = num_negatives - np.searchsorted(negatives_sorted, thresholds, side="right")
-    return _ThresholdCounts(negatives_above, negatives_at_or_above, positives_at_or_above, weight_at_or_above)
+    return _ThresholdCounts(
+        thresholds, negatives_above, negatives_at_or_above, positives_at_or_above, weight_at_or_above
+    )
 
 
 def _curve_points(
@@ -166,8 +171,10 @@ def _trapezoid(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
     return float(area)
 
 
-def _ranking_metrics(counts: _ThresholdCounts, num_negatives: int, num_positives: int) -> tuple[float, float, float]:
-    """AUROC, average precision and F1-max from the threshold counts.
+def _ranking_metrics(
+    counts: _ThresholdCounts, num_negatives: int, num_positives: int
+) -> tuple[float, float, float, float]:
+    """AUROC, average precision, F1-max and the threshold where F1-max is reached, from the threshold counts.
 
     Args:
         counts (`_ThresholdCounts`): From `_threshold_counts`.
@@ -175,12 +182,13 @@ def _ranking_metrics(counts: _ThresholdCounts, num_negatives: int, num_positives
         num_positives (`int`): Total number of positives.
 
     Returns:
-        `tuple[float, float, float]`: `(auroc, average_precision, f1_max)`. AUROC is the trapezoid area
-        of the ROC curve (ties count one half). Average precision is `sum_n (R_n - R_{n-1}) P_n` over the
-        distinct thresholds, without interpolation (scikit-learn's `average_precision_score`). F1-max is
-        the largest `2 P R / (P + R) = 2 TP / (TP + FP + num_positives)` over all thresholds; it is
-        always reached at a distinct positive score, since lowering the threshold to the next one only
-        adds false positives.
+        `tuple[float, float, float, float]`: `(auroc, average_precision, f1_max, f1_max_threshold)`.
+        AUROC is the trapezoid area of the ROC curve (ties count one half). Average precision is
+        `sum_n (R_n - R_{n-1}) P_n` over the distinct thresholds, without interpolation (scikit-learn's
+        `average_precision_score`). F1-max is the largest `2 P R / (P + R) = 2 TP / (TP + FP + num_positives)`
+        over all thresholds; it is always reached at a distinct positive score, since lowering the threshold
+        to the next one only adds false positives. `f1_max_threshold` is that score: "anomalous when
+        score >= threshold" reaches F1-max (the highest such score when several tie).
     """
     true_positives = counts.positives_at_or_above
     false_positives = counts.negatives_at_or_above
@@ -189,8 +197,9 @@ def _ranking_metrics(counts: _ThresholdCounts, num_negatives: int, num_positives
     precision = true_positives / (true_positives + false_positives)
     new_positives = np.diff(true_positives, prepend=0)
     average_precision = float(np.sum(new_positives * precision) / num_positives)
-    f1_max = float(np.max(2.0 * true_positives / (true_positives + false_positives + num_positives)))
-    return auroc, average_precision, f1_max
+    f1 = 2.0 * true_positives / (true_positives + false_positives + num_positives)
+    best = int(np.argmax(f1))
+    return auroc, average_precision, float(f1[best]), float(counts.thresholds[best])
 
 
 def pixel_metrics(
@@ -215,8 +224,9 @@ def pixel_metrics(
         aupro_fpr_limit (`float`, *optional*, defaults to 0.3): Upper FPR limit of the AUPRO integral.
 
     Returns:
-        `dict[str, float]`: `pixel_auroc`, `pixel_ap`, `pixel_f1_max`, `aupro`; all `nan` when there are no
-        anomalous pixels or no normal pixels (only one class present).
+        `dict[str, float]`: `pixel_auroc`, `pixel_ap`, `pixel_f1_max`, `aupro` and `pixel_f1_max_threshold` (the
+        pixel score where F1-max is reached); all `nan` when there are no anomalous pixels or no normal pixels
+        (only one class present).
 
     Raises:
         ValueError: If `aupro_fpr_limit` is not in (0, 1].
@@ -225,14 +235,21 @@ def pixel_metrics(
         raise ValueError(f"aupro_fpr_limit must be in (0, 1], got {aupro_fpr_limit}")
     num_normal, num_anomalous = normal_scores_sorted.size, anomalous_scores.size
     if num_normal == 0 or num_anomalous == 0:
-        return {name: float("nan") for name in ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")}
+        names = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro", "pixel_f1_max_threshold")
+        return {name: float("nan") for name in names}
     counts = _threshold_counts(normal_scores_sorted, anomalous_scores, anomalous_weights)
-    auroc, average_precision, f1_max = _ranking_metrics(counts, num_normal, num_anomalous)
+    auroc, average_precision, f1_max, f1_max_threshold = _ranking_metrics(counts, num_normal, num_anomalous)
     fpr, pro = _curve_points(
         counts.negatives_above, counts.negatives_at_or_above, counts.weight_at_or_above / num_regions, num_normal
     )
     aupro = _trapezoid(fpr, pro, aupro_fpr_limit) / aupro_fpr_limit
-    return {"pixel_auroc": auroc, "pixel_ap": average_precision, "pixel_f1_max": f1_max, "aupro": aupro}
+    return {
+        "pixel_auroc": auroc,
+        "pixel_ap": average_precision,
+        "pixel_f1_max": f1_max,
+        "aupro": aupro,
+        "pixel_f1_max_threshold": f1_max_threshold,
+    }
 
 
 def image_metrics(image_scores: np.ndarray, image_labels: np.ndarray) -> dict[str, float]:
@@ -243,7 +260,8 @@ def image_metrics(image_scores: np.ndarray, image_labels: np.ndarray) -> dict[st
         image_labels (`np.ndarray` of shape `(N,)`): 1 (or True) for anomalous images; `> 0.5` is anomalous.
 
     Returns:
-        `dict[str, float]`: `image_auroc`, `image_f1_max`; both `nan` when only one class is present.
+        `dict[str, float]`: `image_auroc`, `image_f1_max` and `image_f1_max_threshold` (the image score where
+        F1-max is reached); all `nan` when only one class is present.
 
     Raises:
         ValueError: If the shapes differ or a score is NaN or infinite.
@@ -256,10 +274,10 @@ def image_metrics(image_scores: np.ndarray, image_labels: np.ndarray) -> dict[st
         raise ValueError("image_scores must be finite; found NaN or infinite scores")
     negatives, positives = np.sort(scores[~labels]), scores[labels]
     if negatives.size == 0 or positives.size == 0:
-        return {"image_auroc": float("nan"), "image_f1_max": float("nan")}
+        return {name: float("nan") for name in ("image_auroc", "image_f1_max", "image_f1_max_threshold")}
     counts = _threshold_counts(negatives, positives)
-    auroc, _, f1_max = _ranking_metrics(counts, negatives.size, positives.size)
-    return {"image_auroc": auroc, "image_f1_max": f1_max}
+    auroc, _, f1_max, f1_max_threshold = _ranking_metrics(counts, negatives.size, positives.size)
+    return {"image_auroc": auroc, "image_f1_max": f1_max, "image_f1_max_threshold": f1_max_threshold}
 
 
 def anomaly_metrics(
@@ -301,4 +319,4 @@ def anomaly_metrics(
     return {name: float(results[name]) for name in METRIC_NAMES}
 
 
-__all__ = ["METRIC_NAMES", "anomaly_metrics", "image_metrics", "pixel_metrics", "split_pixels"]
+__all__ = ["METRIC_NAMES", "THRESHOLD_NAMES", "anomaly_metrics", "image_metrics", "pixel_metrics", "split_pixels"]

@@ -14,6 +14,8 @@ import warnings
 
 import numpy as np
 
+from .anomaly import THRESHOLD_NAMES
+
 # Column headers of the paper's table, keyed by the metric names.
 TABLE_COLUMNS = {
     "image_auroc": "I-AUROC",
@@ -28,13 +30,19 @@ TABLE_COLUMNS = {
 def mean_metrics(per_category: dict[str, dict[str, float]]) -> dict[str, float]:
     """Averages each metric over the categories, skipping `nan` values (a category where it is undefined).
 
+    The F1-max thresholds (`THRESHOLD_NAMES`) are per category and have no meaningful mean: they are left out.
+
     Args:
         per_category (`dict[str, dict[str, float]]`): Category name to its metrics.
 
     Returns:
         `dict[str, float]`: Metric name to its mean (`nan` if no category defines it), keys in first-seen order.
     """
-    names = list(dict.fromkeys(name for metrics in per_category.values() for name in metrics))
+    names = [
+        name
+        for name in dict.fromkeys(n for metrics in per_category.values() for n in metrics)
+        if name not in THRESHOLD_NAMES
+    ]
     means = {}
     for name in names:
         values = np.array([metrics.get(name, math.nan) for metrics in per_category.values()], dtype=np.float64)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .anomaly import METRIC_NAMES, image_metrics, pixel_metrics, split_pixels
+from .anomaly import METRIC_NAMES, THRESHOLD_NAMES, image_metrics, pixel_metrics, split_pixels
 
 
 def _to_numpy(values: Any) -> np.ndarray:
@@ -120,8 +120,12 @@ class AnomalyMetrics:
         self._image_scores.append(scores)
         self._image_labels.append(labels)
 
-    def compute(self) -> dict[str, float]:
+    def compute(self, include_thresholds: bool = False) -> dict[str, float]:
         """Computes the metrics over everything added since the last `reset`.
+
+        Args:
+            include_thresholds (`bool`, *optional*, defaults to `False`): Also return `image_f1_max_threshold`
+                and `pixel_f1_max_threshold`, the scores where the F1-max values are reached.
 
         Returns:
             `dict[str, float]`: `image_auroc`, `pixel_auroc`, `pixel_ap`, `aupro`, `image_f1_max`,
@@ -148,11 +152,17 @@ class AnomalyMetrics:
             self.aupro_fpr_limit,
         )
         results.update(image_metrics(np.concatenate(self._image_scores), np.concatenate(self._image_labels)))
-        return {name: float(results[name]) for name in METRIC_NAMES}
+        names = METRIC_NAMES + THRESHOLD_NAMES if include_thresholds else METRIC_NAMES
+        return {name: float(results[name]) for name in names}
 
 
 def compute_anomaly_metrics(
-    anomaly_maps: Any, masks: Any, image_scores: Any, image_labels: Any, aupro_fpr_limit: float = 0.3
+    anomaly_maps: Any,
+    masks: Any,
+    image_scores: Any,
+    image_labels: Any,
+    aupro_fpr_limit: float = 0.3,
+    include_thresholds: bool = False,
 ) -> dict[str, float]:
     """Computes the six metrics of one category in one call (see `AnomalyMetrics.update` for the inputs).
 
@@ -162,13 +172,14 @@ def compute_anomaly_metrics(
         image_scores (`np.ndarray` or `torch.Tensor` of shape `(N,)`): Image anomaly scores.
         image_labels (`np.ndarray` or `torch.Tensor` of shape `(N,)`): Image labels, 1 for anomalous.
         aupro_fpr_limit (`float`, *optional*, defaults to 0.3): Upper FPR limit of the AUPRO integral.
+        include_thresholds (`bool`, *optional*, defaults to `False`): Also return the F1-max thresholds.
 
     Returns:
         `dict[str, float]`: As `AnomalyMetrics.compute`.
     """
     metrics = AnomalyMetrics(aupro_fpr_limit)
     metrics.update(anomaly_maps, masks, image_scores, image_labels)
-    return metrics.compute()
+    return metrics.compute(include_thresholds)
 
 
 __all__ = ["AnomalyMetrics", "compute_anomaly_metrics"]
