@@ -1,4 +1,4 @@
-"""Evaluation-memory check: stream generated test images through `training.eval.evaluate_model`, track the memory.
+"""Evaluation-memory check: stream generated test images through `training.evaluation.evaluate_model`; track memory.
 
 The images are generated with `training.demo_data`'s renderers (normal discs and weaves, and defective ones with
 their masks), PNG-encoded into a `datasets.Dataset` on disk (memory-mapped, as a prepared dataset is), and
@@ -41,7 +41,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchmark import clipada_config, cpu_model_name
+from benchmark import clipada_config
+from measure import cpu_model_name
 
 from modeling_clipada import CLIPADAForAnomalySegmentation
 from processing import CLIPADAImageProcessor
@@ -58,7 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image_size", type=int, default=224, help="side of the generated PNGs and of the model input")
     parser.add_argument("--num_refinements", type=int, default=1)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
-    parser.add_argument("--batch_size", type=int, default=16, help="evaluation batch size (eval.py's default)")
+    parser.add_argument(
+        "--batch_size", type=int, default=16, help="evaluation batch size (training.evaluation's default)"
+    )
     parser.add_argument("--anomalous_fraction", type=float, default=0.5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
@@ -136,7 +139,7 @@ def build_dataset(args: argparse.Namespace, cache_dir: Path):
 
 
 def run(args: argparse.Namespace) -> dict:
-    import training.eval as evaluation
+    import training.evaluation as evaluation
     from training.metrics import AnomalyMetrics
 
     if args.threads is not None:
@@ -228,14 +231,14 @@ def run(args: argparse.Namespace) -> dict:
 def to_markdown(results: dict) -> str:
     settings = results["settings"]
     lines = [
-        f"# Evaluation memory: {settings['num_images']} generated images through `training.eval.evaluate_model`",
+        f"# Evaluation memory: {settings['num_images']} generated images through `training.evaluation.evaluate_model`",
         "",
         (
             f'CPU "{results["environment"]["cpu"]}", device `{settings["device"]}`, '
             f"{'tiny CLIP' if settings['tiny'] else 'ViT-B/16-shaped CLIP'}, R = {settings['num_refinements']}, "
-            f"{settings['dtype']}, {settings['image_size']} px, batch {settings['batch_size']}, one category (the metric "
-            f"buffers grow over all images). Evaluation took {results['evaluation_s']:.0f} s. Memory in MiB; before "
-            f"the evaluation (model loaded): RSS {results['before_evaluation']['VmRSS']}, "
+            f"{settings['dtype']}, {settings['image_size']} px, batch {settings['batch_size']}, one category (the "
+            f"metric buffers grow over all images). Evaluation took {results['evaluation_s']:.0f} s. Memory in MiB; "
+            f"before the evaluation (model loaded): RSS {results['before_evaluation']['VmRSS']}, "
             f"anonymous {results['before_evaluation']['RssAnon']}."
         ),
         "",

@@ -1,7 +1,9 @@
-"""Smoke tests of the benchmark scripts: their tiny modes run every code path and write valid JSON and Markdown."""
+"""Tests of the benchmark scripts: the figures' arithmetic, the interleaving, and tiny runs through every code path."""
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,7 +13,7 @@ BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _load(name: str):
-    """Imports `benchmarks/<name>.py` by path (the folder is not a package)."""
+    """Imports `benchmarks/<name>.py` by path (the folder is not a package; its modules import each other)."""
     sys.path.insert(0, str(BENCHMARKS_DIR))
     try:
         spec = importlib.util.spec_from_file_location(f"clipada_benchmarks_{name}", BENCHMARKS_DIR / f"{name}.py")
@@ -22,20 +24,67 @@ def _load(name: str):
         sys.path.remove(str(BENCHMARKS_DIR))
 
 
+def _record(kind: str, samples_ms: list[float], **fields) -> dict:
+    common = {"image_size": 224, "precision": "float32", "batch_size": 1}
+    return {"kind": kind, **common, **fields, "samples_ms": samples_ms, "peak_mib": 1.0, "extra_mib": 0.0}
+
+
+def test_ratios_are_taken_round_by_round():
+    report = _load("report")
+    records = [
+        _record("reference_full", [100.0, 200.0], layers=12, feature_layer=6),
+        _record("clipada_inference", [120.0, 220.0], R=1),  # ideal (1 + 1) * 6 / 12 * bare = bare
+        _record("reference_nograd_to_l", [10.0, 20.0]),
+        _record("reference_fwdbwd_to_l", [30.0, 60.0]),
+        _record("clipada_training_step", [44.0, 80.0], R=1),  # ideal 10 + 30 = 40, then 20 + 60 = 80
+        _record("text_embedding_fwdbwd", [4.0, 8.0]),
+        _record("synthesis", [1.0, 2.0], precision=None),
+        _record("loading", [1.0, 2.0], precision=None, file_size=224),
+    ]
+    for record in records:
+        record["ms"] = report.spread(record["samples_ms"])
+    derived = report.derive(records)
+    (inference,) = derived["inference"]
+    assert inference["ratio"] == {"median": 1.15, "min": 1.1, "max": 1.2}  # the ratio of medians would be 1.133
+    assert inference["ideal_ms"] == 150.0 and inference["images_per_s"] == pytest.approx(1e3 / 170, abs=0.01)
+    (training,) = derived["training"]
+    assert training["ideal_ms"] == 60.0
+    assert training["ratio"] == {"median": 1.05, "min": 1.0, "max": 1.1}
+    assert training["text_share"]["min"] == pytest.approx(4 / 44, abs=1e-4)
+    assert training["ratio_without_text"] == {"median": 0.95, "min": 0.9, "max": 1.0}
+    (data_share,) = training["data_share"]
+    assert data_share["share"]["max"] == pytest.approx(4 / 82, abs=1e-4)  # (synthesis + loading) / (loading + step)
+    holds = {target["target"].split(" ")[0]: target["holds"] for target in derived["targets"]}
+    assert holds == {"inference": False, "training": True, "synthesis": True}  # 1.15 > 1.05; 1.05 <= 1.15; 5% < 10%
+
+
+def test_time_in_rounds_interleaves_and_rotates_the_order():
+    measure = _load("measure")
+    log = []
+    calls = {name: (lambda name=name: log.append(name)) for name in "abc"}
+    samples = measure.time_in_rounds(calls, rounds=3, min_run_time=0.0, warmup=1)
+    assert {name: len(values) for name, values in samples.items()} == {"a": 3, "b": 3, "c": 3}
+    assert all(value > 0 for values in samples.values() for value in values)
+    order = "".join(name for index, name in enumerate(log) if index == 0 or log[index - 1] != name)
+    assert order == "abc" + "abc" + "bca" + "cab"  # warm-up, then one round each
+
+
 @pytest.fixture(scope="module")
-def benchmark_results(tmp_path_factory):
+def tiny_run(tmp_path_factory) -> Path:
+    """`benchmark.py --tiny` in its own process (it sets the process's threads, malloc and accelerate state)."""
     output_dir = tmp_path_factory.mktemp("benchmark")
-    # --malloc default: the test process keeps glibc's settings
-    results = _load("benchmark").main(
-        ["--tiny", "--malloc", "default", "--output_dir", str(output_dir), "--name", "tiny"]
+    command = [sys.executable, str(BENCHMARKS_DIR / "benchmark.py"), "--tiny", "--output_dir", str(output_dir)]
+    result = subprocess.run(
+        [*command, "--name", "tiny"], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
-    return output_dir, results
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir
 
 
-def test_tiny_benchmark_writes_valid_json_with_every_measurement(benchmark_results):
-    output_dir, results = benchmark_results
-    written = json.loads((output_dir / "tiny.json").read_text())
-    assert written["environment"]["cpu"] and written["environment"]["torch_threads"] >= 1
+@pytest.mark.slow
+def test_tiny_benchmark_writes_valid_json_with_every_measurement(tiny_run):
+    written = json.loads((tiny_run / "tiny.json").read_text())
+    assert written["environment"]["cpu"] and written["environment"]["torch_threads"] == written["settings"]["threads"]
     kinds = {record["kind"] for record in written["records"]}
     assert kinds == {
         "reference_full",
@@ -48,7 +97,7 @@ def test_tiny_benchmark_writes_valid_json_with_every_measurement(benchmark_resul
         "loading",
     }
     for record in written["records"]:
-        assert record["median_ms"] > 0 and record["min_ms"] <= record["median_ms"] <= record["max_ms"]
+        assert 0 < record["ms"]["min"] <= record["ms"]["median"] <= record["ms"]["max"]
         assert len(record["samples_ms"]) == written["settings"]["repeats"]
         assert record["peak_mib"] is None or record["peak_mib"] > 0
     steps = [r for r in written["records"] if r["kind"] == "clipada_training_step"]
@@ -58,66 +107,63 @@ def test_tiny_benchmark_writes_valid_json_with_every_measurement(benchmark_resul
         for refinements in (0, 1, 2)
         for batch in (1, 2)
     }
+    loadings = [r for r in written["records"] if r["kind"] == "loading"]
+    assert {(r["file_size"], r["batch_size"]) for r in loadings} == {(32, 1), (32, 2), (64, 1), (64, 2)}
+    assert all(r["once_ms_per_image"] > 0 for r in loadings)
     derived = written["derived"]
     assert len(derived["inference"]) == 2 * 3 * 2 and len(derived["training"]) == 3 * 3 * 2
     assert all(entry["ratio"]["median"] > 0 for entry in derived["inference"] + derived["training"])
-    assert {target["target"].split(" ")[0] for target in derived["targets"]} >= {
+    assert all(len(entry["data_share"]) == 2 for entry in derived["training"])
+    assert {target["target"].split(" ")[0] for target in derived["targets"]} == {
         "inference",
         "training",
         "bf16",
         "synthesis",
     }
-    assert written == json.loads(json.dumps(results))
 
 
-def test_tiny_benchmark_writes_markdown_tables(benchmark_results):
-    output_dir, _ = benchmark_results
-    markdown = (output_dir / "tiny.md").read_text()
-    for heading in (
-        "## Targets",
-        "## Inference",
-        "## Training step",
-        "## Synthesis, loading",
-        "## bf16 speed-up",
-        "## Inference throughput",
-    ):
-        assert heading in markdown
-    table_rows = [line for line in markdown.splitlines() if line.startswith("| ")]
-    assert len(table_rows) > 40 and all(line.endswith(" |") for line in table_rows)
+@pytest.mark.slow
+def test_tiny_benchmark_writes_markdown_tables(tiny_run):
+    markdown = (tiny_run / "tiny.md").read_text()
+    sections = markdown.split("\n## ")[1:]
+    titles = [section.splitlines()[0] for section in sections]
+    assert [title.split(" ")[0] for title in titles] == ["Targets", "Inference", "Training", "Synthesis,", "bf16"]
+    rows = {
+        title.split(" ")[0]: [line for line in section.splitlines() if line.startswith("| ")]
+        for title, section in zip(titles, sections)
+    }
+    assert len(rows["Inference"]) == 1 + 2 * 3 * 2 and len(rows["Training"]) == 1 + 3 * 3 * 2
+    assert all(
+        line.endswith(" |") and line.count(" | ") == rows[key][0].count(" | ") for key in rows for line in rows[key]
+    )
 
 
-def test_from_json_recomputes_the_tables_without_measuring(benchmark_results, tmp_path):
-    output_dir, results = benchmark_results
+@pytest.mark.slow
+def test_from_json_recomputes_the_tables_without_measuring(tiny_run, tmp_path):
+    written = json.loads((tiny_run / "tiny.json").read_text())
     copy = tmp_path / "copy.json"
-    copy.write_text((output_dir / "tiny.json").read_text())
-    rederived = _load("benchmark").main(["--from_json", str(copy)])
-    assert rederived["derived"] == json.loads(json.dumps(results["derived"]))
-    assert (tmp_path / "copy.md").read_text() == (output_dir / "tiny.md").read_text()
+    copy.write_text(json.dumps({**written, "derived": None}))
+    benchmark = _load("benchmark")
+
+    def measure_nothing(*args, **kwargs):
+        raise AssertionError("--from_json measured")
+
+    benchmark.run_grid = measure_nothing
+    rebuilt = benchmark.main(["--from_json", str(copy)])
+    assert rebuilt["derived"] == written["derived"]
+    assert json.loads(copy.read_text()) == written
+    assert (tmp_path / "copy.md").read_text() == (tiny_run / "tiny.md").read_text()
 
 
+@pytest.mark.slow
 def test_tiny_eval_memory_check_reports_each_checkpoint(tmp_path):
     eval_memory = _load("eval_memory")
-    results = eval_memory.main(
-        [
-            "--tiny",
-            "--num_images",
-            "48",
-            "--checkpoints",
-            "16",
-            "32",
-            "48",
-            "--batch_size",
-            "8",
-            "--output_dir",
-            str(tmp_path),
-            "--name",
-            "evalmem",
-        ]
-    )
+    arguments = ["--tiny", "--num_images", "48", "--checkpoints", "16", "32", "48", "--batch_size", "8"]
+    results = eval_memory.main([*arguments, "--output_dir", str(tmp_path), "--name", "evalmem"])
     written = json.loads((tmp_path / "evalmem.json").read_text())
     assert [snapshot["checkpoint"] for snapshot in written["snapshots"]] == [16, 32, 48]
     assert written["snapshots"][-1]["images"] == 48
     buffers = [snapshot["metric_buffers_mib"] for snapshot in written["snapshots"]]
-    assert buffers == sorted(buffers)  # the metric buffers only grow within a category
+    assert buffers == sorted(buffers) and buffers[-1] > buffers[0]  # the metric buffers grow within a category
     assert written["flat"] == results["flat"] and isinstance(written["flat"], bool)
     assert "| images |" in (tmp_path / "evalmem.md").read_text()
