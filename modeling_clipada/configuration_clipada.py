@@ -15,6 +15,8 @@ import math
 from huggingface_hub.dataclasses import StrictDataclassFieldValidationError, strict
 from transformers import CLIPConfig
 
+from .decisions import DECISION_FIELDS
+
 PROMPT_MARKER = "[CLS]"
 DEFAULT_PROMPT_TEMPLATE = "A photo of a [CLS] with defects for anomaly detection"
 
@@ -84,6 +86,21 @@ class CLIPADAConfig(CLIPConfig):
         (2.6592 = log(1 / 0.07), CLIP's own initial temperature).
     similarity_logit_bias_init (`float`, *optional*, defaults to 0.0):
         Initial value of the learnable bias added to the scaled similarity before the sigmoid.
+    image_threshold (`float`, *optional*):
+        Calibrated image-score threshold: an image is anomalous ("NG") when `pred_score >= image_threshold`.
+        Set by calibration (`training.calibrate`, or at the end of training); with it and `pixel_threshold` the
+        model also returns `pred_label`, `pred_mask` and `pred_score_normalized`.
+    pixel_threshold (`float`, *optional*):
+        Calibrated pixel threshold: a pixel is anomalous when its `anomaly_map` value is `>= pixel_threshold`.
+    category_thresholds (`dict[str, dict[str, float]]`, *optional*):
+        Per-category thresholds, `{"bottle": {"image_threshold": 0.61, "pixel_threshold": 0.58}, ...}`, used
+        when the caller names the category (`categories=` in `forward`); other images use the global ones.
+    target_image_fpr (`float`, *optional*):
+        The false-positive rate on normal images that `image_threshold` was calibrated for.
+    target_pixel_fpr (`float`, *optional*):
+        The false-positive rate on normal pixels that `pixel_threshold` was calibrated for.
+    calibration_size (`int`, *optional*):
+        Number of normal images the thresholds were calibrated on.
 
     Example:
 
@@ -108,6 +125,12 @@ class CLIPADAConfig(CLIPConfig):
     use_feature_layernorm: bool = True
     similarity_logit_scale_init: float | int = 2.6592
     similarity_logit_bias_init: float | int = 0.0
+    image_threshold: float | int | None = None
+    pixel_threshold: float | int | None = None
+    category_thresholds: dict[str, dict[str, float]] | None = None
+    target_image_fpr: float | None = None
+    target_pixel_fpr: float | None = None
+    calibration_size: int | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -117,13 +140,20 @@ class CLIPADAConfig(CLIPConfig):
 
     @classmethod
     def head_field_names(cls) -> tuple[str, ...]:
-        """The fields this class adds to [`CLIPConfig`] (the head's), in their declaration order.
+        """The fields this class adds to [`CLIPConfig`] that shape the head, in their declaration order.
 
         Returns:
-            The field names, e.g. `("feature_layer", "num_prompt_vectors", ...)`; none of `CLIPConfig`'s.
+            The field names, e.g. `("feature_layer", "num_prompt_vectors", ...)`; none of `CLIPConfig`'s and none
+            of the calibrated decision fields (`DECISION_FIELDS`), which never change a map or a score.
         """
         clip_fields = {field.name for field in dataclasses.fields(CLIPConfig)}
-        return tuple(field.name for field in dataclasses.fields(cls) if field.name not in clip_fields)
+        excluded = clip_fields | set(DECISION_FIELDS)
+        return tuple(field.name for field in dataclasses.fields(cls) if field.name not in excluded)
+
+    @property
+    def has_thresholds(self) -> bool:
+        """Whether calibrated image and pixel thresholds are set (the model then returns decisions)."""
+        return self.image_threshold is not None and self.pixel_threshold is not None
 
     def validate_head(self):
         """Checks the head fields' values (`@strict` checks their types on every assignment).
@@ -158,6 +188,26 @@ class CLIPADAConfig(CLIPConfig):
                 f"go), got {self.prompt_template!r}."
             )
         self._validate_prompt_tokens()
+        self._validate_decisions()
+
+    def _validate_decisions(self):
+        thresholds = {"image_threshold": self.image_threshold, "pixel_threshold": self.pixel_threshold}
+        for category, values in (self.category_thresholds or {}).items():
+            if set(values) != {"image_threshold", "pixel_threshold"}:
+                raise CLIPADAConfigError(
+                    f"`category_thresholds[{category!r}]` must hold image_threshold and pixel_threshold, got "
+                    f"{sorted(values)}."
+                )
+            thresholds.update({f"category_thresholds[{category!r}].{k}": v for k, v in values.items()})
+        for name, value in thresholds.items():
+            if value is not None and not (math.isfinite(value) and 0 <= value <= 1):
+                raise CLIPADAConfigError(f"`{name}` must be a score in [0, 1], got {value}.")
+        for name in ("target_image_fpr", "target_pixel_fpr"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and 0 < value < 1):
+                raise CLIPADAConfigError(f"`{name}` must be a rate in (0, 1), got {value}.")
+        if self.calibration_size is not None and self.calibration_size < 1:
+            raise CLIPADAConfigError(f"`calibration_size` must be >= 1, got {self.calibration_size}.")
 
     def _validate_prompt_tokens(self):
         if (self.prompt_token_ids is None) != (self.prompt_insert_position is None):

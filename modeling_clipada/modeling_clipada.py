@@ -34,6 +34,7 @@ from transformers.masking_utils import create_causal_mask
 from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
 
 from .configuration_clipada import PROMPT_MARKER, CLIPADAConfig
+from .decisions import apply_thresholds, normalize_scores
 
 
 @dataclass
@@ -49,6 +50,10 @@ class CLIPADAOutput(ModelOutput):
             upsampling, then Gaussian smoothing).
         pred_score: `(batch_size,)`, image anomaly score: mean of the `image_score_top_k` highest values of each
             `anomaly_map`.
+        pred_label: `(batch_size,)` bool, only with calibrated thresholds: `pred_score >= image_threshold`.
+        pred_mask: `(batch_size, H, W)` bool, only with calibrated thresholds: `anomaly_map >= pixel_threshold`.
+        pred_score_normalized: `(batch_size,)`, only with calibrated thresholds: `pred_score` mapped to [0, 1]
+            with the image threshold at 0.5 (for dashboards; see `decisions.normalize_scores`).
     """
 
     loss: torch.FloatTensor | None = None
@@ -56,6 +61,9 @@ class CLIPADAOutput(ModelOutput):
     stage_logits: tuple[torch.FloatTensor, ...] | None = None
     anomaly_map: torch.FloatTensor | None = None
     pred_score: torch.FloatTensor | None = None
+    pred_label: torch.BoolTensor | None = None
+    pred_mask: torch.BoolTensor | None = None
+    pred_score_normalized: torch.FloatTensor | None = None
 
 
 class CLIPADAPreTrainedModel(PreTrainedModel):
@@ -299,17 +307,25 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
 
     # ------------------------------------------------------------------ forward: steps 1 to 5
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> CLIPADAOutput:
-        """Anomaly maps and image scores of a batch, and the loss when masks are given.
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        categories: list[str | None] | None = None,
+    ) -> CLIPADAOutput:
+        """Anomaly maps and image scores of a batch, the loss when masks are given, decisions when calibrated.
 
         Args:
             pixel_values: `(batch_size, 3, H, W)`, CLIP-normalised images, e.g. from `CLIPADAImageProcessor`;
                 H and W multiples of the patch size.
             labels: `(batch_size, H, W)` or `(batch_size, 1, H, W)`, optional. Ground-truth masks at the input
                 resolution with values in [0, 1] (1 = anomalous). When given, `loss` is returned.
+            categories: One category name (or None) per image, optional: an image whose category has its own
+                calibrated thresholds (`config.category_thresholds`) is decided with those.
 
         Returns:
-            [`CLIPADAOutput`], whose `loss` is `None` without `labels`.
+            [`CLIPADAOutput`], whose `loss` is `None` without `labels`, and whose decisions are `None` without
+            calibrated thresholds.
 
         Raises:
             ValueError: `pixel_values` or `labels` of the wrong shape, dtype or value range.
@@ -345,13 +361,43 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         # step 5: post-processing to a pixel anomaly map and an image score
         anomaly_map = self.upsample_and_smooth(torch.sigmoid(stage_logits[-1]), (height, width))
         pred_score = self.image_score(anomaly_map)
-        return CLIPADAOutput(
+        outputs = CLIPADAOutput(
             loss=loss,
             logits=stage_logits[-1],
             stage_logits=stage_logits,
             anomaly_map=anomaly_map,
             pred_score=pred_score,
         )
+        if self.config.has_thresholds:
+            image_threshold, pixel_threshold = self.thresholds_for(categories, batch_size)
+            outputs.pred_label, outputs.pred_mask = apply_thresholds(
+                anomaly_map, pred_score, image_threshold, pixel_threshold
+            )
+            outputs.pred_score_normalized = normalize_scores(pred_score, image_threshold)
+        return outputs
+
+    def thresholds_for(self, categories: list[str | None] | None, batch_size: int) -> tuple[list[float], list[float]]:
+        """The image and pixel thresholds of each image: its category's when calibrated, else the global ones.
+
+        Args:
+            categories: One name (or None) per image, or None for all global.
+            batch_size: The number of images.
+
+        Returns:
+            `(image_thresholds, pixel_thresholds)`, one number per image each.
+
+        Raises:
+            ValueError: `categories` does not hold one entry per image.
+        """
+        if categories is None:
+            categories = [None] * batch_size
+        if len(categories) != batch_size:
+            raise ValueError(f"`categories` must hold one entry per image ({batch_size}), got {len(categories)}.")
+        per_category = self.config.category_thresholds or {}
+        chosen = [per_category.get(category, {}) for category in categories]
+        image = [c.get("image_threshold", self.config.image_threshold) for c in chosen]
+        pixel = [c.get("pixel_threshold", self.config.pixel_threshold) for c in chosen]
+        return image, pixel
 
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Checks the images and casts them to the model's dtype.
