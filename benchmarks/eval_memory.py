@@ -162,8 +162,8 @@ def run(args: argparse.Namespace) -> dict:
             while checkpoints[len(snapshots) :] and state["seen"] >= checkpoints[len(snapshots)]:
                 snapshots.append({"checkpoint": checkpoints[len(snapshots)], **point})
 
-        def compute(self) -> dict[str, float]:
-            results = super().compute()
+        def compute(self, *args, **kwargs) -> dict[str, float]:
+            results = super().compute(*args, **kwargs)
             trace.append(
                 {
                     "images": state["seen"],

@@ -35,7 +35,9 @@ def time_in_rounds(
     machine's speed hits a model and its reference alike and a ratio taken round by round cancels it. A sample
     is `torch.utils.benchmark.Timer.blocked_autorange(min_run_time)`: it warms up while choosing how many calls
     one timed block holds, times blocks until `min_run_time` has passed (synchronising the accelerator around
-    each), and gives the median of the blocks per call. The timers run with `torch.get_num_threads()` threads.
+    each), and gives the mean time per call over the blocks (the mean, not the median: a call whose cost varies,
+    such as the synthesis, which leaves half the images normal, costs its mean). The timers run with
+    `torch.get_num_threads()` threads.
 
     Returns:
         `{name: [seconds per call in round 0, round 1, ...]}`.
@@ -51,7 +53,7 @@ def time_in_rounds(
     for index in range(rounds):
         shift = index % len(names)
         for name in names[shift:] + names[:shift]:
-            samples[name].append(timers[name].blocked_autorange(min_run_time=min_run_time).median)
+            samples[name].append(timers[name].blocked_autorange(min_run_time=min_run_time).mean)
     return samples
 
 

@@ -197,10 +197,10 @@ def to_markdown(results: dict) -> str:
         f"{results['malloc']}; {'the tiny' if settings['tiny'] else 'a ViT-B/16-shaped'} CLIP with random weights. "
         f"The run took {results['wall_time_s']:.0f} s.",
         "",
-        f"ms: per call, the median over {settings['repeats']} interleaved rounds (one `blocked_autorange` sample of "
-        f">= {settings['min_run_time']} s per callable and round). Ratios, shares and speed-ups: taken round by "
-        f"round, median [min-max]. Memory ({env['memory_method']}): the peak MiB of the process (CPU) or of "
-        "allocated CUDA memory during one call, and +MiB, its rise during the call.",
+        f"ms: per call, the median over {settings['repeats']} interleaved rounds of one `blocked_autorange` sample "
+        f"(>= {settings['min_run_time']} s, its mean per call) per callable and round. Ratios, shares and "
+        f"speed-ups: taken round by round, median [min-max]. Memory ({env['memory_method']}): the peak MiB of the "
+        "process (CPU) or of allocated CUDA memory during one call, and +MiB, its rise during the call.",
     ]
     for section, (title, explanation, columns) in TABLES.items():
         lines += ["", f"## {title}", "", *([explanation, ""] if explanation else [])]
