@@ -122,6 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dataloader_num_workers", type=int, default=0)
     parser.add_argument("--skip_evaluation", action="store_true", help="Do not evaluate on the test split at the end.")
+    parser.add_argument(
+        "--calibration_fraction",
+        type=float,
+        default=0.1,
+        help="Fraction of each category's normal training images held out (seeded, never trained on) to calibrate "
+        "the OK/NG thresholds at the end of the run; 0 disables calibration.",
+    )
+    parser.add_argument("--target_fpr", type=float, default=0.01, help="Calibration: false-positive rate of images.")
+    parser.add_argument(
+        "--target_pixel_fpr", type=float, default=0.01, help="Calibration: false-positive rate of pixels."
+    )
     parser.add_argument("--num_heatmaps", type=int, default=4, help="Heatmap PNGs per category at the end.")
     parser.add_argument("--save_predictions", action="store_true")
     head = parser.add_argument_group("CLIPADAConfig overrides (see the config's documentation)")
@@ -153,6 +164,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--lr_milestones": all(m >= 1 for m in args.lr_milestones),
         "--num_heatmaps": args.num_heatmaps >= 0,
         "--dataloader_num_workers": args.dataloader_num_workers >= 0,
+        "--calibration_fraction": 0 <= args.calibration_fraction < 1,
+        "--target_fpr": 0 < args.target_fpr < 1,
+        "--target_pixel_fpr": 0 < args.target_pixel_fpr < 1,
     }
     for flag, valid in checks.items():
         if not valid:

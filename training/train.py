@@ -33,6 +33,8 @@ from tqdm.auto import tqdm
 from modeling_clipada import CLIPADAForAnomalySegmentation
 from processing import CLIPADAImageProcessor
 from training.arguments import head_overrides, parse_args
+from training.calibrate import calibrate_model, format_calibration, write_calibration_report
+from training.calibration import hold_out_normal_images
 from training.checkpointing import (
     CHECKPOINTS_DIR,
     CheckpointError,
@@ -70,6 +72,7 @@ class TrainingRun:
     processor: CLIPADAImageProcessor
     synthesizer: SyntheticAnomalyGenerator
     dataset: object  # the DatasetDict, kept for the evaluation at the end
+    calibration_split: object  # held-out normal training images (a datasets.Dataset), or None
     dataloader: torch.utils.data.DataLoader
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -118,6 +121,7 @@ def run_fingerprint(args: argparse.Namespace, model, dataset, num_processes: int
         "image_size": args.image_size or config.vision_config.image_size,
         "mixed_precision": args.mixed_precision or "no",
         "texture_dir": args.texture_dir,
+        "calibration_fraction": args.calibration_fraction,
         **{name: getattr(config, name) for name in config.head_field_names()},
     }
 
@@ -139,9 +143,10 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
             categories=args.categories,
             allow_missing_files=args.skip_missing_files,
         )
+        train_split, calibration_split = hold_out_normal_images(dataset["train"], args.calibration_fraction, args.seed)
         try:
             dataloader = build_train_dataloader(
-                dataset["train"], processor, args.per_device_train_batch_size, args.dataloader_num_workers
+                train_split, processor, args.per_device_train_batch_size, args.dataloader_num_workers
             )
         except ValueError as error:
             raise DatasetFormatError(f"{args.dataset_name}: {error}") from error
@@ -161,6 +166,7 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
         processor=processor,
         synthesizer=synthesizer,
         dataset=dataset,
+        calibration_split=calibration_split,
         dataloader=dataloader,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -326,6 +332,19 @@ def finish(args: argparse.Namespace, run: TrainingRun) -> dict | None:
     metrics = None
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(run.model).eval()
+        if run.calibration_split is not None:
+            calibration = calibrate_model(
+                model,
+                run.processor,
+                run.calibration_split,
+                device=accelerator.device,
+                batch_size=args.per_device_eval_batch_size,
+                target_image_fpr=args.target_fpr,
+                target_pixel_fpr=args.target_pixel_fpr,
+                seed=args.seed,
+            )
+            write_calibration_report(args.output_dir, calibration, {"calibrated_on": "held-out normal train images"})
+            print(format_calibration(calibration))
         model.save_pretrained(args.output_dir)
         run.processor.save_pretrained(args.output_dir)
         if not args.skip_evaluation:
