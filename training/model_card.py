@@ -52,6 +52,7 @@ def write_model_card(output_dir: str | Path, args: dict, metrics: dict | None) -
     else:
         results = "Not evaluated (no test split, or `--skip_evaluation`)."
     repo = args.get("hub_model_id") or str(output_dir)
+    decisions = _decisions_section(config)
     card = f"""---
 library_name: transformers
 pipeline_tag: image-segmentation
@@ -81,6 +82,10 @@ refinement), trained as one model for every category of `{args.get("dataset_name
 |---|---|
 {head_rows}
 
+## OK/NG decisions
+
+{decisions}
+
 ## How to load
 
 ```python
@@ -90,12 +95,31 @@ model = AutoModel.from_pretrained("{repo}", trust_remote_code=True).eval()
 processor = AutoImageProcessor.from_pretrained("{repo}", trust_remote_code=True)
 inputs = processor(images=[image], return_tensors="pt")
 outputs = model(**inputs)                # outputs.anomaly_map (B, H, W), outputs.pred_score (B,)
+# with calibrated thresholds also outputs.pred_label (B,) and outputs.pred_mask (B, H, W)
 maps = processor.post_process_anomaly_maps(outputs, target_sizes=[image.size[::-1]])
 ```
 """
     path = output_dir / "README.md"
     path.write_text(card)
     return path
+
+
+def _decisions_section(config: dict) -> str:
+    """The calibrated thresholds, or how to calibrate."""
+    if config.get("image_threshold") is None:
+        return (
+            "Not calibrated: run `clipada-calibrate --model_name_or_path <this folder> --dataset_name <normal images>`."
+        )
+    lines = [
+        f"Calibrated on {config.get('calibration_size')} held-out normal images: an image is NG when its score is "
+        f">= `image_threshold` = {config['image_threshold']:.4f} (target false-positive rate "
+        f"{config.get('target_image_fpr')}), a pixel when its anomaly-map value is >= `pixel_threshold` = "
+        f"{config['pixel_threshold']:.4f} (target pixel rate {config.get('target_pixel_fpr')}). The estimates and "
+        "their 95% intervals are in `calibration.json`."
+    ]
+    for category, values in (config.get("category_thresholds") or {}).items():
+        lines.append(f"- `{category}`: image {values['image_threshold']:.4f}, pixel {values['pixel_threshold']:.4f}")
+    return "\n".join(lines)
 
 
 __all__ = ["write_model_card"]
