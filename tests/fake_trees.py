@@ -1,4 +1,4 @@
-"""Write tiny fake MVTec-AD and VisA trees (optionally with one injected defect) for offline data tests.
+"""Write tiny fake MVTec-AD, VisA and own-image folder trees (optionally with one injected defect) for offline tests.
 
 Example:
     >>> tree = write_mvtec_tree(tmp_path / "mvtec", bad_case="missing_mask")
@@ -43,6 +43,13 @@ VISA_BAD_CASES = (
     "parent_path",  # a csv row naming an image outside the root through ../
 )
 VISA_HEADER = ("object", "split", "label", "image", "mask")
+FOLDER_BAD_CASES = (
+    "missing_train",  # the category has no train/good folder
+    "orphan_mask",  # a mask in ground_truth/<defect>/ whose test image does not exist
+    "mask_size",  # a mask whose size differs from its image
+    "corrupt_image",  # an image file holding garbage
+)
+FOLDER_MASKS = ("none", "all", "mixed")
 
 
 @dataclasses.dataclass
@@ -142,6 +149,79 @@ def write_visa_tree(
     encoding = "latin-1" if bad_case == "csv_not_utf8" else "utf-8"
     _write_csv(root / "split_csv" / "1cls.csv", VISA_HEADER, rows, encoding)
     return FakeTree(root, bad_file)
+
+
+def write_folder_tree(
+    root: str | Path,
+    categories: Sequence[str] | None = None,
+    *,
+    defects: Sequence[str] = ("scratch", "dent"),
+    num_train: int = 3,
+    num_test_good: int = 2,
+    num_per_defect: int = 2,
+    masks: str = "none",
+    with_test: bool = True,
+    size: tuple[int, int] = (20, 16),
+    bad_case: str | None = None,
+) -> FakeTree:
+    """Write a plain folder of your own images: ``train/good``, ``test/{good,<defect>}``, optional ``ground_truth``.
+
+    Masks of the first defect are named ``<stem>_mask.png``, those of the others ``<stem>.png`` (both are accepted).
+
+    Args:
+        root: Folder to create; a single category (named after ``root``) when ``categories`` is ``None``, else one
+            sub-folder per category.
+        categories: Category folders to write under ``root``, or ``None`` for a one-category folder.
+        defects: Defect folders under ``test/``.
+        num_train: Images in ``train/good``.
+        num_test_good: Images in ``test/good``.
+        num_per_defect: Images per defect.
+        masks: ``"none"`` (no ``ground_truth/``), ``"all"`` or ``"mixed"`` (only image ``000`` of each defect).
+        with_test: Write ``test/`` (``False``: a train-only folder).
+        size: Image size as (width, height).
+        bad_case: One of `FOLDER_BAD_CASES`, injected into the first category (needs ``with_test``).
+
+    Returns:
+        The written tree.
+    """
+    if masks not in FOLDER_MASKS:
+        raise ValueError(f"unknown masks {masks!r}; expected one of {FOLDER_MASKS}")
+    root = Path(root)
+    rng = np.random.default_rng(2)
+    category_dirs = [root] if categories is None else [root / category for category in categories]
+    for category_dir in category_dirs:
+        _write_images(category_dir / "train" / "good", num_train, size, "RGB", rng)
+        if not with_test:
+            continue
+        _write_images(category_dir / "test" / "good", num_test_good, size, "RGB", rng)
+        for position, defect in enumerate(defects):
+            _write_images(category_dir / "test" / defect, num_per_defect, size, "RGB", rng)
+            suffix = "_mask" if position == 0 else ""
+            for index in range(num_per_defect if masks == "all" else 1 if masks == "mixed" else 0):
+                _write_mask(category_dir / "ground_truth" / defect / f"{index:03d}{suffix}.png", size, index, 255)
+    bad_file = _inject_folder(category_dirs[0], defects[0], bad_case) if bad_case else None
+    return FakeTree(root, bad_file)
+
+
+def _inject_folder(category_dir: Path, defect: str, bad_case: str) -> Path:
+    """Break a clean own-image folder in the way ``bad_case`` names; return the file the error must name."""
+    if bad_case == "missing_train":
+        shutil.rmtree(category_dir / "train" / "good")
+        return category_dir / "train" / "good"
+    if bad_case == "orphan_mask":
+        mask = category_dir / "ground_truth" / defect / "099_mask.png"
+        _write_mask(mask, (4, 4), 0, 255)
+        return mask
+    if bad_case == "mask_size":
+        mask = category_dir / "ground_truth" / defect / "000_mask.png"
+        mask.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (7, 5)).save(mask)
+        return mask
+    if bad_case == "corrupt_image":
+        image = category_dir / "test" / defect / "001.png"
+        image.write_bytes(b"this is not a png file at all" * 4)
+        return image
+    raise ValueError(f"unknown bad_case {bad_case!r}; expected one of {FOLDER_BAD_CASES}")
 
 
 def _write_visa_object(
@@ -300,4 +380,14 @@ def _truncate(path: Path) -> Path:
     return path
 
 
-__all__ = ["MVTEC_BAD_CASES", "VISA_BAD_CASES", "FakeTree", "write_mvtec_tree", "write_visa_tree", "zero_size_png"]
+__all__ = [
+    "FOLDER_BAD_CASES",
+    "FOLDER_MASKS",
+    "MVTEC_BAD_CASES",
+    "VISA_BAD_CASES",
+    "FakeTree",
+    "write_folder_tree",
+    "write_mvtec_tree",
+    "write_visa_tree",
+    "zero_size_png",
+]

@@ -59,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="A raw MVTec-AD / VisA folder, a folder saved by training.prepare_dataset, or a Hub id.",
     )
     parser.add_argument(
-        "--dataset", choices=["mvtec_ad", "visa"], default=None, help="Layout of a raw folder, when not inferred."
+        "--dataset",
+        choices=["mvtec_ad", "visa", "folder"],
+        default=None,
+        help="Layout of a raw folder, when not inferred ('folder': your own images, masks optional).",
     )
     parser.add_argument("--categories", nargs="+", default=None, help="Train on these categories only.")
     parser.add_argument(

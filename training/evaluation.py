@@ -24,9 +24,10 @@ from torch.utils.data import DataLoader
 
 from modeling_clipada import CLIPADAForAnomalySegmentation
 from processing import CLIPADAImageProcessor
-from training.data import DatasetFormatError, load_anomaly_dataset
+from training.data import DATASET_NAMES, DatasetFormatError, has_ground_truth, load_anomaly_dataset
 from training.heatmaps import save_heatmap
 from training.metrics import AnomalyMetrics, format_metrics_table, mean_metrics
+from training.metrics.report import pixel_metrics_notes
 from training.models import ModelLoadError, load_clipada_model, load_processor
 
 
@@ -44,16 +45,18 @@ def evaluate_model(
     """Runs the model over a test split, category by category.
 
     Args:
-        test_dataset: a `datasets.Dataset` with columns `image`, `mask` (None for normal images), `label`, `category`.
+        test_dataset: a `datasets.Dataset` with columns `image`, `mask` (None for normal images, and for anomalous
+            images without a ground-truth mask: those count for the image metrics only), `label`, `category`.
         output_dir: where heatmaps (`heatmaps/<category>_<i>.png`) and predictions (`predictions/<category>.npz`) go.
-        save_predictions: write `image_scores` (N,), `image_labels` (N,), `anomaly_maps` (N, H, W) float16 and
-            `masks` (N, H, W) uint8 per category.
+        save_predictions: write `image_scores` (N,), `image_labels` (N,), `anomaly_maps` (N, H, W) float16,
+            `masks` (N, H, W) uint8 and `mask_available` (N,) bool per category.
         num_heatmaps: image | ground truth | anomaly-map overlays per category (anomalous samples first).
 
     Returns:
         `(per_category, mean)`: metric dicts (`image_auroc`, `pixel_auroc`, `pixel_ap`, `aupro`, `image_f1_max`,
         `pixel_f1_max`), values in [0, 1]; each category's also holds `image_f1_max_threshold` and
-        `pixel_f1_max_threshold`, the scores where its F1-max values are reached.
+        `pixel_f1_max_threshold`, the scores where its F1-max values are reached. Pixel metrics are `None` where no
+        anomalous image has a mask, and `images_without_mask` counts the images they leave out (when any).
     """
     model = model.to(device).eval()
     dtype = model.prompt_vectors.dtype
@@ -67,14 +70,15 @@ def evaluate_model(
         subset = test_dataset.select(indices).select_columns(columns)
         heatmap_rows = set(_heatmap_rows(labels[indices], num_heatmaps).tolist())
         metrics = AnomalyMetrics()
-        predictions = {"image_scores": [], "image_labels": [], "anomaly_maps": [], "masks": []}
+        predictions = {"image_scores": [], "image_labels": [], "anomaly_maps": [], "masks": [], "mask_available": []}
         for start, batch in _batches(subset, processor, batch_size, num_workers):
             with torch.no_grad():
                 outputs = model(pixel_values=batch["pixel_values"].to(device, dtype))
             anomaly_maps, scores = outputs.anomaly_map.float().cpu(), outputs.pred_score.float().cpu()
-            metrics.update(anomaly_maps, batch["labels"], scores, batch["image_labels"])
+            metrics.update(anomaly_maps, batch["labels"], scores, batch["image_labels"], batch["mask_available"])
             if save_predictions:
-                for key, value in zip(predictions, (scores, batch["image_labels"], anomaly_maps, batch["labels"])):
+                values = (scores, batch["image_labels"], anomaly_maps, batch["labels"], batch["mask_available"])
+                for key, value in zip(predictions, values):
                     predictions[key].append(value.numpy())
             for offset in range(len(scores)):
                 if output_dir is not None and start + offset in heatmap_rows:
@@ -98,7 +102,8 @@ def _heatmap_rows(labels: np.ndarray, count: int) -> np.ndarray:
 
 def _batches(subset, processor: CLIPADAImageProcessor, batch_size: int, num_workers: int) -> Iterator[tuple[int, dict]]:
     """Yields `(first_row, batch)`; batch has `pixel_values` (B, 3, H, W), `labels` (B, H, W) uint8, `image_labels`
-    (B,) and `raw_images` (B, 3, H, W) in [0, 1] for the heatmaps."""
+    (B,), `mask_available` (B,) bool (False: an anomalous image without a mask) and `raw_images` (B, 3, H, W) in
+    [0, 1] for the heatmaps."""
 
     def collate(examples: list[dict]) -> dict:
         for example in examples:
@@ -113,6 +118,7 @@ def _batches(subset, processor: CLIPADAImageProcessor, batch_size: int, num_work
             "raw_images": inputs["pixel_values"],
             "labels": inputs["labels"].to(torch.uint8),
             "image_labels": torch.tensor([example["label"] for example in examples]),
+            "mask_available": torch.tensor([has_ground_truth(e["label"], e["mask"]) for e in examples]),
         }
 
     loader = DataLoader(subset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
@@ -138,14 +144,26 @@ def save_category_predictions(path: Path, predictions: dict[str, list[np.ndarray
         image_labels=np.concatenate(predictions["image_labels"]).astype(np.int64),
         anomaly_maps=np.concatenate(predictions["anomaly_maps"]).astype(np.float16),
         masks=np.concatenate(predictions["masks"]).astype(np.uint8),
+        mask_available=np.concatenate(predictions["mask_available"]).astype(bool),
     )
 
 
 def write_evaluation(output_dir: str | Path, per_category: dict, mean: dict) -> str:
-    """Writes `metrics.json` ({"per_category": ..., "mean": ...}) and `metrics.md`; returns the Markdown table."""
+    """Writes `metrics.json` ({"per_category": ..., "mean": ...}) and `metrics.md`; returns the Markdown table.
+
+    Pixel metrics that are not available (no ground-truth masks) are `null` in the JSON and "n/a" in the table; the
+    rows concerned carry a `"pixel_metrics"` note (e.g. "not available: no ground-truth masks"), as the table does.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"per_category": per_category, "mean": mean}
+    notes = pixel_metrics_notes(per_category, mean)
+    payload = {
+        "per_category": {
+            category: {**metrics, "pixel_metrics": notes[category]} if category in notes else metrics
+            for category, metrics in per_category.items()
+        },
+        "mean": {**mean, "pixel_metrics": notes["Mean"]} if "Mean" in notes else mean,
+    }
     (output_dir / "metrics.json").write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n")
     table = format_metrics_table(per_category, mean)
     (output_dir / "metrics.md").write_text(table + "\n")
@@ -160,7 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         required=True,
         help="A raw MVTec-AD / VisA folder, a folder saved by training.prepare_dataset, or a Hub id.",
     )
-    parser.add_argument("--dataset", choices=["mvtec_ad", "visa"], default=None)
+    parser.add_argument("--dataset", choices=DATASET_NAMES, default=None, help="Layout of a raw folder (inferred).")
     parser.add_argument("--categories", nargs="+", default=None)
     parser.add_argument(
         "--skip_missing_files",

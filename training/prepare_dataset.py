@@ -1,17 +1,19 @@
-"""Convert a raw MVTec-AD or VisA download into a self-contained Hugging Face `DatasetDict` on disk.
+"""Convert a raw MVTec-AD or VisA download, or a plain folder of your own images, into a `DatasetDict` on disk.
 
 The output folder (written with `save_to_disk`, splits ``train`` and ``test``) embeds the image and
 mask bytes, so it survives deleting the raw folder; it appears only once complete. A non-empty output
 folder is never replaced unless it is a dataset this command wrote earlier (it holds
 ``.clipada_dataset.json``) and ``--overwrite_output_dir`` is given. Bad input, a refused output folder or
 a failed write (e.g. a full disk) prints ``error: ...`` naming the offending file or folder and exits with
-code 2, leaving the output folder as it was.
+code 2, leaving the output folder as it was. Your own images (``--dataset folder``) need only ``train/good``;
+``test/<defect>`` and ``ground_truth/<defect>`` masks are optional (see `training.data.folder`).
 
 Example:
     $ python -m training.prepare_dataset --dataset mvtec_ad --data_dir ~/mvtec_anomaly_detection \\
         --output_dir ~/data/mvtec_ad_hf --categories bottle leather --overwrite_output_dir
     $ python -m training.prepare_dataset --dataset visa --data_dir ~/VisA --output_dir ~/data/visa_hf \\
         --skip_missing_files --push_to_hub --hub_dataset_id user/visa
+    $ python -m training.prepare_dataset --dataset folder --data_dir ~/widget --output_dir ~/data/widget_hf
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
+import pyarrow.compute as pc
 
 from training.data import (
     DATASET_NAMES,
@@ -48,10 +51,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """
     parser = argparse.ArgumentParser(
         prog="python -m training.prepare_dataset",
-        description="Convert a raw MVTec-AD or VisA folder into a Hugging Face DatasetDict (save_to_disk).",
+        description="Convert a raw MVTec-AD or VisA folder, or a folder of your own images (train/good, optional "
+        "test/<defect> and ground_truth/<defect>), into a Hugging Face DatasetDict (save_to_disk).",
     )
     parser.add_argument(
-        "--dataset", choices=DATASET_NAMES, default=None, help="Layout of --data_dir (default: inferred)."
+        "--dataset",
+        choices=DATASET_NAMES,
+        default=None,
+        help="Layout of --data_dir (default: inferred; 'folder' for your own images, masks optional).",
     )
     parser.add_argument("--data_dir", type=Path, required=True, help="The raw dataset folder.")
     parser.add_argument("--output_dir", type=Path, required=True, help="Folder to write the DatasetDict to.")
@@ -89,9 +96,9 @@ def prepare_dataset(
     afterwards, so nothing is left in the `datasets` cache.
 
     Args:
-        data_dir: The raw MVTec-AD or VisA folder (a saved dataset folder is re-saved, filtered).
+        data_dir: The raw MVTec-AD, VisA or own-images folder (a saved dataset folder is re-saved, filtered).
         output_dir: Folder to write with `save_to_disk`.
-        dataset: ``"mvtec_ad"``, ``"visa"`` or ``None`` to infer it from the layout.
+        dataset: ``"mvtec_ad"``, ``"visa"``, ``"folder"`` or ``None`` to infer it from the layout.
         categories: Only these categories (all when ``None``).
         allow_missing_files: VisA: drop split-csv rows whose files are missing.
         overwrite: Replace ``output_dir`` when it holds a dataset written earlier by this function.
@@ -134,6 +141,23 @@ def count_samples(dataset_dict: datasets.DatasetDict) -> dict[str, Counter]:
         For each split, a `Counter` keyed by ``(category, defect_type)``.
     """
     return {name: Counter(zip(split["category"], split["defect_type"])) for name, split in dataset_dict.items()}
+
+
+def count_images_without_mask(dataset_dict: datasets.DatasetDict) -> int:
+    """Count the anomalous rows whose mask is not available (``mask`` ``None``; folder layout only).
+
+    Args:
+        dataset_dict: A dataset with ``label`` and ``mask`` columns.
+
+    Returns:
+        The number of such rows over all splits (read from the Arrow columns, no image is decoded).
+    """
+    total = 0
+    for split in dataset_dict.values():
+        table = split.select_columns(["label", "mask"]).with_format("arrow")[:]
+        missing = pc.and_(pc.equal(table["label"], 1), pc.is_null(table["mask"]))
+        total += pc.sum(missing).as_py() or 0
+    return total
 
 
 def format_counts(counts: dict[str, Counter]) -> str:
@@ -180,6 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(format_counts(count_samples(dataset_dict)))
+    without_mask = count_images_without_mask(dataset_dict)
+    if without_mask:
+        print(f"{without_mask} anomalous images have no mask: evaluation leaves them out of the pixel metrics")
     print(f"Saved to {args.output_dir}")
     if args.push_to_hub:
         try:
@@ -191,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["count_samples", "format_counts", "main", "parse_args", "prepare_dataset"]
+__all__ = ["count_images_without_mask", "count_samples", "format_counts", "main", "parse_args", "prepare_dataset"]
 
 
 if __name__ == "__main__":

@@ -1,15 +1,16 @@
-"""Turn raw MVTec-AD / VisA folders, saved folders or Hub ids into an anomaly-detection `DatasetDict`.
+"""Turn raw MVTec-AD / VisA folders, plain folders of your own images, saved folders or Hub ids into a `DatasetDict`.
 
 Every dataset this package returns has the splits ``train`` and ``test`` and the columns
 
 - ``image`` (`datasets.Image`): 8-bit RGB, upright, its encoded bytes embedded in the dataset;
-- ``mask`` (`datasets.Image`): mode ``L`` with values 0/255, ``None`` for normal images;
+- ``mask`` (`datasets.Image`): mode ``L`` with values 0/255, ``None`` for normal images; ``None`` for an
+  anomalous image means its mask is not available (folder layout only; see `has_ground_truth`);
 - ``label`` (`datasets.ClassLabel`, names ``["good", "anomaly"]``);
 - ``category`` (`str`), ``defect_type`` (`str`, ``"good"`` for normal images);
 - ``image_path`` (`str`): the image's path relative to the dataset root, posix style.
 
-Raw folders are read in two passes: a cheap pass over the folder layout (`mvtec`) or VisA's split csv
-(`visa`) that pairs every image with its mask and checks that the files exist, then `build`, which
+Raw folders are read in two passes: a cheap pass over the folder layout (`mvtec`, `folder`) or VisA's
+split csv (`visa`) that pairs every image with its mask and checks that the files exist, then `build`, which
 decodes each file once through `Dataset.from_generator` (`images`: rejecting corrupt, truncated or empty
 files, applying the EXIF orientation, scaling 16-bit data) and writes the rows to an Arrow cache on disk,
 so the decoded images never sit in RAM together. `sources` picks the source and checks saved datasets;
@@ -19,7 +20,7 @@ offending file.
 Modules:
     schema: columns, constants, `Sample`, `DatasetFormatError` and the checks every layout shares.
     images: reading, decoding and re-encoding one image or mask file.
-    mvtec, visa: locating the samples of each raw layout.
+    mvtec, visa, folder: locating the samples of each raw layout (folder: your own images, masks optional).
     build: building the `DatasetDict` from located samples.
     sources: `load_anomaly_dataset` (raw folder, saved folder or Hub id), layout inference, category filter.
     save: `save_dataset_atomically` with our marker file.
@@ -33,6 +34,7 @@ Example:
 """
 
 from .build import build_dataset_dict, encode_sample
+from .folder import build_folder_dataset
 from .images import encode_binary_mask, encode_rgb_image, read_image_file
 from .mvtec import build_mvtec_ad
 from .save import DATASET_MARKER, check_output_dir, is_our_dataset, save_dataset_atomically
@@ -46,6 +48,7 @@ from .schema import (
     DatasetFormatError,
     Sample,
     anomaly_features,
+    has_ground_truth,
     select_categories,
 )
 from .sources import filter_categories, infer_dataset_layout, load_anomaly_dataset
@@ -63,6 +66,7 @@ __all__ = [
     "Sample",
     "anomaly_features",
     "build_dataset_dict",
+    "build_folder_dataset",
     "build_mvtec_ad",
     "build_visa",
     "check_output_dir",
@@ -70,6 +74,7 @@ __all__ = [
     "encode_rgb_image",
     "encode_sample",
     "filter_categories",
+    "has_ground_truth",
     "infer_dataset_layout",
     "is_our_dataset",
     "load_anomaly_dataset",

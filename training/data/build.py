@@ -80,6 +80,8 @@ def _generate_rows(samples: tuple[Sample, ...]) -> Iterator[dict]:
 
 def _build_split(samples: list[Sample], split: str, cache_dir: str | os.PathLike | None) -> datasets.Dataset:
     """Encode one split, surfacing a `DatasetFormatError` or `OSError` unwrapped from `datasets`' own error."""
+    if not samples:  # a train-only folder: `from_generator` refuses a generator without rows
+        return datasets.Dataset.from_dict({name: [] for name in anomaly_features()}, anomaly_features(), split=split)
     try:
         return datasets.Dataset.from_generator(
             _generate_rows,

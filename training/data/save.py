@@ -81,7 +81,9 @@ def save_dataset_atomically(
     output_dir = Path(output_dir).expanduser().absolute()
     check_output_dir(output_dir, overwrite)
     with atomic_dir(output_dir) as staging:
-        dataset_dict.save_to_disk(str(staging))
+        # an empty split (a train-only folder) needs one shard: by default `datasets` writes none and cannot reload it
+        empty_splits = {name: 1 for name, split in dataset_dict.items() if len(split) == 0}
+        dataset_dict.save_to_disk(str(staging), num_shards=empty_splits)
         marker = {"format": "clipada-anomaly-dataset", "version": DATASET_FORMAT_VERSION}
         (staging / DATASET_MARKER).write_text(json.dumps(marker) + "\n")
     return output_dir

@@ -10,7 +10,7 @@ from pathlib import Path
 import datasets
 
 LABEL_NAMES = ("good", "anomaly")
-DATASET_NAMES = ("mvtec_ad", "visa")
+DATASET_NAMES = ("mvtec_ad", "visa", "folder")
 SPLIT_NAMES = ("train", "test")
 REQUIRED_COLUMNS = ("image", "mask", "label", "category", "defect_type")
 NORMAL_DEFECT_TYPE = "good"
@@ -32,7 +32,8 @@ class Sample:
     Attributes:
         split: ``"train"`` or ``"test"``.
         image_file: Absolute path of the image file.
-        mask_file: Absolute path of the mask file, ``None`` for normal images.
+        mask_file: Absolute path of the mask file; ``None`` for normal images, and for anomalous images whose
+            mask is not available (the folder layout allows them, see `has_ground_truth`).
         label: 0 for normal (``"good"``), 1 for anomalous images.
         category: Category (MVTec-AD) or object (VisA) name.
         defect_type: Defect name, ``"good"`` for normal images.
@@ -65,6 +66,24 @@ def anomaly_features() -> datasets.Features:
             "image_path": datasets.Value("string"),
         }
     )
+
+
+def has_ground_truth(label: int, mask: object | None) -> bool:
+    """Tell whether a row's pixel ground truth is known.
+
+    The schema has no extra column for "no mask available": a normal row's ``mask`` is ``None`` and means
+    "no anomalous pixel", while an anomalous row whose ``mask`` is ``None`` has no ground-truth mask (the
+    folder layout allows this; MVTec-AD and VisA never produce such rows). Such rows count for the image
+    metrics only.
+
+    Args:
+        label: The row's ``label``, 0 for normal and 1 for anomalous.
+        mask: The row's ``mask`` (an image, encoded bytes, a tensor, ...), or ``None``.
+
+    Returns:
+        ``False`` for an anomalous row without a mask, else ``True``.
+    """
+    return label == 0 or mask is not None
 
 
 def select_categories(
@@ -144,6 +163,7 @@ __all__ = [
     "Sample",
     "anomaly_features",
     "existing_dir",
+    "has_ground_truth",
     "select_categories",
     "subdirs",
 ]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import datasets
 
+from .folder import build_folder_dataset
 from .mvtec import build_mvtec_ad
 from .schema import (
     DATASET_NAMES,
@@ -36,9 +37,10 @@ def load_anomaly_dataset(
 
     Args:
         dataset_name: A raw MVTec-AD folder (or one of its category folders), a raw VisA folder (holds
-            ``split_csv/1cls.csv``), a folder written by `DatasetDict.save_to_disk`, or a Hub dataset id.
-            The Hub is only tried when the string is not an existing local path.
-        dataset: ``"mvtec_ad"``, ``"visa"`` or ``None`` to infer the layout of a raw folder.
+            ``split_csv/1cls.csv``), a plain folder of your own images (``train/good``, optional ``test/`` and
+            ``ground_truth/``, see `training.data.folder`), a folder written by `DatasetDict.save_to_disk`,
+            or a Hub dataset id. The Hub is only tried when the string is not an existing local path.
+        dataset: ``"mvtec_ad"``, ``"visa"``, ``"folder"`` or ``None`` to infer the layout of a raw folder.
         categories: Keep only these categories (all when ``None``); an unknown one is an error that lists
             the available ones.
         allow_missing_files: VisA only: drop split-csv rows whose files are missing instead of failing.
@@ -59,6 +61,8 @@ def load_anomaly_dataset(
         layout = dataset or infer_dataset_layout(path)
         if layout == "visa":
             return build_visa(path, categories, allow_missing_files=allow_missing_files, cache_dir=cache_dir)
+        if layout == "folder":
+            return build_folder_dataset(path, categories, cache_dir=cache_dir)
         return build_mvtec_ad(path, categories, cache_dir=cache_dir)
     if path.is_dir():
         dataset_dict = _load_saved_dataset(path)
@@ -73,26 +77,36 @@ def load_anomaly_dataset(
 
 
 def infer_dataset_layout(data_dir: str | os.PathLike) -> str:
-    """Tell whether a raw folder is laid out as VisA or MVTec-AD.
+    """Tell whether a raw folder is laid out as VisA, MVTec-AD or a plain folder of your own images.
+
+    A tree of ``train/good`` folders is MVTec-AD when a category holds ``ground_truth/`` (then every
+    anomalous image needs its mask and ``test/`` is required, which catches incomplete downloads), and the
+    plain folder layout otherwise (no masks, or no ``test/``). Your own data with masks for only some
+    anomalous images needs ``dataset="folder"`` (CLI: ``--dataset folder``).
 
     Args:
         data_dir: The folder to inspect.
 
     Returns:
-        ``"visa"`` when ``split_csv/1cls.csv`` exists, ``"mvtec_ad"`` when the folder (or one of its
-        sub-folders) holds ``train/good``.
+        ``"visa"`` when ``split_csv/1cls.csv`` exists, ``"mvtec_ad"`` or ``"folder"`` when the folder (or
+        its sub-folders) holds ``train/good``.
 
     Raises:
-        DatasetFormatError: The folder is missing or matches neither layout.
+        DatasetFormatError: The folder is missing or matches no layout.
     """
     root = existing_dir(data_dir)
     if (root / VISA_SPLIT_CSV).is_file():
         return "visa"
-    if (root / "train" / "good").is_dir() or any((d / "train" / "good").is_dir() for d in subdirs(root)):
-        return "mvtec_ad"
+    categories = [root] if (root / "train" / "good").is_dir() else subdirs(root)
+    categories = [d for d in categories if (d / "train" / "good").is_dir()]
+    if categories:
+        return "mvtec_ad" if any((d / "ground_truth").is_dir() for d in categories) else "folder"
+    if (root / "train").is_dir() or (root / "test").is_dir():
+        raise DatasetFormatError(f"{root / 'train' / 'good'}: folder not found; the normal training images go there")
     raise DatasetFormatError(
         f"{root}: cannot tell the dataset layout; expected {VISA_SPLIT_CSV} (VisA), <category>/train/good/ "
-        "(MVTec-AD) or a folder written by DatasetDict.save_to_disk (dataset_dict.json)"
+        "(MVTec-AD or your own images), train/good/ (your own images, one category) or a folder written by "
+        "DatasetDict.save_to_disk (dataset_dict.json)"
     )
 
 

@@ -19,6 +19,10 @@ import numpy as np
 
 from .anomaly import METRIC_NAMES, THRESHOLD_NAMES, image_metrics, pixel_metrics, split_pixels
 
+# Key of `AnomalyMetrics.compute`'s count of images left out of the pixel metrics (present only when > 0).
+IMAGES_WITHOUT_MASK = "images_without_mask"
+_PIXEL_NAMES = ("pixel_auroc", "pixel_ap", "aupro", "pixel_f1_max", "pixel_f1_max_threshold")
+
 
 def _to_numpy(values: Any) -> np.ndarray:
     """Converts a torch tensor (any device, any dtype, requiring grad or not) or an array-like to numpy.
@@ -57,6 +61,11 @@ class AnomalyMetrics:
     (no anomalous pixel, no normal pixel, no normal or no anomalous image) is `float("nan")`;
     `mean_metrics` then skips it.
 
+    Images whose ground-truth mask is not available (`mask_available` False in `update`: anomalous images
+    of your own data without a mask) count for the image metrics only; `compute` reports how many there
+    were as `images_without_mask`. When no anomalous pixel is known at all because of them, the pixel
+    metrics are not available and come back as `None`, not `nan`.
+
     Args:
         aupro_fpr_limit (`float`, *optional*, defaults to 0.3): Upper FPR limit of the AUPRO integral.
     """
@@ -75,6 +84,7 @@ class AnomalyMetrics:
         self._num_regions = 0
         self._image_scores: list[np.ndarray] = []
         self._image_labels: list[np.ndarray] = []
+        self._images_without_mask = 0
 
     @property
     def nbytes(self) -> int:
@@ -88,7 +98,9 @@ class AnomalyMetrics:
         )
         return sum(chunk.nbytes for chunks in buffers for chunk in chunks)
 
-    def update(self, anomaly_maps: Any, masks: Any, image_scores: Any, image_labels: Any) -> None:
+    def update(
+        self, anomaly_maps: Any, masks: Any, image_scores: Any, image_labels: Any, mask_available: Any = None
+    ) -> None:
         """Adds one batch.
 
         Args:
@@ -98,6 +110,9 @@ class AnomalyMetrics:
                 Ground truth, any int/bool/float dtype; a pixel is anomalous where `mask > 0.5`.
             image_scores (`np.ndarray` or `torch.Tensor` of shape `(N,)`): Finite image anomaly scores.
             image_labels (`np.ndarray` or `torch.Tensor` of shape `(N,)`): 1 (or True) for anomalous images.
+            mask_available (`np.ndarray` or `torch.Tensor` of shape `(N,)`, *optional*): False for images whose
+                ground truth is unknown (an anomalous image without a mask); their pixels are left out of the
+                pixel metrics. Defaults to all True.
 
         Raises:
             ValueError: On mismatched shapes or non-finite scores.
@@ -112,6 +127,13 @@ class AnomalyMetrics:
             )
         if not np.isfinite(scores).all():
             raise ValueError("image_scores must be finite; found NaN or infinite scores")
+        if mask_available is not None:
+            available = _to_numpy(mask_available).reshape(-1).astype(bool)
+            if available.size != labels.size:
+                raise ValueError(f"mask_available has {available.size} values for {labels.size} images")
+            if not available.all():
+                maps, masks = maps[available], masks[available]
+                self._images_without_mask += int((~available).sum())
         normal, anomalous, weights, num_regions = split_pixels(maps, masks)
         self._normal_scores.append(normal)
         self._anomalous_scores.append(anomalous)
@@ -120,7 +142,7 @@ class AnomalyMetrics:
         self._image_scores.append(scores)
         self._image_labels.append(labels)
 
-    def compute(self, include_thresholds: bool = False) -> dict[str, float]:
+    def compute(self, include_thresholds: bool = False) -> dict[str, float | int | None]:
         """Computes the metrics over everything added since the last `reset`.
 
         Args:
@@ -128,8 +150,9 @@ class AnomalyMetrics:
                 and `pixel_f1_max_threshold`, the scores where the F1-max values are reached.
 
         Returns:
-            `dict[str, float]`: `image_auroc`, `pixel_auroc`, `pixel_ap`, `aupro`, `image_f1_max`,
-            `pixel_f1_max`, each a Python float in [0, 1] or `nan` (see the class docstring).
+            `dict[str, float | int | None]`: `image_auroc`, `pixel_auroc`, `pixel_ap`, `aupro`, `image_f1_max`,
+            `pixel_f1_max`, each a Python float in [0, 1] or `nan`, the pixel ones `None` when not available
+            (see the class docstring); plus `images_without_mask` (`int`) when some image had no mask.
 
         Raises:
             ValueError: If nothing was added.
@@ -144,16 +167,22 @@ class AnomalyMetrics:
         else:
             normal_sorted = self._normal_scores[0]
             normal_sorted.sort()  # already sorted after a previous compute: a cheap pass
+        anomalous_scores = np.concatenate(self._anomalous_scores)
         results = pixel_metrics(
             normal_sorted,
-            np.concatenate(self._anomalous_scores),
+            anomalous_scores,
             np.concatenate(self._anomalous_weights),
             self._num_regions,
             self.aupro_fpr_limit,
         )
         results.update(image_metrics(np.concatenate(self._image_scores), np.concatenate(self._image_labels)))
         names = METRIC_NAMES + THRESHOLD_NAMES if include_thresholds else METRIC_NAMES
-        return {name: float(results[name]) for name in names}
+        computed: dict[str, float | None] = {name: float(results[name]) for name in names}
+        if self._images_without_mask:
+            if anomalous_scores.size == 0:  # no known anomalous pixel: not available rather than undefined
+                computed.update({name: None for name in _PIXEL_NAMES if name in computed})
+            computed[IMAGES_WITHOUT_MASK] = self._images_without_mask
+        return computed
 
 
 def compute_anomaly_metrics(
@@ -182,4 +211,4 @@ def compute_anomaly_metrics(
     return metrics.compute(include_thresholds)
 
 
-__all__ = ["AnomalyMetrics", "compute_anomaly_metrics"]
+__all__ = ["IMAGES_WITHOUT_MASK", "AnomalyMetrics", "compute_anomaly_metrics"]
