@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from huggingface_hub import hf_hub_download
 from safetensors import SafetensorError
+from transformers import CLIPModel
 
 from modeling_clipada import CLIPADAConfig, CLIPADAForAnomalySegmentation
 from processing import CLIPADAImageProcessor
@@ -73,6 +74,14 @@ def build_model(name_or_path: str, overrides: dict[str, Any]) -> CLIPADAForAnoma
     return _load(CLIPADAForAnomalySegmentation.from_clip, name_or_path, **overrides)
 
 
+def load_frozen_clip_weights(name_or_path: str) -> dict[str, torch.Tensor]:
+    """The frozen CLIP's fp32 weights as saved in `name_or_path` (a CLIP or a CLIP-ADA checkpoint), keyed like
+    `CLIPADAForAnomalySegmentation.clip.state_dict()`."""
+    if saved_model_type(name_or_path) == CLIPADAConfig.model_type:
+        return _load(CLIPADAForAnomalySegmentation.from_pretrained, name_or_path).clip.state_dict()
+    return _load(CLIPModel.from_pretrained, name_or_path).state_dict()
+
+
 def load_clipada_model(name_or_path: str, dtype: torch.dtype = torch.float32) -> CLIPADAForAnomalySegmentation:
     """A trained CLIP-ADA checkpoint; a plain CLIP (or any other model) is refused by name."""
     check_model_location(name_or_path)
@@ -114,6 +123,7 @@ __all__ = [
     "build_model",
     "check_model_location",
     "load_clipada_model",
+    "load_frozen_clip_weights",
     "load_processor",
     "saved_model_type",
 ]

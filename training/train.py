@@ -50,7 +50,7 @@ from training.evaluation import evaluate_model, write_evaluation
 from training.hub import push_folder
 from training.loader import build_train_dataloader
 from training.model_card import write_model_card
-from training.models import ModelLoadError, build_model
+from training.models import ModelLoadError, build_model, load_frozen_clip_weights
 from training.preemption import PreemptionHandler
 from training.run_dir import OutputDirError, RunDirectory
 from training.synthesis import SyntheticAnomalyGenerator
@@ -58,6 +58,9 @@ from training.synthesis import SyntheticAnomalyGenerator
 logger = get_logger(__name__)
 
 LR_DECAY = 0.2
+# `--mixed_precision`: the frozen CLIP is cast to this type once; the trained head and the optimizer stay fp32.
+FROZEN_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+TRAINING_LOG = "training_log.json"
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as a process killed by it
 # Errors a user can fix (bad input, a folder in use, a damaged checkpoint): one line and exit code 2.
 USER_ERRORS = (DatasetFormatError, CheckpointError, ModelLoadError, OutputDirError, FileNotFoundError, ValueError)
@@ -81,6 +84,7 @@ class TrainingRun:
     steps_per_epoch: int
     max_steps: int
     completed_steps: int = 0
+    log: list[dict] = dataclasses.field(default_factory=list)  # one entry per optimizer step run here
 
 
 def build_scheduler(
@@ -133,6 +137,8 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
     """Builds model, data, optimizer and scheduler; resumes when asked. Every error here is the user's input."""
     set_seed(args.seed)
     model = build_model(args.model_name_or_path, head_overrides(args))
+    if args.mixed_precision in FROZEN_DTYPES:  # cheaper than autocasting fp32 weights at every step
+        model.clip.to(FROZEN_DTYPES[args.mixed_precision])
     image_size = args.image_size or model.config.vision_config.image_size
     processor = CLIPADAImageProcessor(size=image_size)
     synthesizer = SyntheticAnomalyGenerator(texture_dir=args.texture_dir, image_size=image_size)
@@ -236,6 +242,7 @@ def train_loop(args: argparse.Namespace, run: TrainingRun) -> bool:
                 run.completed_steps += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
+                run.log.append({"step": run.completed_steps, "loss": loss, "lr": run.scheduler.get_last_lr()[0]})
                 if args.with_tracking:
                     metrics = {"train/loss": loss, "train/lr": run.scheduler.get_last_lr()[0], "epoch": epoch}
                     accelerator.log(metrics, step=run.completed_steps)
@@ -332,6 +339,9 @@ def finish(args: argparse.Namespace, run: TrainingRun) -> dict | None:
     metrics = None
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(run.model).eval()
+        if args.mixed_precision in FROZEN_DTYPES:  # checkpoints, calibration and evaluation are always fp32
+            model.clip.float().load_state_dict(load_frozen_clip_weights(args.model_name_or_path))
+        (Path(args.output_dir) / TRAINING_LOG).write_text(json.dumps({"log_history": run.log}, indent=1) + "\n")
         if run.calibration_split is not None:
             calibration = calibrate_model(
                 model,
