@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from modeling_clipada import CLIPADAConfig
+from training.threads import add_num_threads_argument
 
 # The paper's schedules (METHOD.md): epochs, batch size and the epochs where the learning rate is multiplied by 0.2.
 PRESETS = {
@@ -138,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--num_heatmaps", type=int, default=4, help="Heatmap PNGs per category at the end.")
     parser.add_argument("--save_predictions", action="store_true")
+    add_num_threads_argument(parser)
     head = parser.add_argument_group("CLIPADAConfig overrides (see the config's documentation)")
     for name, kind in overridable_head_fields().items():
         if kind is bool:
@@ -167,6 +169,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--lr_milestones": all(m >= 1 for m in args.lr_milestones),
         "--num_heatmaps": args.num_heatmaps >= 0,
         "--dataloader_num_workers": args.dataloader_num_workers >= 0,
+        "--num_threads": args.num_threads is None or args.num_threads >= 1,
         "--calibration_fraction": 0 <= args.calibration_fraction < 1,
         "--target_fpr": 0 < args.target_fpr < 1,
         "--target_pixel_fpr": 0 < args.target_pixel_fpr < 1,

@@ -27,6 +27,7 @@ from training.calibration import CalibrationResult, calibrate, collect_normal_sc
 from training.data import DatasetFormatError, load_anomaly_dataset
 from training.evaluation import evaluate_model, resolve_device
 from training.models import ModelLoadError, load_clipada_model, load_processor
+from training.threads import add_num_threads_argument, configure_threads
 
 CALIBRATION_FILE = "calibration.json"
 
@@ -100,7 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--seed", type=int, default=0)
+    add_num_threads_argument(parser)
     args = parser.parse_args(argv)
+    if args.num_threads is not None and args.num_threads < 1:
+        parser.error("--num_threads must be at least 1")
     for flag in ("target_fpr", "target_pixel_fpr"):
         if not 0 < getattr(args, flag) < 1:
             parser.error(f"--{flag} must be in (0, 1)")
@@ -122,6 +126,7 @@ def _load_split(name: str, split: str, args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> CalibrationResult:
     args = parse_args(argv)
+    configure_threads(args.num_threads)
     try:
         device = resolve_device(args.device)
         model = load_clipada_model(args.model_name_or_path, dtype=getattr(torch, args.dtype))

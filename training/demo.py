@@ -16,6 +16,7 @@ from pathlib import Path
 from training import train
 from training.demo_data import make_demo_dataset
 from training.smoke_clip import build_smoke_clip
+from training.threads import add_num_threads_argument
 
 BANNER = """\
 ==========================================================================================
@@ -30,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", default="outputs/demo")
     parser.add_argument("--max_train_steps", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    add_num_threads_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             "100",
             "--seed",
             str(args.seed),
+            *(["--num_threads", str(args.num_threads)] if args.num_threads else []),
         ]
     )
     print(BANNER)

@@ -29,6 +29,7 @@ from training.heatmaps import save_heatmap
 from training.metrics import AnomalyMetrics, format_metrics_table, mean_metrics
 from training.metrics.report import pixel_metrics_notes
 from training.models import ModelLoadError, load_clipada_model, load_processor
+from training.threads import add_num_threads_argument, configure_threads
 
 
 def evaluate_model(
@@ -198,8 +199,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Evaluate at this input size instead of the checkpoint's preprocessor_config.json.",
     )
+    add_num_threads_argument(parser)
     args = parser.parse_args(argv)
-    for flag in ("per_device_eval_batch_size", "image_size"):
+    for flag in ("per_device_eval_batch_size", "image_size", "num_threads"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1")
     return args
@@ -218,6 +220,7 @@ def resolve_device(name: str) -> torch.device:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    configure_threads(args.num_threads)
     try:
         device = resolve_device(args.device)
         model = load_clipada_model(args.model_name_or_path, dtype=getattr(torch, args.dtype))

@@ -54,6 +54,7 @@ from training.models import ModelLoadError, build_model, load_frozen_clip_weight
 from training.preemption import PreemptionHandler
 from training.run_dir import OutputDirError, RunDirectory
 from training.synthesis import SyntheticAnomalyGenerator
+from training.threads import configure_threads, default_num_threads
 
 logger = get_logger(__name__)
 
@@ -417,6 +418,7 @@ def _log_plan(accelerator: Accelerator, args: argparse.Namespace, run: TrainingR
         f"***** Training CLIP-ADA ***** images={len(run.dataloader.dataset)} epochs={num_epochs} "
         f"steps={run.max_steps} batch/device={args.per_device_train_batch_size} "
         f"processes={accelerator.num_processes} accumulation={args.gradient_accumulation_steps} "
+        f"threads={torch.get_num_threads()} "
         f"trainable_parameters={trainable:,} R={unwrapped.config.num_refinements} "
         f"feature_layer={unwrapped.config.feature_layer}",
         main_process_only=True,
@@ -446,6 +448,9 @@ def train(args: argparse.Namespace) -> dict | None:
         # one gloo process group instead.
         cpu=not torch.cuda.is_available(),
     )
+    # processes of one machine share its cores
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    configure_threads(args.num_threads or max(1, default_num_threads() // local_processes))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger(__name__).setLevel(logging.INFO)
     with contextlib.ExitStack() as stack:

@@ -1,0 +1,44 @@
+"""`--num_threads` on every command, and a default that leaves busy cores alone."""
+
+import pytest
+import torch
+
+from training import calibrate, demo, evaluation, train
+from training.threads import configure_threads, default_num_threads
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_default_subtracts_the_cores_other_processes_keep_busy(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr("os.getloadavg", lambda: (2.6, 0.0, 0.0))
+    assert default_num_threads() == 5
+    monkeypatch.setattr("os.getloadavg", lambda: (30.0, 0.0, 0.0))
+    assert default_num_threads() == 1
+
+
+def test_configure_threads_sets_torch_and_refuses_zero():
+    assert configure_threads(1) == 1 and torch.get_num_threads() == 1
+    with pytest.raises(ValueError, match="--num_threads"):
+        configure_threads(0)
+
+
+@pytest.mark.parametrize("module", [train, evaluation, calibrate, demo])
+def test_every_command_takes_num_threads(module, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        module.parse_args(["--help"])
+    assert exit_info.value.code == 0 and "--num_threads" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_training_uses_the_given_number_of_threads(workspace, trained_run, tmp_path, caplog):
+    from run_helpers import training_args
+
+    argv = training_args(workspace, tmp_path / "run", "--max_train_steps", "1", "--skip_evaluation")
+    train.main([*argv, "--num_threads", "1"])
+    assert "threads=1 " in caplog.text

@@ -1,0 +1,66 @@
+"""CPU threads for every command (`--num_threads`): a default that does not collapse on a busy machine.
+
+PyTorch uses one thread per core by default. When other processes keep some of those cores busy, its threads
+wait for each other at every parallel region (the slowest, preempted thread sets the pace) and a job can run
+10-20x slower than with fewer threads. The default here is the number of cores this process may use minus the
+cores other processes already keep busy (the 1-minute load average, rounded), and at least 1. Set it explicitly
+on shared machines and in containers whose CPU quota is below the visible core count.
+
+Example:
+    ```python
+    >>> add_num_threads_argument(parser)
+    >>> args = parser.parse_args()
+    >>> configure_threads(args.num_threads)  # returns the number used
+    ```
+"""
+
+import argparse
+import os
+
+import torch
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_num_threads() -> int:
+    """Available cores minus those that other processes keep busy, at least 1."""
+    cores = available_cores()
+    try:
+        busy = round(os.getloadavg()[0])
+    except OSError:
+        busy = 0
+    return max(1, min(cores, cores - busy))
+
+
+def configure_threads(num_threads: int | None) -> int:
+    """Sets torch's intra-op threads (`num_threads`, or `default_num_threads()` when None); returns the number.
+
+    Raises:
+        ValueError: If `num_threads` is below 1.
+    """
+    if num_threads is None:
+        num_threads = default_num_threads()
+    if num_threads < 1:
+        raise ValueError(f"--num_threads must be at least 1, got {num_threads}")
+    torch.set_num_threads(num_threads)
+    return num_threads
+
+
+def add_num_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """Adds `--num_threads` to a command line."""
+    parser.add_argument(
+        "--num_threads",
+        type=int,
+        default=None,
+        help="CPU threads for PyTorch. Default: the available cores minus those other processes keep busy "
+        "(1-minute load average). On a shared machine set it to the cores you may use.",
+    )
+
+
+__all__ = ["add_num_threads_argument", "available_cores", "configure_threads", "default_num_threads"]
