@@ -20,6 +20,7 @@ from .schema import (
 )
 
 MASK_SUFFIX = "_mask"
+_FOLDER_HINT = "for your own images, where masks and test/ are optional, use dataset='folder' (CLI: --dataset folder)"
 
 
 def build_mvtec_ad(
@@ -75,7 +76,7 @@ def _mvtec_category_samples(root: Path, category: str) -> list[Sample]:
     if not test_dir.is_dir():
         raise DatasetFormatError(
             f"{test_dir}: folder not found; an MVTec-AD category needs train/good/, test/ and ground_truth/ "
-            "(is this a complete download?)"
+            f"(is this a complete download?); {_FOLDER_HINT}"
         )
     test = _mvtec_test_samples(root, category)
     if not test:
@@ -94,7 +95,9 @@ def _mvtec_test_samples(root: Path, category: str) -> list[Sample]:
         for stem, image in images.items():
             if defect != NORMAL_DEFECT_TYPE and stem not in masks:
                 expected = truth_dir / defect / f"{stem}{MASK_SUFFIX}.png"
-                raise DatasetFormatError(f"{image}: anomalous image without its mask (expected {expected})")
+                raise DatasetFormatError(
+                    f"{image}: anomalous image without its mask (expected {expected}); {_FOLDER_HINT}"
+                )
             samples.append(_mvtec_sample(root, "test", category, defect, image, masks.get(stem)))
         _reject_orphan_masks(masks, images, test_dir / defect)
     without_images = {d.name for d in subdirs(truth_dir)} - set(defects)
