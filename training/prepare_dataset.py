@@ -36,6 +36,7 @@ from training.data import (
     load_anomaly_dataset,
     save_dataset_atomically,
 )
+from training.threads import add_num_threads_argument, configure_threads
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +76,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--push_to_hub", action="store_true", help="Also push the dataset to the Hub.")
     parser.add_argument("--hub_dataset_id", default=None, help="Hub dataset repository, e.g. user/mvtec_ad.")
+    add_num_threads_argument(parser)
     args = parser.parse_args(argv)
     if args.push_to_hub and not args.hub_dataset_id:
         parser.error("--push_to_hub needs --hub_dataset_id")
+    if args.num_threads is not None and args.num_threads < 1:
+        parser.error("--num_threads must be at least 1")
     return args
 
 
@@ -190,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit code: 0 on success, 2 for bad input, 1 when pushing to the Hub failed.
     """
     args = parse_args(argv)
+    configure_threads(args.num_threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         dataset_dict = prepare_dataset(
