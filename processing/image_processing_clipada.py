@@ -17,18 +17,24 @@ Example:
     ```
 """
 
+from __future__ import annotations  # annotations name torch.Tensor, which the numpy-only path never imports
+
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageFile, ImageOps
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs, Unpack
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # the numpy path (return_tensors="np") serves the torch-free runners of exported models
+    torch = F = None
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -38,7 +44,9 @@ _RESAMPLES = (PILImageResampling.NEAREST, PILImageResampling.BILINEAR, PILImageR
 # PIL modes read as they are; any other mode (P, LA, CMYK, ...) is converted to RGB first.
 _NATIVE_MODES = ("1", "L", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
-ImageLike = Image.Image | np.ndarray | torch.Tensor | str | os.PathLike
+# numpy arrays and torch tensors (when torch is installed) are read alike
+_ARRAY_TYPES = (np.ndarray,) if torch is None else (np.ndarray, torch.Tensor)
+ImageLike = "Image.Image | np.ndarray | torch.Tensor | str | os.PathLike"  # a string: torch may be absent
 
 
 class CLIPADAImageProcessor(PilBackend):
@@ -267,9 +275,9 @@ def _as_list(images: Any, name: str, allow_none_items: bool = False) -> list:
     """One image or a batch -> a non-empty list of single images."""
     if images is None:
         raise ValueError(f"`{name}` is None; expected {_EXPECTED}, or a list of them.")
-    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+    if isinstance(images, _ARRAY_TYPES) and images.ndim == 4:
         images = list(images)  # a batch (B, ...) of arrays
-    elif isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim > 4:
+    elif isinstance(images, _ARRAY_TYPES) and images.ndim > 4:
         raise ValueError(f"`{name}` has {images.ndim} dimensions; expected a single image or a (batch, ...) array.")
     elif not isinstance(images, (list, tuple)):
         images = [images]
@@ -303,7 +311,7 @@ def _to_array(image: ImageLike, name: str) -> np.ndarray:
                 raise ValueError(f"{name} is a PIL mode {image.mode} image with values outside the 16-bit range.")
             array = array.astype(np.uint16)
         return array
-    if isinstance(image, torch.Tensor):
+    if torch is not None and isinstance(image, torch.Tensor):
         image = image.detach().cpu()
         return image.float().numpy() if image.is_floating_point() else image.numpy()
     if not isinstance(image, np.ndarray):
