@@ -17,6 +17,19 @@ from run_helpers import training_args  # noqa: E402
 from tiny_clip import make_tiny_clip  # noqa: E402
 
 
+@pytest.fixture
+def isolated_datasets_cache(tmp_path, monkeypatch):
+    """Keep the Arrow caches of a test in its own temporary folder, without progress bars."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    yield
+    if enabled:
+        datasets.enable_progress_bars()
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
     """A tiny random CLIP checkpoint with its tokenizer, saved like a Hub CLIP folder."""

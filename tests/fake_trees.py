@@ -13,6 +13,7 @@ import dataclasses
 import shutil
 import struct
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,6 +64,11 @@ class FakeTree:
 
     root: Path
     bad_file: Path | None = None
+
+
+def counts(dataset_dict) -> dict[str, dict[tuple[str, str], int]]:
+    """Rows per split and (category, defect_type) of a built `datasets.DatasetDict`."""
+    return {name: dict(Counter(zip(s["category"], s["defect_type"]))) for name, s in dataset_dict.items()}
 
 
 def write_mvtec_tree(

@@ -10,14 +10,13 @@ import re
 import shutil
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
 from datasets.arrow_writer import ArrowWriter
-from fake_trees import MVTEC_BAD_CASES, VISA_BAD_CASES, write_mvtec_tree, write_visa_tree
+from fake_trees import MVTEC_BAD_CASES, VISA_BAD_CASES, counts, write_mvtec_tree, write_visa_tree
 from PIL import ExifTags, Image, ImageFile, ImageOps
 
 from training import prepare_dataset
@@ -36,20 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_datasets_cache(tmp_path, monkeypatch):
-    """Keep the Arrow caches of every test in its own temporary folder, without progress bars."""
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
-    enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    yield
-    if enabled:
-        datasets.enable_progress_bars()
-
-
-def counts(dataset_dict: datasets.DatasetDict) -> dict[str, dict[tuple[str, str], int]]:
-    """Rows per split and (category, defect_type)."""
-    return {name: dict(Counter(zip(s["category"], s["defect_type"]))) for name, s in dataset_dict.items()}
+pytestmark = pytest.mark.usefixtures("isolated_datasets_cache")
 
 
 def assert_well_formed(dataset_dict: datasets.DatasetDict) -> None:

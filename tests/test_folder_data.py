@@ -6,14 +6,13 @@ import json
 import math
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
 import torch
-from fake_trees import FOLDER_BAD_CASES, write_folder_tree
+from fake_trees import FOLDER_BAD_CASES, counts, write_folder_tree
 from PIL import Image
 from tiny_clip import make_tiny_clip
 
@@ -34,20 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PIXEL_NAMES = ("pixel_auroc", "pixel_ap", "aupro", "pixel_f1_max")
 
 
-@pytest.fixture(autouse=True)
-def _isolated_datasets_cache(tmp_path, monkeypatch):
-    """Keep the Arrow caches of every test in its own temporary folder, without progress bars."""
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
-    enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    yield
-    if enabled:
-        datasets.enable_progress_bars()
-
-
-def counts(dataset_dict: datasets.DatasetDict) -> dict[str, dict[tuple[str, str], int]]:
-    """Rows per split and (category, defect_type)."""
-    return {name: dict(Counter(zip(s["category"], s["defect_type"]))) for name, s in dataset_dict.items()}
+pytestmark = pytest.mark.usefixtures("isolated_datasets_cache")
 
 
 def masks_by_path(split: datasets.Dataset) -> dict[str, bool]:
