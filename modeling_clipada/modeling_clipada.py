@@ -21,7 +21,6 @@ Example:
     ```
 """
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -30,9 +29,11 @@ from safetensors import SafetensorError
 from torch import nn
 from transformers import CLIPModel, CLIPTokenizer, PreTrainedModel
 from transformers import initialization as init
-from transformers.masking_utils import create_causal_mask
 from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
 
+from .clip_parts import check_pixel_values, encode_prompted_text, per_image_thresholds
+from .clip_parts import upsample_and_smooth as _upsample_and_smooth
+from .clip_parts import upsample_and_smooth_matrices as _upsample_and_smooth_matrices  # noqa: F401 (tests)
 from .configuration_clipada import PROMPT_MARKER, CLIPADAConfig
 from .decisions import apply_thresholds, normalize_scores
 
@@ -255,17 +256,10 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         position = self.config.prompt_insert_position
         prompt = self.prompt_vectors.to(token_embeds.dtype)
         inputs_embeds = torch.cat([token_embeds[:position], prompt, token_embeds[position:]])[None]
-        hidden_states = text_model.embeddings(inputs_embeds=inputs_embeds)
-        causal_mask = create_causal_mask(
-            config=text_model.config, inputs_embeds=hidden_states, attention_mask=None, cache=None
-        )
-        hidden_states = text_model.encoder(
-            inputs_embeds=hidden_states, attention_mask=causal_mask, is_causal=True
-        ).last_hidden_state
-        hidden_states = text_model.final_layer_norm(hidden_states)
         # The end-of-text token is the template's last token; it moved right by the number of prompt vectors.
-        pooled = hidden_states[0, -1]
-        return F.normalize(self.clip.text_projection(pooled), dim=-1)
+        end_position = torch.tensor([inputs_embeds.shape[1] - 1], device=inputs_embeds.device)
+        pooled = encode_prompted_text(text_model, self.clip.text_projection, inputs_embeds, end_position)[0]
+        return F.normalize(pooled, dim=-1)
 
     # ------------------------------------------------------------------ steps 2 and 3: the map of one stage
 
@@ -389,15 +383,10 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         Raises:
             ValueError: `categories` does not hold one entry per image.
         """
-        if categories is None:
-            categories = [None] * batch_size
-        if len(categories) != batch_size:
-            raise ValueError(f"`categories` must hold one entry per image ({batch_size}), got {len(categories)}.")
-        per_category = self.config.category_thresholds or {}
-        chosen = [per_category.get(category, {}) for category in categories]
-        image = [c.get("image_threshold", self.config.image_threshold) for c in chosen]
-        pixel = [c.get("pixel_threshold", self.config.pixel_threshold) for c in chosen]
-        return image, pixel
+        config = self.config
+        return per_image_thresholds(
+            config.image_threshold, config.pixel_threshold, config.category_thresholds, categories, batch_size
+        )
 
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Checks the images and casts them to the model's dtype.
@@ -411,21 +400,7 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         Raises:
             ValueError: Naming `pixel_values` and its shape.
         """
-        if not isinstance(pixel_values, torch.Tensor):
-            raise ValueError(f"`pixel_values` must be a (batch, 3, height, width) tensor, got {type(pixel_values)}.")
-        shape = tuple(pixel_values.shape)
-        if pixel_values.ndim != 4 or shape[1] != 3 or 0 in shape:
-            raise ValueError(f"`pixel_values` must be a non-empty (batch, 3, height, width) tensor, got shape {shape}.")
-        if not pixel_values.is_floating_point():
-            raise ValueError(
-                f"`pixel_values` must be floating point (CLIP-normalised), got {pixel_values.dtype} of shape {shape}."
-            )
-        patch = self.config.vision_config.patch_size
-        if shape[-2] % patch or shape[-1] % patch:
-            raise ValueError(
-                f"`pixel_values` height and width must be multiples of the patch size {patch}, got shape {shape}."
-            )
-        return pixel_values.to(self.prompt_vectors.dtype)
+        return check_pixel_values(pixel_values, self.config.vision_config.patch_size, self.prompt_vectors.dtype)
 
     # ------------------------------------------------------------------ step 4: loss
 
@@ -477,11 +452,7 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         Returns:
             `(batch_size, H, W)`.
         """
-        rows, columns = _upsample_and_smooth_matrices(
-            tuple(probabilities.shape[-2:]), tuple(size), float(self.config.smoothing_sigma),
-            probabilities.device, probabilities.dtype,
-        )  # fmt: skip
-        return rows @ probabilities @ columns.T
+        return _upsample_and_smooth(probabilities, size, self.config.smoothing_sigma, border="reflect")
 
     def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         """Mean of the `image_score_top_k` highest pixel scores.
@@ -523,62 +494,6 @@ def tokenize_prompt_template(template: str, tokenizer: CLIPTokenizer) -> tuple[l
     suffix_ids = tokenizer(suffix, add_special_tokens=False)["input_ids"] if suffix else []
     token_ids = [tokenizer.bos_token_id, *prefix_ids, *suffix_ids, tokenizer.eos_token_id]
     return token_ids, 1 + len(prefix_ids)
-
-
-def _gaussian_kernel(sigma: float) -> torch.Tensor:
-    """Normalised Gaussian kernel (float64, CPU).
-
-    Args:
-        sigma: Standard deviation in pixels, > 0.
-
-    Returns:
-        `(2 * radius + 1,)` with radius `max(1, round(4 sigma))`.
-    """
-    radius = max(1, int(4.0 * sigma + 0.5))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    return kernel / kernel.sum()
-
-
-def _blur_padding_mode(radius: int, height: int, width: int) -> str:
-    # reflection needs a border narrower than the map; tiny maps fall back to repeating the edge
-    return "reflect" if radius < min(height, width) else "replicate"
-
-
-@functools.lru_cache(maxsize=32)
-def _upsample_and_smooth_matrices(
-    grid: tuple[int, int], size: tuple[int, int], sigma: float, device: torch.device, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column matrices of bilinear upsampling (`align_corners=False`) followed by Gaussian smoothing.
-
-    `rows @ maps @ columns.T` maps `(B, h, w)` to `(B, H, W)` as `F.interpolate(maps[:, None], size, mode="bilinear")`
-    followed by a separable convolution with `_gaussian_kernel(sigma)` and reflected borders (the
-    edge repeated when the map is narrower than the kernel radius) does, up to float rounding. Built once per
-    (grid, size, sigma, device, dtype) by applying those operators to unit impulses (in float64 on the CPU, then
-    moved).
-
-    Args:
-        grid: The patch grid `(h, w)`.
-        size: The output size `(H, W)`.
-        sigma: Standard deviation of the Gaussian in pixels; 0 skips the smoothing.
-        device: Where the matrices go.
-        dtype: Their dtype.
-
-    Returns:
-        `(rows, columns)` of shapes `(H, h)` and `(W, w)`.
-    """
-    kernel = _gaussian_kernel(sigma) if sigma > 0 else None
-    matrices = []
-    for cells, length in zip(grid, size):
-        identity = torch.eye(cells, dtype=torch.float64)[None, None]
-        matrix = F.interpolate(identity, size=(length, cells), mode="bilinear", align_corners=False)[0, 0]
-        if kernel is not None:
-            radius = kernel.numel() // 2
-            mode = _blur_padding_mode(radius, *size)
-            impulses = F.pad(matrix.T[:, None], (radius, radius), mode=mode)  # (cells, 1, length + 2 radius)
-            matrix = F.conv1d(impulses, kernel.view(1, 1, -1))[:, 0].T  # (length, cells)
-        matrices.append(matrix.to(device=device, dtype=dtype).contiguous())
-    return matrices[0], matrices[1]
 
 
 __all__ = ["CLIPADAForAnomalySegmentation", "CLIPADAOutput", "CLIPADAPreTrainedModel"]
