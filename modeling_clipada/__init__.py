@@ -1,4 +1,4 @@
-"""CLIP-ADA model: configuration and the anomaly segmentation model, registered for the Auto classes.
+"""CLIP-ADA model: configuration, the anomaly segmentation model and its pipeline, registered with transformers.
 
 Example:
     ```python
@@ -8,11 +8,13 @@ Example:
 """
 
 from transformers import AutoConfig, AutoModel
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_anomalyclip import AnomalyCLIPConfig, AnomalyCLIPConfigError
 from .configuration_clipada import CLIPADAConfig, CLIPADAConfigError
 from .modeling_anomalyclip import AnomalyCLIPForAnomalySegmentation, AnomalyCLIPOutput, AnomalyCLIPPreTrainedModel
 from .modeling_clipada import CLIPADAForAnomalySegmentation, CLIPADAOutput, CLIPADAPreTrainedModel
+from .pipeline_clipada import PIPELINE_TASK, ImageAnomalyDetectionPipeline
 
 AutoConfig.register(CLIPADAConfig.model_type, CLIPADAConfig, exist_ok=True)
 AutoModel.register(CLIPADAConfig, CLIPADAForAnomalySegmentation, exist_ok=True)
@@ -23,6 +25,9 @@ AutoConfig.register(AnomalyCLIPConfig.model_type, AnomalyCLIPConfig, exist_ok=Tr
 AutoModel.register(AnomalyCLIPConfig, AnomalyCLIPForAnomalySegmentation, exist_ok=True)
 AnomalyCLIPConfig.register_for_auto_class()
 AnomalyCLIPForAnomalySegmentation.register_for_auto_class("AutoModel")
+# pipeline(PIPELINE_TASK, model=...) in this project; saved checkpoints carry the pipeline themselves (save_pretrained).
+if PIPELINE_TASK not in PIPELINE_REGISTRY.supported_tasks:
+    PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=ImageAnomalyDetectionPipeline, pt_model=AutoModel)
 
 __all__ = [
     "AnomalyCLIPConfig",
@@ -35,4 +40,6 @@ __all__ = [
     "CLIPADAForAnomalySegmentation",
     "CLIPADAOutput",
     "CLIPADAPreTrainedModel",
+    "ImageAnomalyDetectionPipeline",
+    "PIPELINE_TASK",
 ]

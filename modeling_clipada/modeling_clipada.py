@@ -21,6 +21,7 @@ Example:
     ```
 """
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -137,6 +138,24 @@ class CLIPADAPreTrainedModel(PreTrainedModel):
                 f"initialised at random: {', '.join(missing)}."
             )
         return (model, loading_info) if output_loading_info else model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained`, with the `image-anomaly-detection` pipeline carried along.
+
+        `config.json` names the pipeline (`custom_pipelines`), and its code file is copied next to the model's:
+        `register_for_auto_class` copies every file this one imports relatively, the import below included. So
+        `pipeline("image-anomaly-detection", model=folder, trust_remote_code=True)` works without this project, and
+        `push_to_hub` (which saves through this method) carries the pipeline too.
+
+        Args:
+            save_directory: The checkpoint folder.
+            *args: Passed on to `PreTrainedModel.save_pretrained`.
+            **kwargs: Passed on to `PreTrainedModel.save_pretrained` (`is_main_process`, `push_to_hub`, ...).
+        """
+        from .pipeline_clipada import custom_pipelines_entry
+
+        self.config.custom_pipelines = custom_pipelines_entry()
+        super().save_pretrained(save_directory, *args, **kwargs)
 
 
 class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
