@@ -1,0 +1,174 @@
+"""One row of `predictions.csv` from an anomaly map at the image's own size: thresholds, decision, area and boxes.
+
+Independent of the backend that produced the map: it needs the map, the score and the thresholds only.
+
+Example:
+    ```python
+    >>> thresholds = choose_thresholds(config, category="bottle")          # the category's when calibrated
+    >>> row = prediction_row("line3/000.png", "bottle", anomaly_map, 0.83, thresholds)
+    >>> row["decision"], row["anomalous_area"], row["boxes"]
+    ('NG', 0.031, [[412, 120, 470, 181]])
+    ```
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from modeling_clipada.decisions import normalize_scores
+
+UNCALIBRATED = "UNCALIBRATED"
+MAX_BOXES = 20
+COLUMNS = (
+    "path",
+    "category",
+    "score",
+    "normalized_score",
+    "decision",
+    "image_threshold",
+    "pixel_threshold",
+    "threshold_source",
+    "anomalous_area",
+    "num_regions",
+    "boxes",
+    "width",
+    "height",
+    "overlay",
+    "map",
+    "error",
+)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The thresholds one image is decided with, and where each came from (`category`, `global`, `override`).
+
+    Attributes:
+        image: The image-score threshold, or None (no decision: `UNCALIBRATED`).
+        pixel: The pixel threshold, or None (no mask, area or boxes).
+        source: `category`, `global` or `override`, or `image:<source>,pixel:<source>` when they differ; `none`.
+    """
+
+    image: float | None
+    pixel: float | None
+    source: str
+
+
+def choose_thresholds(
+    config,
+    category: str | None = None,
+    image_override: float | None = None,
+    pixel_override: float | None = None,
+) -> Thresholds:
+    """The thresholds for images of `category`: an override, else the category's calibrated ones, else the global.
+
+    Args:
+        config: A CLIP-ADA config (`image_threshold`, `pixel_threshold`, `category_thresholds`).
+        category: The images' category (`--category`), or None.
+        image_override: `--image_threshold`, or None.
+        pixel_override: `--pixel_threshold`, or None.
+
+    Returns:
+        [`Thresholds`].
+    """
+    per_category = (config.category_thresholds or {}).get(category, {}) if category else {}
+    chosen = {}
+    for kind, override in (("image", image_override), ("pixel", pixel_override)):
+        field = f"{kind}_threshold"
+        if override is not None:
+            chosen[kind] = (float(override), "override")
+        elif field in per_category:
+            chosen[kind] = (float(per_category[field]), "category")
+        elif getattr(config, field, None) is not None:
+            chosen[kind] = (float(getattr(config, field)), "global")
+        else:
+            chosen[kind] = (None, "none")
+    sources = {chosen["image"][1], chosen["pixel"][1]}
+    source = sources.pop() if len(sources) == 1 else f"image:{chosen['image'][1]},pixel:{chosen['pixel'][1]}"
+    return Thresholds(image=chosen["image"][0], pixel=chosen["pixel"][0], source=source)
+
+
+def decide(score: float, threshold: float | None) -> str:
+    """`NG` when the score reaches the threshold (compared in float32, as the model does), else `OK`;
+    `UNCALIBRATED` without a threshold."""
+    if threshold is None:
+        return UNCALIBRATED
+    return "NG" if np.float32(score) >= np.float32(threshold) else "OK"
+
+
+def anomalous_regions(pred_mask: np.ndarray, max_boxes: int = MAX_BOXES) -> tuple[int, list[list[int]]]:
+    """Connected regions of a mask (8-connected) and their bounding boxes, largest region first.
+
+    Args:
+        pred_mask: `(H, W)` bool.
+        max_boxes: At most this many boxes are returned (the count is of all regions).
+
+    Returns:
+        `(num_regions, boxes)` with boxes `[x_min, y_min, x_max, y_max]` in pixels, max exclusive.
+    """
+    labels, num_regions = ndimage.label(pred_mask, structure=np.ones((3, 3), dtype=bool))
+    if num_regions == 0:
+        return 0, []
+    areas = np.bincount(labels.ravel())[1:]
+    slices = ndimage.find_objects(labels)
+    order = np.argsort(-areas, kind="stable")[:max_boxes]
+    boxes = [[slices[i][1].start, slices[i][0].start, slices[i][1].stop, slices[i][0].stop] for i in order]
+    return num_regions, [[int(value) for value in box] for box in boxes]
+
+
+def prediction_row(
+    path: str,
+    category: str | None,
+    anomaly_map: np.ndarray,
+    score: float,
+    thresholds: Thresholds,
+) -> tuple[dict, np.ndarray | None]:
+    """The row of one image that was scored.
+
+    Args:
+        path: The input path as given.
+        category: The category (`--category`) or None.
+        anomaly_map: `(H, W)` pixel probabilities at the image's own size.
+        score: The image score.
+        thresholds: The image's [`Thresholds`].
+
+    Returns:
+        `(row, pred_mask)`: the row (keys `COLUMNS`; `overlay` and `map` left empty) and the `(H, W)` bool mask
+        (None without a pixel threshold).
+    """
+    height, width = anomaly_map.shape
+    row = dict.fromkeys(COLUMNS, None)
+    row.update(path=path, category=category or "", score=float(score), width=width, height=height)
+    row.update(decision=decide(score, thresholds.image), threshold_source=thresholds.source)
+    row.update(image_threshold=thresholds.image, pixel_threshold=thresholds.pixel, error="")
+    if thresholds.image is not None:
+        normalized = normalize_scores(torch.tensor([score], dtype=torch.float32), thresholds.image)
+        row["normalized_score"] = float(normalized[0])
+    pred_mask = None
+    if thresholds.pixel is not None:
+        pred_mask = anomaly_map >= np.float32(thresholds.pixel)
+        row["anomalous_area"] = float(pred_mask.mean())
+        row["num_regions"], row["boxes"] = anomalous_regions(pred_mask)
+    return row, pred_mask
+
+
+def error_row(path: str, category: str | None, message: str) -> dict:
+    """The row of an image that could not be scored: decision `ERROR` and the reason."""
+    row = dict.fromkeys(COLUMNS, None)
+    row.update(path=path, category=category or "", decision="ERROR", error=message)
+    return row
+
+
+__all__ = [
+    "COLUMNS",
+    "MAX_BOXES",
+    "UNCALIBRATED",
+    "Thresholds",
+    "anomalous_regions",
+    "choose_thresholds",
+    "decide",
+    "error_row",
+    "prediction_row",
+]

@@ -1,0 +1,101 @@
+"""What `training.predict` writes as it goes: `predictions.csv`, `predictions.jsonl`, and raw maps on request.
+
+Rows are flushed after every batch, so an interrupted run keeps every row it wrote.
+
+Example:
+    ```python
+    >>> with PredictionWriter(Path("out")) as writer:
+    ...     writer.write(row)                   # keys: training.predict_rows.COLUMNS
+    >>> save_map(Path("out/maps/000"), anomaly_map, "png16")   # -> out/maps/000.png, 0..65535 = 0..1
+    ```
+"""
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from training.predict_rows import COLUMNS
+
+MAP_FORMATS = ("png16", "npz")
+
+
+class PredictionWriter:
+    """Appends rows to `predictions.csv` and `predictions.jsonl` in `output_dir` (both created afresh).
+
+    In the CSV, `boxes` is a JSON list and missing values are empty cells; the JSONL holds the same values with
+    `null` for missing ones.
+
+    Args:
+        output_dir: The existing output folder.
+    """
+
+    def __init__(self, output_dir: Path):
+        self.csv_file = open(output_dir / "predictions.csv", "w", encoding="utf-8", newline="")  # noqa: SIM115
+        self.jsonl_file = open(output_dir / "predictions.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+        self.csv_writer = csv.DictWriter(self.csv_file, fieldnames=COLUMNS)
+        self.csv_writer.writeheader()
+        self.flush()
+
+    def write(self, row: dict) -> None:
+        """Writes one row (keys `COLUMNS`) to both files."""
+        self.csv_writer.writerow({key: _csv_cell(row[key]) for key in COLUMNS})
+        self.jsonl_file.write(json.dumps({key: _json_value(row[key]) for key in COLUMNS}) + "\n")
+
+    def flush(self) -> None:
+        """Pushes the rows written so far to disk."""
+        self.csv_file.flush()
+        self.jsonl_file.flush()
+
+    def close(self) -> None:
+        self.csv_file.close()
+        self.jsonl_file.close()
+
+    def __enter__(self) -> "PredictionWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _csv_cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, list):
+        return json.dumps(value)
+    return str(value)
+
+
+def _json_value(value):
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def save_map(stem: Path, anomaly_map: np.ndarray, fmt: str) -> Path:
+    """Writes a raw anomaly map at the image's size.
+
+    Args:
+        stem: The path without suffix.
+        anomaly_map: `(H, W)` probabilities in [0, 1].
+        fmt: `png16` (a 16-bit grey PNG, 0..65535 = 0..1) or `npz` (float32 array `anomaly_map`, compressed).
+
+    Returns:
+        The written file.
+
+    Raises:
+        ValueError: An unknown format.
+    """
+    if fmt == "png16":
+        path = stem.with_suffix(".png")
+        Image.fromarray(np.round(np.clip(anomaly_map, 0.0, 1.0) * 65535).astype(np.uint16)).save(path)
+    elif fmt == "npz":
+        path = stem.with_suffix(".npz")
+        np.savez_compressed(path, anomaly_map=anomaly_map.astype(np.float32))
+    else:
+        raise ValueError(f"--save_maps {fmt!r}: choose one of {', '.join(MAP_FORMATS)}")
+    return path
+
+
+__all__ = ["MAP_FORMATS", "PredictionWriter", "save_map"]
