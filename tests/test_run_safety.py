@@ -188,7 +188,7 @@ def _eval(workspace: Path, model: Path, tmp_path: Path, *extra: str) -> list[str
 
 def test_eval_refuses_a_plain_clip_checkpoint(workspace, tmp_path, capsys):
     assert _exit_code(evaluation.main, _eval(workspace, workspace / "clip", tmp_path)) == 2
-    assert "is a 'clip' checkpoint, not a CLIP-ADA one" in capsys.readouterr().err
+    assert "is a 'clip' checkpoint, not one of this library's (CLIP-ADA, AnomalyCLIP" in capsys.readouterr().err
 
 
 def test_eval_without_a_processor_config_asks_for_image_size(workspace, trained_run, tmp_path, capsys):

@@ -10,49 +10,118 @@ Example:
 
 import argparse
 import dataclasses
+import json
 import math
 import types
+import typing
 from pathlib import Path
 from typing import Any
 
-from modeling_clipada import CLIPADAConfig
+from training.families import FAMILIES
 from training.threads import add_num_threads_argument
 
-# The paper's schedules (METHOD.md): epochs, batch size and the epochs where the learning rate is multiplied by 0.2.
+# The papers' schedules. CLIP-ADA (METHOD.md): epochs, batch size and the epochs where the learning rate is x0.2.
+# AnomalyCLIP (its official scripts, the same in both directions): trained on one dataset's labelled test split,
+# evaluated zero-shot on another; 15 epochs, Adam (0.5, 0.999) at 1e-3, batch 8, 518 px, seed 111.
+_ANOMALYCLIP = {
+    "model_type": "anomalyclip",
+    "train_split": "test",
+    "anomaly_source": "real",
+    "num_train_epochs": 15,
+    "per_device_train_batch_size": 8,
+    "learning_rate": 1e-3,
+    "optimizer": "adam",
+    "adam_beta1": 0.5,
+    "adam_beta2": 0.999,
+    "image_size": 518,
+    "seed": 111,
+    "calibration_fraction": 0.0,
+}
 PRESETS = {
     "mvtec_ad": {"num_train_epochs": 800, "per_device_train_batch_size": 16, "lr_milestones": [400, 700]},
     "visa": {"num_train_epochs": 500, "per_device_train_batch_size": 64, "lr_milestones": [250]},
+    "anomalyclip_train_on_mvtec_ad": _ANOMALYCLIP,  # then --eval_dataset_name VisA
+    "anomalyclip_train_on_visa": _ANOMALYCLIP,  # then --eval_dataset_name MVTec-AD
 }
-DEFAULTS = {"num_train_epochs": 10, "per_device_train_batch_size": 16, "lr_milestones": []}
+# Flags a preset may set; an explicit flag always wins.
+DEFAULTS = {
+    "model_type": "clipada",
+    "train_split": "train",
+    "anomaly_source": "synthetic",
+    "num_train_epochs": 10,
+    "per_device_train_batch_size": 16,
+    "learning_rate": 1e-3,
+    "optimizer": "adamw",
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.999,
+    "lr_milestones": [],
+    "image_size": None,
+    "seed": 42,
+    "calibration_fraction": 0.1,
+}
 # Head fields that `from_clip` fills from the tokenizer: not user settings.
-_DERIVED_HEAD_FIELDS = ("prompt_token_ids", "prompt_insert_position")
+_DERIVED_HEAD_FIELDS = (
+    "prompt_token_ids",
+    "prompt_insert_position",
+    "normal_prompt_token_ids",
+    "abnormal_prompt_token_ids",
+)
 
 
-def overridable_head_fields() -> dict[str, type]:
-    """The `CLIPADAConfig` head fields a user may set on the command line, with their Python type."""
-    field_types = {field.name: field.type for field in dataclasses.fields(CLIPADAConfig)}
+def overridable_head_fields(model_type: str) -> dict[str, dict[str, Any]]:
+    """The head fields of `model_type`'s config a user may set on the command line, as `add_argument` keywords."""
+    config_class = FAMILIES[model_type].config_class
+    field_types = {field.name: field.type for field in dataclasses.fields(config_class)}
     return {
-        name: _scalar_type(field_types[name])
-        for name in CLIPADAConfig.head_field_names()
+        name: _argument_kind(field_types[name])
+        for name in config_class.head_field_names()
         if name not in _DERIVED_HEAD_FIELDS
     }
 
 
-def _scalar_type(annotation: Any) -> type:
-    """`int | None` -> int, `float | int` -> float, `bool` -> bool, `str` -> str."""
-    members = set(annotation.__args__) if isinstance(annotation, types.UnionType) else {annotation}
+def _argument_kind(annotation: Any) -> dict[str, Any]:
+    """`int | None` -> int, `float | int` -> float, `bool` -> --[no-]flag, `str` -> str, `list[int]` -> 1+ ints."""
+    members = set(typing.get_args(annotation)) if isinstance(annotation, types.UnionType) else {annotation}
+    for member in members:
+        if typing.get_origin(member) is list:
+            return {"type": typing.get_args(member)[0], "nargs": "+"}
     for candidate in (bool, float, int, str):
         if candidate in members:
-            return candidate
+            return {"action": argparse.BooleanOptionalAction} if candidate is bool else {"type": candidate}
     raise TypeError(f"no command-line type for {annotation!r}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train one CLIP-ADA model for all categories of a dataset.")
+def _model_type(argv: list[str] | None) -> str:
+    """The family whose head flags the command line takes: --model_type, the preset's, or a checkpoint's own."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--model_type", choices=sorted(FAMILIES), default=None)
+    parser.add_argument("--model_name_or_path", default="")
+    parser.add_argument("--preset", default=None)
+    known, _ = parser.parse_known_args(argv)
+    config_file = Path(known.model_name_or_path) / "config.json"
+    if known.model_type is None and config_file.is_file():
+        try:
+            saved = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+        except (ValueError, UnicodeDecodeError):
+            saved = None  # reported by the model loader, with the file's name
+        if saved in FAMILIES:
+            return saved
+    return known.model_type or PRESETS.get(known.preset, {}).get("model_type") or DEFAULTS["model_type"]
+
+
+def build_parser(model_type: str = "clipada") -> argparse.ArgumentParser:
+    """The full command line, with the head flags of `model_type`."""
+    parser = argparse.ArgumentParser(description="Train one anomaly-detection model for all categories of a dataset.")
     parser.add_argument(
         "--model_name_or_path",
         default="openai/clip-vit-base-patch16",
-        help="A CLIP checkpoint (Hub id or folder) to start from, or a CLIP-ADA checkpoint to continue.",
+        help="A CLIP checkpoint (Hub id or folder) to start from, or a checkpoint of this library to continue.",
+    )
+    parser.add_argument(
+        "--model_type",
+        choices=sorted(FAMILIES),
+        default=None,
+        help="The model family to train on a CLIP (default clipada; a checkpoint of ours keeps its own).",
     )
     parser.add_argument(
         "--dataset_name",
@@ -66,6 +135,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="Layout of a raw folder, when not inferred ('folder': your own images, masks optional).",
     )
     parser.add_argument("--categories", nargs="+", default=None, help="Train on these categories only.")
+    parser.add_argument(
+        "--train_split",
+        default=None,
+        help="The split to train on (default train; the zero-shot protocol trains on another dataset's test split).",
+    )
+    parser.add_argument(
+        "--anomaly_source",
+        choices=["synthetic", "real"],
+        default=None,
+        help="synthetic (default): normal images with DRAEM-style anomalies made in every step (CLIP-ADA's "
+        "protocol); real: the split's own labelled images and masks (the zero-shot protocol).",
+    )
+    parser.add_argument(
+        "--eval_dataset_name",
+        default=None,
+        help="Evaluate at the end on this dataset's test split (default: --dataset_name's), e.g. the other "
+        "dataset of a zero-shot run.",
+    )
     parser.add_argument(
         "--skip_missing_files",
         action="store_true",
@@ -89,9 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--learning_rate",
         type=float,
-        default=1e-3,
-        help="AdamW learning rate (the paper's value was lost in the text; 1e-3 suits the linear head).",
+        default=None,
+        help="Learning rate, default 1e-3 (CLIP-ADA's value was lost in the paper's text; 1e-3 suits the head).",
     )
+    parser.add_argument("--optimizer", choices=["adamw", "adam"], default=None, help="Default adamw.")
+    parser.add_argument("--adam_beta1", type=float, default=None, help="Default 0.9.")
+    parser.add_argument("--adam_beta2", type=float, default=None, help="Default 0.999.")
     parser.add_argument("--weight_decay", type=float, default=0.0)
     parser.add_argument("--num_train_epochs", type=int, default=None, help="Default 10.")
     parser.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs when set.")
@@ -103,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--image_size", type=int, default=None, help="Input resolution (default: the CLIP's own, 224 for ViT-B/16)."
     )
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, default=None, help="Default 42.")
     parser.add_argument(
         "--checkpointing_steps", default=None, help="Save a resumable checkpoint every N optimizer steps, or 'epoch'."
     )
@@ -129,9 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--calibration_fraction",
         type=float,
-        default=0.1,
+        default=None,
         help="Fraction of each category's normal training images held out (seeded, never trained on) to calibrate "
-        "the OK/NG thresholds at the end of the run; 0 disables calibration.",
+        "the OK/NG thresholds at the end of the run; 0 disables calibration. Default 0.1.",
     )
     parser.add_argument("--target_fpr", type=float, default=0.01, help="Calibration: false-positive rate of images.")
     parser.add_argument(
@@ -140,19 +230,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_heatmaps", type=int, default=4, help="Heatmap PNGs per category at the end.")
     parser.add_argument("--save_predictions", action="store_true")
     add_num_threads_argument(parser)
-    head = parser.add_argument_group("CLIPADAConfig overrides (see the config's documentation)")
-    for name, kind in overridable_head_fields().items():
-        if kind is bool:
-            head.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None)
-        else:
-            head.add_argument(f"--{name}", type=kind, default=None)
+    title = FAMILIES[model_type].config_class.__name__
+    head = parser.add_argument_group(f"{title} overrides (see the config's documentation)")
+    for name, kind in overridable_head_fields(model_type).items():
+        head.add_argument(f"--{name}", default=None, **kind)
     return parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses and checks the arguments; fills the preset's (or the default) schedule where no flag was given."""
-    parser = build_parser()
+    model_type = _model_type(argv)
+    parser = build_parser(model_type)
     args = parser.parse_args(argv)
+    if args.model_type not in (None, model_type):
+        parser.error(f"--model_type {args.model_type}: {args.model_name_or_path} is a {model_type} checkpoint")
+    args.model_type = model_type
     preset = PRESETS.get(args.preset, {})
     for name, default in DEFAULTS.items():
         if getattr(args, name) is None:
@@ -164,6 +256,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--num_train_epochs": args.num_train_epochs >= 1,
         "--max_train_steps": args.max_train_steps is None or args.max_train_steps >= 1,
         "--learning_rate": math.isfinite(args.learning_rate) and args.learning_rate > 0,
+        "--adam_beta1": 0 <= args.adam_beta1 < 1,
+        "--adam_beta2": 0 <= args.adam_beta2 < 1,
         "--weight_decay": math.isfinite(args.weight_decay) and args.weight_decay >= 0,
         "--image_size": args.image_size is None or args.image_size >= 1,
         "--lr_milestones": all(m >= 1 for m in args.lr_milestones),
@@ -186,7 +280,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def head_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config fields given on the command line."""
-    return {name: getattr(args, name) for name in overridable_head_fields() if getattr(args, name) is not None}
+    fields = overridable_head_fields(args.model_type)
+    return {name: getattr(args, name) for name in fields if getattr(args, name) is not None}
 
 
 __all__ = ["DEFAULTS", "PRESETS", "build_parser", "head_overrides", "overridable_head_fields", "parse_args"]

@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel
 
-from modeling_clipada import CLIPADAForAnomalySegmentation
 from processing import CLIPADAImageProcessor
 from training.calibration import CalibrationResult, calibrate, collect_normal_scores
 from training.data import DatasetFormatError, load_anomaly_dataset
@@ -33,7 +33,7 @@ CALIBRATION_FILE = "calibration.json"
 
 
 def calibrate_model(
-    model: CLIPADAForAnomalySegmentation,
+    model: PreTrainedModel,
     processor: CLIPADAImageProcessor,
     normal_split,
     device: torch.device | str = "cpu",

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from scipy import stats
 from torch.utils.data import DataLoader
+from transformers import PreTrainedModel
 
-from modeling_clipada import CLIPADAForAnomalySegmentation
 from processing import CLIPADAImageProcessor
 
 PIXELS_PER_IMAGE = 4096
@@ -213,7 +213,7 @@ def calibrate(
 
 
 def collect_normal_scores(
-    model: CLIPADAForAnomalySegmentation,
+    model: PreTrainedModel,
     processor: CLIPADAImageProcessor,
     split: datasets.Dataset,
     device: torch.device | str = "cpu",

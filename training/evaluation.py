@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from transformers import PreTrainedModel
 
-from modeling_clipada import CLIPADAForAnomalySegmentation
 from processing import CLIPADAImageProcessor
 from training.data import DATASET_NAMES, DatasetFormatError, has_ground_truth, load_anomaly_dataset
 from training.heatmaps import save_heatmap
@@ -33,7 +33,7 @@ from training.threads import add_num_threads_argument, configure_threads
 
 
 def evaluate_model(
-    model: CLIPADAForAnomalySegmentation,
+    model: PreTrainedModel,
     processor: CLIPADAImageProcessor,
     test_dataset,
     device: torch.device | str = "cpu",
@@ -60,7 +60,7 @@ def evaluate_model(
         anomalous image has a mask, and `images_without_mask` counts the images they leave out (when any).
     """
     model = model.to(device).eval()
-    dtype = model.prompt_vectors.dtype
+    dtype = next(model.parameters()).dtype
     output_dir = Path(output_dir) if output_dir is not None else None
     categories = np.asarray(test_dataset["category"])
     labels = np.asarray(test_dataset["label"])

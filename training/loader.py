@@ -1,9 +1,11 @@
-"""Training batches: the normal images of the train split, decoded and resized once, as uint8 tensors.
+"""Training batches, decoded and resized once: normal images (for synthetic anomalies), or images with their masks.
 
 Example:
     ```python
     >>> loader = build_train_dataloader(dataset["train"], CLIPADAImageProcessor(size=224), batch_size=16)
     >>> next(iter(loader)).shape  # (16, 3, 224, 224) uint8
+    >>> loader = build_train_dataloader(dataset["test"], processor, batch_size=8, with_masks=True)
+    >>> images, masks = next(iter(loader))  # (8, 3, 224, 224) uint8, (8, 224, 224) uint8 in {0, 1}
     ```
 """
 
@@ -20,45 +22,65 @@ def build_train_dataloader(
     processor: CLIPADAImageProcessor,
     batch_size: int,
     num_workers: int = 0,
+    with_masks: bool = False,
 ) -> DataLoader:
-    """Shuffled batches `(B, 3, H, W)` uint8 of the split's normal images at the processor's size.
+    """Shuffled training batches at the processor's size.
 
     Images are decoded and resized once, before the first epoch, and cached by `datasets`: decoding a 900 px PNG
-    every step would cost more than a GPU training step. Anomalous rows are dropped: training sees no real anomaly.
+    every step would cost more than a GPU training step.
+
+    Args:
+        train_split: Rows with `image`, `mask`, `label`.
+        processor: Sets the size.
+        batch_size: Images per batch.
+        num_workers: DataLoader workers.
+        with_masks: False: only the normal images, batches `(B, 3, H, W)` uint8 (anomalies are synthesised later);
+            True: every image with its mask, batches `((B, 3, H, W) uint8, (B, H, W) uint8 {0, 1})`.
 
     Raises:
-        ValueError: If the split holds no normal image.
+        ValueError: If the split holds no usable image, or (with masks) an anomalous image has no mask.
     """
     labels = np.asarray(train_split["label"])
-    if (labels != 0).any():
+    if not with_masks and (labels != 0).any():
         train_split = train_split.select(np.flatnonzero(labels == 0))
+    if with_masks and (labels != 0).any():
+        anomalous = train_split.select(np.flatnonzero(labels != 0))
+        missing = sum(mask is None for mask in anomalous["mask"])
+        if missing:
+            raise ValueError(f"{missing} anomalous images have no mask; training on real anomalies needs every mask")
     if len(train_split) == 0:
-        raise ValueError("the train split has no normal images")
+        raise ValueError("the split has no " + ("images" if with_masks else "normal images") + " to train on")
     return DataLoader(
-        resize_once(train_split, processor),
+        resize_once(train_split, processor, with_masks),
         batch_size=batch_size,
         shuffle=True,
-        collate_fn=_stack_pixels,
+        collate_fn=_stack_with_masks if with_masks else _stack_pixels,
         num_workers=num_workers,
         drop_last=False,
     )
 
 
-def resize_once(dataset: datasets.Dataset, processor: CLIPADAImageProcessor) -> datasets.Dataset:
-    """`image` column -> `pixels` column, uint8 `(3, H, W)` at the processor's size, as torch tensors."""
+def resize_once(dataset: datasets.Dataset, processor: CLIPADAImageProcessor, with_masks: bool = False):
+    """`image` (and `mask`) -> `pixels` uint8 `(3, H, W)` (and `masks` uint8 `(H, W)`), as torch tensors."""
     height, width = processor.size["height"], processor.size["width"]
 
     def resize(batch: dict) -> dict:
-        pixels = processor(images=batch["image"], do_normalize=False)["pixel_values"]
-        return {"pixels": (pixels * 255).round().to(torch.uint8).numpy()}
+        maps = batch["mask"] if with_masks else None
+        inputs = processor(images=batch["image"], segmentation_maps=maps, do_normalize=False)
+        resized = {"pixels": (inputs["pixel_values"] * 255).round().to(torch.uint8).numpy()}
+        if with_masks:
+            resized["masks"] = inputs["labels"].to(torch.uint8).numpy()
+        return resized
 
-    features = datasets.Features({"pixels": datasets.Array3D(shape=(3, height, width), dtype="uint8")})
+    features = {"pixels": datasets.Array3D(shape=(3, height, width), dtype="uint8")}
+    if with_masks:
+        features["masks"] = datasets.Array2D(shape=(height, width), dtype="uint8")
     resized = dataset.map(
         resize,
         batched=True,
         batch_size=32,
         remove_columns=dataset.column_names,
-        features=features,
+        features=datasets.Features(features),
         desc=f"Resizing training images to {height}x{width} once",
     )
     return resized.with_format("torch")
@@ -66,6 +88,10 @@ def resize_once(dataset: datasets.Dataset, processor: CLIPADAImageProcessor) -> 
 
 def _stack_pixels(examples: list[dict]) -> torch.Tensor:
     return torch.stack([example["pixels"] for example in examples])
+
+
+def _stack_with_masks(examples: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    return _stack_pixels(examples), torch.stack([example["masks"] for example in examples])
 
 
 __all__ = ["build_train_dataloader", "resize_once"]

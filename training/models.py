@@ -16,14 +16,12 @@ from typing import Any
 import torch
 from huggingface_hub import hf_hub_download
 from safetensors import SafetensorError
-from transformers import CLIPModel
+from transformers import CLIPModel, PreTrainedModel
 
-from modeling_clipada import CLIPADAConfig, CLIPADAForAnomalySegmentation
 from processing import CLIPADAImageProcessor
+from training.families import FAMILIES, family_titles
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-# The head's shape: it cannot change when a CLIP-ADA checkpoint is continued.
-_SHAPE_FIELDS = {"num_refinements", "num_prompt_vectors", "prompt_template"}
 
 
 class ModelLoadError(ValueError):
@@ -60,38 +58,45 @@ def saved_model_type(name_or_path: str) -> str | None:
         raise ModelLoadError(f"{config_file} is not a valid config.json ({error})") from error
 
 
-def build_model(name_or_path: str, overrides: dict[str, Any]) -> CLIPADAForAnomalySegmentation:
-    """A CLIP-ADA checkpoint is continued as is; any other CLIP checkpoint gets a fresh head via `from_clip`."""
+def build_model(name_or_path: str, overrides: dict[str, Any], model_type: str = "clipada") -> PreTrainedModel:
+    """A checkpoint of one of our families is continued as is; any other CLIP gets a fresh `model_type` head.
+
+    Raises:
+        ModelLoadError: Naming the folder, or the head fields that cannot change when continuing a checkpoint.
+    """
     check_model_location(name_or_path)
-    if saved_model_type(name_or_path) == CLIPADAConfig.model_type:
-        frozen_shape = _SHAPE_FIELDS & set(overrides)
+    saved_type = saved_model_type(name_or_path)
+    if saved_type in FAMILIES:
+        family = FAMILIES[saved_type]
+        frozen_shape = family.shape_fields & set(overrides)
         if frozen_shape:
             raise ModelLoadError(
-                f"{sorted(frozen_shape)} cannot change when continuing CLIP-ADA checkpoint {name_or_path}; "
+                f"{sorted(frozen_shape)} cannot change when continuing {family.title} checkpoint {name_or_path}; "
                 "start from a CLIP checkpoint instead"
             )
-        return _load(CLIPADAForAnomalySegmentation.from_pretrained, name_or_path, **overrides)
-    return _load(CLIPADAForAnomalySegmentation.from_clip, name_or_path, **overrides)
+        return _load(family.model_class.from_pretrained, name_or_path, **overrides)
+    return _load(FAMILIES[model_type].model_class.from_clip, name_or_path, **overrides)
 
 
 def load_frozen_clip_weights(name_or_path: str) -> dict[str, torch.Tensor]:
-    """The frozen CLIP's fp32 weights as saved in `name_or_path` (a CLIP or a CLIP-ADA checkpoint), keyed like
-    `CLIPADAForAnomalySegmentation.clip.state_dict()`."""
-    if saved_model_type(name_or_path) == CLIPADAConfig.model_type:
-        return _load(CLIPADAForAnomalySegmentation.from_pretrained, name_or_path).clip.state_dict()
+    """The frozen CLIP's fp32 weights as saved in `name_or_path` (a CLIP checkpoint or one of ours), keyed like
+    `model.clip.state_dict()`."""
+    saved_type = saved_model_type(name_or_path)
+    if saved_type in FAMILIES:
+        return _load(FAMILIES[saved_type].model_class.from_pretrained, name_or_path).clip.state_dict()
     return _load(CLIPModel.from_pretrained, name_or_path).state_dict()
 
 
-def load_clipada_model(name_or_path: str, dtype: torch.dtype = torch.float32) -> CLIPADAForAnomalySegmentation:
-    """A trained CLIP-ADA checkpoint; a plain CLIP (or any other model) is refused by name."""
+def load_clipada_model(name_or_path: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A trained checkpoint of any of this library's families; a plain CLIP (or any other model) is refused."""
     check_model_location(name_or_path)
     model_type = saved_model_type(name_or_path)
-    if model_type != CLIPADAConfig.model_type:
+    if model_type not in FAMILIES:
         raise ModelLoadError(
-            f"--model_name_or_path {name_or_path} is a {model_type!r} checkpoint, not a CLIP-ADA one; "
-            "train it first (python -m training.train)"
+            f"--model_name_or_path {name_or_path} is a {model_type!r} checkpoint, not one of this library's "
+            f"({family_titles()}); train it first (python -m training.train)"
         )
-    return _load(CLIPADAForAnomalySegmentation.from_pretrained, name_or_path, dtype=dtype)
+    return _load(FAMILIES[model_type].model_class.from_pretrained, name_or_path, dtype=dtype)
 
 
 def load_processor(name_or_path: str, image_size: int | None = None) -> CLIPADAImageProcessor:
@@ -107,7 +112,7 @@ def load_processor(name_or_path: str, image_size: int | None = None) -> CLIPADAI
         ) from error
 
 
-def _load(loader, name_or_path: str, **kwargs) -> CLIPADAForAnomalySegmentation:
+def _load(loader, name_or_path: str, **kwargs) -> PreTrainedModel:
     try:
         return loader(name_or_path, **kwargs)
     except (OSError, SafetensorError) as error:

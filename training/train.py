@@ -1,7 +1,9 @@
-"""Train one CLIP-ADA model for all categories of MVTec-AD or VisA with `accelerate` (one or many processes).
+"""Train one model for all categories of a dataset with `accelerate` (one or many processes): CLIP-ADA or AnomalyCLIP.
 
-Only the head trains (prompt vectors, projections, similarity scale/bias); CLIP stays frozen. Every step turns
-the batch's normal images into DRAEM-style synthetic anomalies on the device, so every epoch sees fresh ones.
+Only the head trains (prompt vectors, projections, ...); CLIP stays frozen. With `--anomaly_source synthetic`
+(CLIP-ADA's protocol, the default) every step turns the batch's normal images into DRAEM-style synthetic anomalies
+on the device, so every epoch sees fresh ones; with `real` (the zero-shot protocol) the split's labelled images and
+masks are used, e.g. another dataset's test split.
 Checkpoints hold only the trainable weights, optimizer, scheduler, step and RNG states, and resume exactly.
 
 Example:
@@ -29,8 +31,8 @@ from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.optim.lr_scheduler import MultiStepLR
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel
 
-from modeling_clipada import CLIPADAForAnomalySegmentation
 from processing import CLIPADAImageProcessor
 from training.arguments import head_overrides, parse_args
 from training.calibrate import calibrate_model, format_calibration, write_calibration_report
@@ -72,10 +74,10 @@ class TrainingRun:
     """Everything `train_loop` needs, built by `set_up`."""
 
     accelerator: Accelerator
-    model: CLIPADAForAnomalySegmentation
+    model: PreTrainedModel
     processor: CLIPADAImageProcessor
     synthesizer: SyntheticAnomalyGenerator
-    dataset: object  # the DatasetDict, kept for the evaluation at the end
+    dataset: object  # the DatasetDict whose test split is evaluated at the end
     calibration_split: object  # held-out normal training images (a datasets.Dataset), or None
     dataloader: torch.utils.data.DataLoader
     optimizer: torch.optim.Optimizer
@@ -111,16 +113,22 @@ def run_fingerprint(args: argparse.Namespace, model, dataset, num_processes: int
     The length of training (`--max_train_steps`, `--num_train_epochs`) is not in it: a run may be extended.
     """
     config = model.config
+    split = dataset[args.train_split]
     return {
         "model_name_or_path": args.model_name_or_path,
-        "dataset_fingerprint": getattr(dataset["train"], "_fingerprint", None),
-        "train_images": len(dataset["train"]),
-        "categories": sorted(set(dataset["train"]["category"])),
+        "model_type": config.model_type,
+        "dataset_fingerprint": getattr(split, "_fingerprint", None),
+        "train_split": args.train_split,
+        "anomaly_source": args.anomaly_source,
+        "train_images": len(split),
+        "categories": sorted(set(split["category"])),
         "seed": args.seed,
         "per_device_train_batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "num_processes": num_processes,
+        "optimizer": args.optimizer,
         "learning_rate": args.learning_rate,
+        "adam_betas": [args.adam_beta1, args.adam_beta2],
         "weight_decay": args.weight_decay,
         "lr_milestones": list(args.lr_milestones),
         "image_size": args.image_size or config.vision_config.image_size,
@@ -137,7 +145,7 @@ def run_fingerprint(args: argparse.Namespace, model, dataset, num_processes: int
 def set_up(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
     """Builds model, data, optimizer and scheduler; resumes when asked. Every error here is the user's input."""
     set_seed(args.seed)
-    model = build_model(args.model_name_or_path, head_overrides(args))
+    model = build_model(args.model_name_or_path, head_overrides(args), args.model_type)
     if args.mixed_precision in FROZEN_DTYPES:  # cheaper than autocasting fp32 weights at every step
         model.clip.to(FROZEN_DTYPES[args.mixed_precision])
     image_size = args.image_size or model.config.vision_config.image_size
@@ -150,16 +158,35 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
             categories=args.categories,
             allow_missing_files=args.skip_missing_files,
         )
-        train_split, calibration_split = hold_out_normal_images(dataset["train"], args.calibration_fraction, args.seed)
+        if args.train_split not in dataset:
+            raise DatasetFormatError(
+                f"{args.dataset_name} has no split {args.train_split!r} (it has {sorted(dataset)})"
+            )
+        train_split, calibration_split = hold_out_normal_images(
+            dataset[args.train_split], args.calibration_fraction, args.seed
+        )
         try:
             dataloader = build_train_dataloader(
-                train_split, processor, args.per_device_train_batch_size, args.dataloader_num_workers
+                train_split,
+                processor,
+                args.per_device_train_batch_size,
+                args.dataloader_num_workers,
+                with_masks=args.anomaly_source == "real",
             )
         except ValueError as error:
-            raise DatasetFormatError(f"{args.dataset_name}: {error}") from error
+            raise DatasetFormatError(f"{args.dataset_name} ({args.train_split} split): {error}") from error
+        evaluation_dataset = dataset
+        if args.eval_dataset_name and not args.skip_evaluation:
+            evaluation_dataset = load_anomaly_dataset(
+                args.eval_dataset_name, allow_missing_files=args.skip_missing_files
+            )
 
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=args.weight_decay
+    optimizer_class = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[args.optimizer]
+    optimizer = optimizer_class(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.weight_decay,
     )
     batches_per_epoch = math.ceil(len(dataloader) / accelerator.num_processes)
     steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
@@ -172,7 +199,7 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
         model=model,
         processor=processor,
         synthesizer=synthesizer,
-        dataset=dataset,
+        dataset=evaluation_dataset,
         calibration_split=calibration_split,
         dataloader=dataloader,
         optimizer=optimizer,
@@ -225,7 +252,8 @@ def train_loop(args: argparse.Namespace, run: TrainingRun) -> bool:
             dataloader.set_epoch(epoch)
             skip = resume_batch if epoch == start_epoch else 0
             epoch_loader = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
-            for batch_index, images in enumerate(epoch_loader, start=skip):
+            for batch_index, batch in enumerate(epoch_loader, start=skip):
+                images, masks = batch if isinstance(batch, (tuple, list)) else (batch, None)
                 micro_batch = batch_index * accelerator.num_processes + accelerator.process_index
                 generator = synthesis_generator(args.seed, epoch, micro_batch)
                 loss = training_step(
@@ -237,6 +265,7 @@ def train_loop(args: argparse.Namespace, run: TrainingRun) -> bool:
                     run.synthesizer,
                     images,
                     generator,
+                    masks,
                 )
                 if not accelerator.sync_gradients:
                     continue
@@ -273,18 +302,24 @@ def training_step(
     synthesizer: SyntheticAnomalyGenerator,
     images: torch.Tensor,
     generator: torch.Generator,
+    masks: torch.Tensor | None = None,
 ) -> float:
-    """Synthesise anomalies, forward with their masks, backward and (when gradients sync) one optimizer step.
+    """Synthesise anomalies (unless real masks are given), forward with the masks, backward and (when gradients
+    sync) one optimizer step.
 
     Args:
-        images: `(B, 3, H, W)` uint8 normal images on the device.
-        generator: Seeds this micro-batch's anomalies.
+        images: `(B, 3, H, W)` uint8 images on the device: normal ones, or labelled ones with `masks`.
+        generator: Seeds this micro-batch's synthetic anomalies.
+        masks: `(B, H, W)` {0, 1} real masks of labelled images; None to synthesise anomalies.
 
     Returns:
         The loss of this micro-batch.
     """
     with accelerator.accumulate(model):
-        images, masks = synthesizer(images.float() / 255, generator=generator)
+        if masks is None:
+            images, masks = synthesizer(images.float() / 255, generator=generator)
+        else:
+            images, masks = images.float() / 255, masks.float()
         outputs = model(pixel_values=processor.normalize(images), labels=masks)
         accelerator.backward(outputs.loss)
         optimizer.step()
@@ -384,7 +419,7 @@ def finish(args: argparse.Namespace, run: TrainingRun) -> dict | None:
 
 
 def evaluate_on_test_split(
-    model: CLIPADAForAnomalySegmentation,
+    model: PreTrainedModel,
     processor: CLIPADAImageProcessor,
     dataset,
     device: torch.device,
@@ -415,12 +450,11 @@ def _log_plan(accelerator: Accelerator, args: argparse.Namespace, run: TrainingR
     unwrapped = accelerator.unwrap_model(run.model)
     trainable = sum(p.numel() for p in unwrapped.parameters() if p.requires_grad)
     logger.info(
-        f"***** Training CLIP-ADA ***** images={len(run.dataloader.dataset)} epochs={num_epochs} "
+        f"***** Training {unwrapped.config.model_type} ***** images={len(run.dataloader.dataset)} epochs={num_epochs} "
         f"steps={run.max_steps} batch/device={args.per_device_train_batch_size} "
         f"processes={accelerator.num_processes} accumulation={args.gradient_accumulation_steps} "
         f"threads={torch.get_num_threads()} "
-        f"trainable_parameters={trainable:,} R={unwrapped.config.num_refinements} "
-        f"feature_layer={unwrapped.config.feature_layer}",
+        f"trainable_parameters={trainable:,} anomalies={args.anomaly_source} split={args.train_split}",
         main_process_only=True,
     )
 

@@ -1,0 +1,86 @@
+"""Training every model family through the same command: both protocols (synthetic anomalies, real masks)."""
+
+import json
+
+import pytest
+import torch
+from run_helpers import training_args
+from transformers import AutoModel
+
+from training import calibrate, evaluation, train
+from training.arguments import parse_args
+
+pytestmark = pytest.mark.slow
+ANOMALYCLIP_HEAD = ["--feature_layers", "2", "4", "--dpam_start_layer", "2", "--deep_prompt_depth", "2"]
+
+
+def _anomalyclip_args(workspace, output_dir, *extra):
+    argv = training_args(workspace, output_dir, "--model_type", "anomalyclip", *ANOMALYCLIP_HEAD, *extra)
+    return [*argv, "--max_train_steps", "3", "--num_prompt_vectors", "2", "--deep_prompt_length", "2"]
+
+
+def test_anomalyclip_trains_on_labelled_test_images_and_evaluates_on_another_dataset(workspace, tmp_path):
+    run = tmp_path / "run"
+    argv = _anomalyclip_args(workspace, run, "--train_split", "test", "--anomaly_source", "real")
+    metrics = train.main([*argv, "--eval_dataset_name", str(workspace / "data"), "--calibration_fraction", "0"])
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_type"] == "anomalyclip" and config["feature_layers"] == [2, 4]
+    assert set(metrics["per_category"]) == {"disc", "weave"}
+    log = json.loads((run / "training_log.json").read_text())["log_history"]
+    assert len(log) == 3 and all(entry["loss"] > 0 for entry in log)
+    model = AutoModel.from_pretrained(run, trust_remote_code=True)
+    assert type(model).__name__ == "AnomalyCLIPForAnomalySegmentation"
+    evaluated = evaluation.main(
+        [
+            "--model_name_or_path",
+            str(run),
+            "--dataset_name",
+            str(workspace / "data"),
+            "--output_dir",
+            str(tmp_path / "e"),
+        ]
+    )
+    assert evaluated["per_category"].keys() == metrics["per_category"].keys()
+
+
+def test_anomalyclip_trains_on_normal_images_with_synthetic_anomalies_and_calibrates(workspace, tmp_path):
+    run = tmp_path / "run"
+    train.main(_anomalyclip_args(workspace, run, "--skip_evaluation"))
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_type"] == "anomalyclip" and config["image_threshold"] is not None
+    result = calibrate.main(["--model_name_or_path", str(run), "--dataset_name", str(workspace / "data")])
+    assert result.image.num_images == 12
+
+
+def test_continuing_an_anomalyclip_checkpoint_keeps_its_family(workspace, tmp_path):
+    first = tmp_path / "first"
+    train.main(_anomalyclip_args(workspace, first, "--skip_evaluation"))
+    argv = training_args(workspace, tmp_path / "second", "--max_train_steps", "1", "--skip_evaluation")
+    argv[argv.index("--model_name_or_path") + 1] = str(first)
+    assert parse_args(argv).model_type == "anomalyclip"
+    train.main(argv)
+    before = AutoModel.from_pretrained(first, trust_remote_code=True).deep_prompts
+    after = AutoModel.from_pretrained(tmp_path / "second", trust_remote_code=True).deep_prompts
+    assert before.shape == after.shape and not torch.equal(before, after)
+
+
+def test_the_zero_shot_presets_set_the_official_schedule():
+    args = parse_args(["--dataset_name", "d", "--output_dir", "o", "--preset", "anomalyclip_train_on_visa"])
+    schedule = (args.model_type, args.train_split, args.anomaly_source, args.num_train_epochs, args.optimizer)
+    assert schedule == ("anomalyclip", "test", "real", 15, "adam")
+    assert (args.adam_beta1, args.learning_rate, args.per_device_train_batch_size, args.image_size) == (
+        0.5,
+        1e-3,
+        8,
+        518,
+    )
+    explicit = parse_args(["--dataset_name", "d", "--output_dir", "o", "--preset", "anomalyclip_train_on_visa",
+                           "--seed", "3", "--image_size", "336"])  # fmt: skip
+    assert (explicit.seed, explicit.image_size) == (3, 336)
+
+
+def test_a_split_that_does_not_exist_is_a_clear_error(workspace, tmp_path, capsys):
+    argv = training_args(workspace, tmp_path / "run", "--train_split", "validation")
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    assert exit_info.value.code == 2 and "no split 'validation'" in capsys.readouterr().err
