@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from training import train
+from training import predict, train
 from training.demo_data import make_demo_dataset
 from training.smoke_clip import build_smoke_clip
 from training.threads import add_num_threads_argument
@@ -60,15 +60,41 @@ def main(argv: list[str] | None = None) -> dict | None:
             "2e-3",
             "--checkpointing_steps",
             "100",
+            # a larger calibration set than the default 10%: the demo has only 24 normal images per category
+            "--calibration_fraction",
+            "0.3",
+            "--target_fpr",
+            "0.05",
             "--seed",
             str(args.seed),
             *(["--num_threads", str(args.num_threads)] if args.num_threads else []),
         ]
     )
+    examples = _example_images(dataset_dir)
+    print(f"[demo] OK/NG for {len(examples)} test images with the thresholds calibrated at the end of training:")
+    predict.main(
+        [
+            *map(str, examples),
+            "--model_name_or_path",
+            str(output_dir / "model"),
+            "--output_dir",
+            str(output_dir / "predictions"),
+            "--overwrite_output_dir",
+            *(["--num_threads", str(args.num_threads)] if args.num_threads else []),
+        ]
+    )
     print(BANNER)
     print(f"[demo] checkpoint, model card, metrics.json and heatmaps: {output_dir / 'model'}")
+    print(f"[demo] OK/NG decisions: {output_dir / 'predictions' / 'predictions.csv'}")
+    print(f"[demo] overlay pictures: {output_dir / 'predictions' / 'overlays'}/")
     print(f"[demo] wall time {time.perf_counter() - started:.0f} s")
     return metrics
+
+
+def _example_images(dataset_dir: Path, per_folder: int = 1) -> list[Path]:
+    """The first image of every test folder (good and each defect type) of every category."""
+    folders = sorted(p for p in dataset_dir.glob("*/test/*") if p.is_dir())
+    return [image for folder in folders for image in sorted(folder.glob("*.png"))[:per_folder]]
 
 
 def cli() -> None:
