@@ -1,0 +1,250 @@
+"""clipada-export and the torch-free runners: parity with PyTorch (R = 0, 1, 2), thresholds after export, errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny_clip import make_tiny_clip
+
+from modeling_clipada import CLIPADAForAnomalySegmentation
+from processing import CLIPADAImageProcessor
+from training.deploy.runners import EXPORT_CONFIG_NAME, ExportedCLIPADA, ExportedModelError
+from training.export import ExportError, check_request, export, main
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE_SIZE = 32
+FEATURE_LAYER = 2
+
+
+def sample_images(count: int = 4) -> list[np.ndarray]:
+    """Noise, a gradient and a bright square: uint8 (40, 48, 3) images, resized by the processor to 32 px."""
+    generator = np.random.default_rng(0)
+    images = [generator.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(count - 2)]
+    gradient = np.broadcast_to(np.linspace(0, 255, 48, dtype=np.uint8)[None, :, None], (40, 48, 3)).copy()
+    square = np.full((40, 48, 3), 90, dtype=np.uint8)
+    square[10:22, 14:30] = 250
+    return images + [gradient, square]
+
+
+def gap_threshold(values: np.ndarray) -> float:
+    """A threshold in the widest gap between neighbouring values of the middle half: mixed decisions that a
+    float rounding cannot flip."""
+    ordered = np.sort(values.ravel())
+    low, high = len(ordered) // 4, max(len(ordered) // 4 + 1, 3 * len(ordered) // 4)
+    gaps = np.diff(ordered[low : high + 1])
+    index = low + int(np.argmax(gaps))
+    return float((ordered[index] + ordered[index + 1]) / 2)
+
+
+def build_checkpoint(folder: Path, num_refinements: int) -> Path:
+    """A tiny random CLIP-ADA with thresholds that split the test images, and a per-category pair for `screw`."""
+    clip, tokenizer = make_tiny_clip(seed=num_refinements)
+    torch.manual_seed(num_refinements)
+    model = CLIPADAForAnomalySegmentation.from_clip(
+        clip, tokenizer, num_refinements=num_refinements, feature_layer=FEATURE_LAYER
+    ).eval()
+    processor = CLIPADAImageProcessor(size=IMAGE_SIZE)
+    with torch.no_grad():
+        outputs = model(processor(images=sample_images())["pixel_values"])
+    model.config.image_threshold = gap_threshold(outputs.pred_score.numpy())
+    model.config.pixel_threshold = gap_threshold(outputs.anomaly_map.numpy())
+    model.config.category_thresholds = {"screw": {"image_threshold": 0.0, "pixel_threshold": 1.0}}
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[int, Path]:
+    root = tmp_path_factory.mktemp("export_checkpoints")
+    return {r: build_checkpoint(root / f"r{r}", r) for r in (0, 1, 2)}
+
+
+@pytest.fixture(scope="module")
+def exports(checkpoints, tmp_path_factory):
+    """`exports(r, format, fp16=False)`: the export folder, written once per module."""
+    root, written = tmp_path_factory.mktemp("exports"), {}
+
+    def get(num_refinements: int, export_format: str, fp16: bool = False) -> Path:
+        key = (num_refinements, export_format, fp16)
+        if key not in written:
+            folder = root / f"r{num_refinements}-{export_format}{'-fp16' if fp16 else ''}"
+            export(str(checkpoints[num_refinements]), folder, export_format, fp16=fp16)
+            written[key] = folder
+        return written[key]
+
+    return get
+
+
+def pytorch_outputs(checkpoint: Path, categories=None):
+    model = CLIPADAForAnomalySegmentation.from_pretrained(checkpoint).eval()
+    pixel_values = CLIPADAImageProcessor.from_pretrained(checkpoint)(images=sample_images())["pixel_values"]
+    with torch.no_grad():
+        return model(pixel_values, categories=categories)
+
+
+# ---------------------------------------------------------------------------------------------- parity
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("export_format", ["onnx", "openvino"])
+@pytest.mark.parametrize("num_refinements", [0, 1, 2])
+def test_exported_graph_matches_pytorch(checkpoints, exports, num_refinements, export_format):
+    folder = exports(num_refinements, export_format)
+    categories = [None, "screw", None, "bottle"]
+    reference = pytorch_outputs(checkpoints[num_refinements], categories)
+    outputs = ExportedCLIPADA(folder).predict(sample_images(), categories=categories)
+    assert np.abs(outputs["anomaly_map"] - reference.anomaly_map.numpy()).max() <= 1e-4
+    assert np.abs(outputs["pred_score"] - reference.pred_score.numpy()).max() <= 1e-5
+    np.testing.assert_array_equal(outputs["pred_label"], reference.pred_label.numpy())
+    np.testing.assert_array_equal(outputs["pred_mask"], reference.pred_mask.numpy())
+    assert 0 < reference.pred_mask[[0, 2, 3]].float().mean() < 1  # the global thresholds split the pixels
+    parity = json.loads((folder / EXPORT_CONFIG_NAME).read_text())["parity"]
+    assert parity["anomaly_map_max_abs_diff"] <= 1e-4 and parity["pred_score_max_abs_diff"] <= 1e-5
+
+
+@pytest.mark.slow
+def test_openvino_fp16_weights_keep_the_decisions(checkpoints, exports):
+    folder = exports(1, "openvino", fp16=True)
+    assert (folder / "model.bin").stat().st_size < (exports(1, "openvino") / "model.bin").stat().st_size
+    reference = pytorch_outputs(checkpoints[1])
+    outputs = ExportedCLIPADA(folder).predict(sample_images())
+    assert np.abs(outputs["anomaly_map"] - reference.anomaly_map.numpy()).max() <= 5e-3
+    assert np.abs(outputs["pred_score"] - reference.pred_score.numpy()).max() <= 1e-3
+    np.testing.assert_array_equal(outputs["pred_label"], reference.pred_label.numpy())
+    assert (outputs["pred_mask"] == reference.pred_mask.numpy()).mean() >= 0.999
+
+
+@pytest.mark.slow
+def test_graph_holds_neither_the_text_tower_nor_later_layers(exports):
+    import onnx
+
+    config = json.loads((exports(2, "onnx") / EXPORT_CONFIG_NAME).read_text())
+    names = [tensor.name for tensor in onnx.load(exports(2, "onnx") / "model.onnx").graph.initializer]
+    assert "text_embedding" in names
+    assert not [name for name in names if "text_model" in name or "text_projection" in name]
+    assert not [name for name in names if any(f"layers.{i}." in name for i in range(FEATURE_LAYER, 4))]
+    xml = (exports(2, "openvino") / "model.xml").read_text()
+    assert "text_model" not in xml and f"layers.{FEATURE_LAYER}." not in xml
+    assert config["input_size"] == [IMAGE_SIZE, IMAGE_SIZE] and config["opset"] == 20
+    assert set(config["source"]["sha256"]) == {"config.json", "model.safetensors"}
+
+
+@pytest.mark.slow
+def test_thresholds_change_after_export_without_exporting_again(exports, tmp_path):
+    folder = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(exports(0, "onnx")), str(folder)], check=True)
+    config_file = folder / EXPORT_CONFIG_NAME
+    config = json.loads(config_file.read_text())
+    config["thresholds"].update(image_threshold=0.0, pixel_threshold=1.0)
+    config_file.write_text(json.dumps(config))
+    outputs = ExportedCLIPADA(folder).predict(sample_images())
+    assert outputs["pred_label"].all() and not outputs["pred_mask"].any()
+    runner = ExportedCLIPADA(folder)
+    runner.image_threshold = 2.0
+    assert not runner.predict(sample_images())["pred_label"].any()
+
+
+# ---------------------------------------------------------------------------------------------- no torch
+
+
+@pytest.mark.slow
+def test_onnx_runner_runs_where_torch_cannot_be_imported(exports, tmp_path):
+    image_file = tmp_path / "part.png"
+    Image.fromarray(sample_images()[0]).save(image_file)
+    script = (
+        "import runpy, sys\n"
+        "sys.modules['torch'] = None  # `import torch` raises ImportError from here on\n"
+        "sys.argv = ['runners', '--model_dir', sys.argv[1], sys.argv[2], '--category', 'screw']\n"
+        "runpy.run_module('training.deploy.runners', run_name='__main__')\n"
+        "assert sys.modules['torch'] is None and 'torch.nn' not in sys.modules\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(exports(0, "onnx")), str(image_file)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    assert line["image"] == str(image_file) and line["pred_label"] is True  # screw: image threshold 0
+    assert line["anomalous_pixels"] == 0  # screw: pixel threshold 1.0
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (("tflite", 20, False), "--format 'tflite' is not supported"),
+        (("onnx", 17, False), "--opset 17 is not supported"),
+        (("onnx", 99, False), "--opset 99 is not supported"),
+        (("onnx", 20, True), "--fp16 stores OpenVINO weights"),
+    ],
+)
+def test_check_request_names_the_flag(tmp_path, request_, message):
+    with pytest.raises(ExportError, match=message.replace("(", r"\(")):
+        check_request(*request_, tmp_path / "new", overwrite=False)
+
+
+def test_existing_output_folder_is_refused_and_kept(tmp_path, capsys):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model_name_or_path", str(tmp_path), "--output_dir", str(folder), "--format", "onnx"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: --output_dir {folder} exists; pass --overwrite to replace it"
+    assert (folder / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--format", "tflite"], "error: --format 'tflite' is not supported; choose one of onnx, openvino"),
+        (["--format", "onnx", "--opset", "12"], "error: --opset 12 is not supported; choose 18 to 23"),
+        (["--format", "onnx", "--opset", "x"], "error: argument --opset: invalid int value: 'x'"),
+    ],
+)
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path / "out"), *flags])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == message
+
+
+def test_a_plain_clip_checkpoint_is_refused(tiny_clip_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model_name_or_path", str(tiny_clip_dir), "--output_dir", str(tmp_path / "out"), "--format", "onnx"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "is a 'clip' checkpoint; clipada-export exports trained CLIP-ADA" in error
+    assert "\n" not in error and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_inputs_of_the_wrong_size_are_refused_at_run_time(exports, tmp_path, capsys):
+    runner = ExportedCLIPADA(exports(0, "openvino"))
+    with pytest.raises(ExportedModelError, match=r"shape \(1, 3, 64, 64\); this export takes \(batch, 3, 32, 32\)"):
+        runner(np.zeros((1, 3, 64, 64), dtype=np.float32))
+    with pytest.raises(ExportedModelError, match="--backend onnxruntime cannot run"):
+        ExportedCLIPADA(exports(0, "openvino"), backend="onnxruntime")
+    folder = tmp_path / "resized"
+    subprocess.run(["cp", "-r", str(exports(0, "onnx")), str(folder)], check=True)
+    CLIPADAImageProcessor(size=48).save_pretrained(folder)  # a processor that no longer fits the graph
+    image_file = tmp_path / "part.png"
+    Image.fromarray(sample_images()[0]).save(image_file)
+    from training.deploy.runners import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["--model_dir", str(folder), str(image_file)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: pixel_values has shape (1, 3, 48, 48); this export takes (batch, 3, 32, 32)"
+    )
