@@ -4,7 +4,7 @@ For a ViT-B/16-shaped CLIP with random weights (`--tiny`: the project's tiny CLI
 
 - inference (eval, no grad) for each R against the ideal `(1 + R) * (l / L) * t_bare`, where `t_bare` is the bare
   `CLIPVisionModel` through all L layers and l is `feature_layer`;
-- the real `training.train.training_step` (synthesis, forward with labels, backward, AdamW and scheduler step)
+- the real `training.loop.training_step` (synthesis, forward with labels, backward, AdamW and scheduler step)
   against the ideal `t_nograd(l) + R * t_fwdbwd(l)`: the bare tower cut to l layers, once without grad (the
   coarse pass) and R times with a backward to its input (the refined passes);
 - the text tower's forward + backward (the prompt vectors train: every step runs it) as a share of a step, and
@@ -56,9 +56,10 @@ from processing import CLIPADAImageProcessor
 from training.data import load_anomaly_dataset
 from training.demo_data import make_demo_dataset
 from training.loader import build_train_dataloader
+from training.loop import synthesis_generator, training_step
+from training.preparation import build_scheduler
 from training.smoke_clip import TINY_CLIP_SIZES, smoke_clip_config
 from training.synthesis import SyntheticAnomalyGenerator
-from training.train import build_scheduler, synthesis_generator, training_step
 
 # "A photo of a [CLS] with defects for anomaly detection" in CLIP's tokenizer, and a template in the tiny one's.
 PROMPT = {"prompt_token_ids": [49406, 320, 1125, 539, 320, 593, 37485, 556, 46811, 16220, 49407]}

@@ -16,7 +16,9 @@ from safetensors.torch import load_file
 from modeling_clipada import CLIPADAForAnomalySegmentation
 from training import evaluation, train
 from training.checkpointing import TRAINABLE_WEIGHTS
+from training.loop import synthesis_generator
 from training.metrics import compute_anomaly_metrics
+from training.preparation import build_scheduler
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINABLE = ("prompt_vectors", "similarity_logit_scale", "similarity_logit_bias", "patch_projections")
@@ -125,7 +127,7 @@ def test_presets_set_the_papers_schedules_and_explicit_flags_win():
 
 def test_learning_rate_is_multiplied_by_0_2_at_each_milestone():
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = train.build_scheduler(optimizer, milestones_epochs=[2, 3], steps_per_epoch=5)
+    scheduler = build_scheduler(optimizer, milestones_epochs=[2, 3], steps_per_epoch=5)
     rates = []
     for _ in range(20):
         rates.append(scheduler.get_last_lr()[0])
@@ -224,15 +226,15 @@ def test_two_processes_hold_identical_weights_equal_to_one_process(workspace, tm
 
 
 def test_synthesis_seed_depends_on_data_order_only():
-    a = train.synthesis_generator(1, 2, 3).initial_seed()
-    assert a == train.synthesis_generator(1, 2, 3).initial_seed()
+    a = synthesis_generator(1, 2, 3).initial_seed()
+    assert a == synthesis_generator(1, 2, 3).initial_seed()
     assert (
         len(
             {
                 a,
-                train.synthesis_generator(1, 2, 4).initial_seed(),
-                train.synthesis_generator(1, 3, 3).initial_seed(),
-                train.synthesis_generator(2, 2, 3).initial_seed(),
+                synthesis_generator(1, 2, 4).initial_seed(),
+                synthesis_generator(1, 3, 3).initial_seed(),
+                synthesis_generator(2, 2, 3).initial_seed(),
             }
         )
         == 4

@@ -1,0 +1,181 @@
+"""The training loop: steps with synthetic (or real) anomalies, checkpoints, preemption, the loss log.
+
+Example:
+    ```python
+    >>> completed = train_loop(args, run)  # False when stopped by SIGTERM after writing a checkpoint
+    ```
+"""
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from tqdm.auto import tqdm
+
+from processing import CLIPADAImageProcessor
+from training.checkpointing import CHECKPOINTS_DIR, CheckpointError, save_checkpoint, trainable_state
+from training.preemption import PreemptionHandler
+from training.preparation import TrainingRun
+from training.synthesis import SyntheticAnomalyGenerator
+
+logger = get_logger(__name__)
+
+
+def synthesis_generator(seed: int, epoch: int, micro_batch_index: int) -> torch.Generator:
+    """A generator for one micro-batch, seeded by (seed, epoch, its index in the global batch order).
+
+    Anomalies then depend on the data order alone, not on how many processes share the work or on resuming:
+    N processes and one process with N accumulation steps synthesise the same anomalies for the same images.
+    """
+    state = np.random.SeedSequence([seed, epoch, micro_batch_index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def train_loop(args: argparse.Namespace, run: TrainingRun) -> bool:
+    """Trains to `run.max_steps`; returns False when stopped early by SIGTERM (after writing a checkpoint)."""
+    accelerator, dataloader = run.accelerator, run.dataloader
+    start_epoch, resume_batch = divmod(run.completed_steps * args.gradient_accumulation_steps, run.batches_per_epoch)
+    num_epochs = math.ceil(run.max_steps / run.steps_per_epoch)
+    _log_plan(accelerator, args, run, num_epochs)
+    bar = tqdm(
+        total=run.max_steps,
+        initial=run.completed_steps,
+        disable=not accelerator.is_local_main_process,
+        mininterval=1.0,
+    )
+    run.model.train()
+    with PreemptionHandler() as preemption:
+        for epoch in range(start_epoch, num_epochs):
+            dataloader.set_epoch(epoch)
+            skip = resume_batch if epoch == start_epoch else 0
+            epoch_loader = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+            for batch_index, batch in enumerate(epoch_loader, start=skip):
+                images, masks = batch if isinstance(batch, (tuple, list)) else (batch, None)
+                micro_batch = batch_index * accelerator.num_processes + accelerator.process_index
+                generator = synthesis_generator(args.seed, epoch, micro_batch)
+                loss = training_step(
+                    accelerator,
+                    run.model,
+                    run.optimizer,
+                    run.scheduler,
+                    run.processor,
+                    run.synthesizer,
+                    images,
+                    generator,
+                    masks,
+                )
+                if not accelerator.sync_gradients:
+                    continue
+                run.completed_steps += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                run.log.append({"step": run.completed_steps, "loss": loss, "lr": run.scheduler.get_last_lr()[0]})
+                if args.with_tracking:
+                    metrics = {"train/loss": loss, "train/lr": run.scheduler.get_last_lr()[0], "epoch": epoch}
+                    accelerator.log(metrics, step=run.completed_steps)
+                if _is_checkpoint_step(args.checkpointing_steps, run.completed_steps, end_of_epoch=False):
+                    _save(args.output_dir, run)
+                if preemption.requested(accelerator):
+                    path = _save(args.output_dir, run)
+                    accelerator.print(f"SIGTERM: stopped after step {run.completed_steps}; resumable from {path}")
+                    bar.close()
+                    return False
+                if run.completed_steps >= run.max_steps:
+                    break
+            if _is_checkpoint_step(args.checkpointing_steps, run.completed_steps, end_of_epoch=True):
+                _save(args.output_dir, run)
+            if run.completed_steps >= run.max_steps:
+                break
+    bar.close()
+    return True
+
+
+def training_step(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    processor: CLIPADAImageProcessor,
+    synthesizer: SyntheticAnomalyGenerator,
+    images: torch.Tensor,
+    generator: torch.Generator,
+    masks: torch.Tensor | None = None,
+) -> float:
+    """Synthesise anomalies (unless real masks are given), forward with the masks, backward and (when gradients
+    sync) one optimizer step.
+
+    Args:
+        images: `(B, 3, H, W)` uint8 images on the device: normal ones, or labelled ones with `masks`.
+        generator: Seeds this micro-batch's synthetic anomalies.
+        masks: `(B, H, W)` {0, 1} real masks of labelled images; None to synthesise anomalies.
+
+    Returns:
+        The loss of this micro-batch.
+    """
+    with accelerator.accumulate(model):
+        if masks is None:
+            images, masks = synthesizer(images.float() / 255, generator=generator)
+        else:
+            images, masks = images.float() / 255, masks.float()
+        outputs = model(pixel_values=processor.normalize(images), labels=masks)
+        accelerator.backward(outputs.loss)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    return outputs.loss.item()
+
+
+def _is_checkpoint_step(checkpointing_steps: str | None, step: int, end_of_epoch: bool) -> bool:
+    if checkpointing_steps == "epoch":
+        return end_of_epoch
+    return not end_of_epoch and checkpointing_steps is not None and step % int(checkpointing_steps) == 0
+
+
+def _save(output_dir: str, run: TrainingRun) -> Path:
+    try:
+        return save_checkpoint(
+            run.accelerator,
+            output_dir,
+            run.completed_steps,
+            run.model,
+            run.optimizer,
+            run.scheduler,
+            run.fingerprint,
+        )
+    except OSError as error:  # e.g. a full disk; the earlier checkpoints are intact
+        raise CheckpointError(
+            f"cannot write checkpoint step_{run.completed_steps} into {Path(output_dir) / CHECKPOINTS_DIR} "
+            f"({error.strerror or error}); the earlier checkpoints are intact"
+        ) from error
+
+
+def check_replicas_in_sync(accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """Raises when the processes' trainable weights differ (they must be replicas after every step)."""
+    if accelerator.num_processes == 1:
+        return
+    flat = torch.cat([p.flatten().float() for p in trainable_state(accelerator.unwrap_model(model)).values()])
+    gathered = accelerator.gather(flat[None].to(accelerator.device)).cpu()
+    difference = (gathered - gathered[0]).abs().max().item()
+    if difference != 0:
+        raise RuntimeError(f"Trainable weights differ across processes (max difference {difference}).")
+    accelerator.print(f"Trainable weights identical on all {accelerator.num_processes} processes.")
+
+
+def _log_plan(accelerator: Accelerator, args: argparse.Namespace, run: TrainingRun, num_epochs: int) -> None:
+    unwrapped = accelerator.unwrap_model(run.model)
+    trainable = sum(p.numel() for p in unwrapped.parameters() if p.requires_grad)
+    logger.info(
+        f"***** Training {unwrapped.config.model_type} ***** images={len(run.dataloader.dataset)} epochs={num_epochs} "
+        f"steps={run.max_steps} batch/device={args.per_device_train_batch_size} "
+        f"processes={accelerator.num_processes} accumulation={args.gradient_accumulation_steps} "
+        f"threads={torch.get_num_threads()} "
+        f"trainable_parameters={trainable:,} anomalies={args.anomaly_source} split={args.train_split}",
+        main_process_only=True,
+    )
+
+
+__all__ = ["check_replicas_in_sync", "synthesis_generator", "train_loop", "training_step"]
