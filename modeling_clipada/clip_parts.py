@@ -37,7 +37,8 @@ def encode_prompted_text(
         end_positions: `(batch_size,)` index of each sequence's end-of-text token, where it is pooled. Positions
             after it never matter (causal attention), so shorter sequences may be padded with anything.
         deep_prompts: `(depth - 1, n, text_hidden_size)`, optional: before encoder layer k (k = 1..depth - 1,
-            counted from 0) positions 1..n of every sequence are replaced by `deep_prompts[k - 1]`.
+            counted from 0) positions 1..n of every sequence are replaced by `deep_prompts[k - 1]`; or
+            `(depth - 1, batch_size, n, text_hidden_size)`: tokens of their own for every sequence.
 
     Returns:
         `(batch_size, projection_dim)`, not normalised.
@@ -86,6 +87,35 @@ def check_pixel_values(pixel_values: torch.Tensor, patch_size: int, dtype: torch
             f"`pixel_values` height and width must be multiples of the patch size {patch_size}, got shape {shape}."
         )
     return pixel_values.to(dtype)
+
+
+def binary_masks(labels: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Checks ground-truth masks and binarises them at 0.5, as the peers' official code does.
+
+    Args:
+        labels: `(batch_size, H, W)` or `(batch_size, 1, H, W)`, values in [0, 1].
+        batch_size: The number of images.
+        device: Where the masks go.
+
+    Returns:
+        `(batch_size, H, W)` float masks of 0 and 1.
+
+    Raises:
+        ValueError: `labels` of the wrong shape, with NaN, or with values outside [0, 1] (e.g. 0/255 masks).
+    """
+    labels = labels.to(device)
+    if labels.ndim == 4 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 3 or labels.shape[0] != batch_size:
+        raise ValueError(f"`labels` must be (batch, H, W) or (batch, 1, H, W) masks, got {tuple(labels.shape)}.")
+    labels = labels.float()
+    low, high = (value.item() for value in labels.aminmax())
+    if not 0 <= low <= high <= 1:  # also catches NaN, which fails every comparison
+        raise ValueError(
+            f"`labels` must be masks with values in [0, 1] (1 = anomalous), got values from {low} to {high} "
+            "(divide 0/255 masks by 255)."
+        )
+    return (labels > 0.5).float()
 
 
 def per_image_thresholds(
@@ -140,6 +170,20 @@ def upsample_and_smooth(maps: torch.Tensor, size: tuple[int, int], sigma: float,
         tuple(maps.shape[-2:]), tuple(size), float(sigma), maps.device, maps.dtype, border
     )
     return rows @ maps @ columns.T
+
+
+def smooth_maps(maps: torch.Tensor, sigma: float, border: str) -> torch.Tensor:
+    """Gaussian smoothing of maps already at their final size (`upsample_and_smooth` with nothing to upsample).
+
+    Args:
+        maps: `(batch_size, H, W)`.
+        sigma: Standard deviation of the Gaussian in pixels (radius `round(4 sigma)`); 0 returns `maps` unchanged.
+        border: One of `BORDER_MODES`.
+
+    Returns:
+        `(batch_size, H, W)`.
+    """
+    return upsample_and_smooth(maps, tuple(maps.shape[-2:]), sigma, border) if sigma > 0 else maps
 
 
 def gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -218,10 +262,12 @@ def upsample_and_smooth_matrices(
 
 __all__ = [
     "BORDER_MODES",
+    "binary_masks",
     "check_pixel_values",
     "encode_prompted_text",
     "gaussian_kernel",
     "per_image_thresholds",
+    "smooth_maps",
     "upsample_and_smooth",
     "upsample_and_smooth_matrices",
 ]

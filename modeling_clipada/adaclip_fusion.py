@@ -1,0 +1,127 @@
+"""AdaCLIP's hybrid semantic fusion (HSF): batched k-means over the most abnormal patches, in torch on any device.
+
+The official code clusters each image's most abnormal patch embeddings with scikit-learn's `KMeans` on the CPU, one
+image at a time, from a random k-means++ start. Here all images are clustered at once with the same Lloyd
+iterations and stopping rules as scikit-learn (labels unchanged, or centre shift <= tolerance x mean feature
+variance, then a last assignment), from a deterministic farthest-point start: the most abnormal patch first, then
+repeatedly the patch farthest from its nearest chosen centre. From the same start scikit-learn gives the same
+clusters (`tests/fixtures/make_adaclip_reference.py` checks it). One difference: a cluster that empties keeps
+its centre, where scikit-learn moves it to a far point; such a cluster is left out of the fusion.
+
+Example:
+    ```python
+    >>> labels = kmeans_labels(points, num_clusters=20, max_iterations=300, tolerance=1e-4)  # (B, N)
+    >>> fused = hybrid_semantic_fusion(patch_embeddings, layer_logits, 20, 100, 300, 1e-4)   # (B, C)
+    ```
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def farthest_point_centres(points: torch.Tensor, num_clusters: int) -> torch.Tensor:
+    """Deterministic k-means start: point 0, then repeatedly the point farthest from its nearest chosen centre.
+
+    Args:
+        points: `(batch_size, N, D)`.
+        num_clusters: K <= N.
+
+    Returns:
+        `(batch_size, K, D)` initial centres (copies of points; the first maximum wins ties).
+    """
+    batch = torch.arange(points.shape[0], device=points.device)
+    chosen = [torch.zeros_like(batch)]
+    nearest = ((points - points[:, :1]) ** 2).sum(-1)  # (B, N) squared distance to the nearest centre
+    for _ in range(1, num_clusters):
+        index = nearest.argmax(dim=1)
+        chosen.append(index)
+        nearest = torch.minimum(nearest, ((points - points[batch, index][:, None]) ** 2).sum(-1))
+    return points[batch[:, None], torch.stack(chosen, dim=1)]
+
+
+def _assign(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Index of each point's nearest centre (`|c|^2 - 2 x.c`, as scikit-learn ranks them; first on ties)."""
+    return ((centres**2).sum(-1)[:, None, :] - 2 * points @ centres.transpose(1, 2)).argmin(dim=-1)
+
+
+def _update(points: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Mean of each cluster's points; an empty cluster keeps its centre."""
+    one_hot = F.one_hot(labels, centres.shape[1]).to(points.dtype)  # (B, N, K)
+    counts = one_hot.sum(dim=1)[..., None]
+    sums = one_hot.transpose(1, 2) @ points
+    return torch.where(counts > 0, sums / counts.clamp(min=1), centres)
+
+
+@torch.no_grad()
+def kmeans_labels(points: torch.Tensor, num_clusters: int, max_iterations: int, tolerance: float) -> torch.Tensor:
+    """Lloyd's k-means of every image's points at once, with scikit-learn's stopping rules.
+
+    Args:
+        points: `(batch_size, N, D)`.
+        num_clusters: K <= N.
+        max_iterations: Most assignment + update rounds.
+        tolerance: Stop when the summed squared centre shift is <= `tolerance` x the mean per-feature variance.
+
+    Returns:
+        `(batch_size, N)` cluster index of every point (long).
+    """
+    points = points - points.mean(dim=1, keepdim=True)  # as scikit-learn: better-conditioned distances
+    threshold = tolerance * points.var(dim=1, unbiased=False).mean(dim=-1)  # (B,)
+    centres = farthest_point_centres(points, num_clusters)
+    labels = torch.full(points.shape[:2], -1, dtype=torch.long, device=points.device)
+    active = torch.ones(points.shape[0], dtype=torch.bool, device=points.device)
+    for _ in range(max_iterations):
+        new_labels = _assign(points, centres)
+        new_centres = _update(points, new_labels, centres)
+        unchanged = (new_labels == labels).all(dim=1)
+        settled = ((new_centres - centres) ** 2).sum(dim=(1, 2)) <= threshold
+        labels = torch.where(active[:, None], new_labels, labels)
+        centres = torch.where(active[:, None, None], new_centres, centres)
+        # stopped by the tolerance: the labels are taken from the final centres (scikit-learn's last E-step)
+        labels = torch.where((active & ~unchanged & settled)[:, None], _assign(points, centres), labels)
+        active = active & ~unchanged & ~settled
+        if not active.any():
+            return labels
+    return torch.where(active[:, None], _assign(points, centres), labels)
+
+
+def hybrid_semantic_fusion(
+    patch_embeddings: list[torch.Tensor],
+    layer_logits: list[torch.Tensor],
+    num_clusters: int,
+    num_patches: int,
+    max_iterations: int,
+    tolerance: float,
+) -> torch.Tensor:
+    """HSF as the official code computes it: the mean of the cluster centres of the most abnormal patches.
+
+    The patches are ranked by the abnormal probability of the layer-averaged logits; the top `num_patches` are
+    clustered on their embeddings of all layers concatenated; a cluster's centre is the mean of its patches'
+    embeddings over patches and layers; the fused feature is the normalised mean of the (non-empty) centres.
+    Gradients flow through the embeddings, not through the ranking or the clustering.
+
+    Args:
+        patch_embeddings: One `(batch_size, N, C)` L2-normalised embedding per feature layer.
+        layer_logits: One `(batch_size, N, 2)` (normal, abnormal) logit map per feature layer.
+        num_clusters: k-means clusters (at most the number of patches taken).
+        num_patches: How many of the most abnormal patches are clustered (at most N).
+        max_iterations: Most k-means rounds.
+        tolerance: k-means tolerance (see [`kmeans_labels`]).
+
+    Returns:
+        `(batch_size, C)`, L2-normalised.
+    """
+    abnormal = torch.stack(layer_logits).mean(dim=0).softmax(dim=-1)[..., 1]  # (B, N)
+    top = abnormal.topk(min(num_patches, abnormal.shape[1]), dim=1).indices  # most abnormal first
+    index = top[..., None].expand(-1, -1, patch_embeddings[0].shape[-1])
+    selected = [embeddings.gather(1, index) for embeddings in patch_embeddings]  # each (B, k, C)
+    labels = kmeans_labels(torch.cat(selected, dim=-1), min(num_clusters, top.shape[1]), max_iterations, tolerance)
+    one_hot = F.one_hot(labels, min(num_clusters, top.shape[1])).to(selected[0].dtype)  # (B, k, K)
+    counts = one_hot.sum(dim=1)  # (B, K)
+    centres = one_hot.transpose(1, 2) @ torch.stack(selected).mean(dim=0) / counts.clamp(min=1)[..., None]
+    occupied = (counts > 0).to(centres.dtype)
+    fused = (centres * occupied[..., None]).sum(dim=1) / occupied.sum(dim=1, keepdim=True)
+    return F.normalize(fused, dim=-1)
+
+
+__all__ = ["farthest_point_centres", "hybrid_semantic_fusion", "kmeans_labels"]

@@ -1,0 +1,99 @@
+"""AdaCLIP's prompts: the state x template sentences of each class name, and hybrid (static + dynamic) prompt tokens.
+
+Example:
+    ```python
+    >>> sentences = prompt_sentences("metal_nut", NORMAL_STATES, ABNORMAL_STATES, PROMPT_TEMPLATES)
+    >>> len(sentences), sentences[0], sentences[-1]
+    (48, 'a bad photo of a metal_nut.', 'a cropped photo of the metal_nut with damage.')
+    >>> tokens = hybrid_prompts(static, dynamic)   # (depth, n, C) + (batch, n, C) -> (depth, batch, n, C)
+    ```
+"""
+
+import torch
+
+# The phrase lists of the official code (WinCLIP's states, four of its templates); `{}` is the class name in a
+# state and the state in a template.
+NORMAL_STATES = (
+    "{}",
+    "flawless {}",
+    "perfect {}",
+    "unblemished {}",
+    "{} without flaw",
+    "{} without defect",
+    "{} without damage",
+)
+ABNORMAL_STATES = ("damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage")
+PROMPT_TEMPLATES = (
+    "a bad photo of a {}.",
+    "a low resolution photo of the {}.",
+    "a bad photo of the {}.",
+    "a cropped photo of the {}.",
+)
+
+
+def prompt_sentences(
+    class_name: str, normal_states: list[str], abnormal_states: list[str], templates: list[str]
+) -> list[str]:
+    """Every state of a class name in every template: normal states first, state-major, as the official code orders.
+
+    Args:
+        class_name: The category, e.g. `"metal_nut"`; hyphens become spaces as in the official code.
+        normal_states: Normal state phrases with one `{}`.
+        abnormal_states: Abnormal state phrases with one `{}`.
+        templates: Sentence templates with one `{}`.
+
+    Returns:
+        `(len(normal_states) + len(abnormal_states)) * len(templates)` sentences.
+    """
+    name = class_name.replace("-", " ")
+    states = [*normal_states, *abnormal_states]
+    return [template.format(state.format(name)) for state in states for template in templates]
+
+
+def tokenize_sentences(sentences: list[str], tokenizer) -> list[list[int]]:
+    """CLIP token ids of each sentence with the start and end tokens.
+
+    Args:
+        sentences: Plain text.
+        tokenizer: A `CLIPTokenizer` (or any tokenizer with `bos_token_id` and `eos_token_id`).
+
+    Returns:
+        One list of ids per sentence.
+    """
+    ids = tokenizer(sentences, add_special_tokens=False)["input_ids"]
+    return [[tokenizer.bos_token_id, *sentence, tokenizer.eos_token_id] for sentence in ids]
+
+
+def hybrid_prompts(static: torch.Tensor | None, dynamic: torch.Tensor | None, depth: int) -> torch.Tensor:
+    """The prompt tokens of every prompted layer: the static ones plus the image's dynamic ones, or either alone.
+
+    The same dynamic tokens are added in every prompted layer, as in the official code.
+
+    Args:
+        static: `(depth, n, C)` learnable tokens, or None.
+        dynamic: `(batch_size, n, C)` tokens generated from each image, or None.
+        depth: Number of prompted layers (the first axis of the result).
+
+    Returns:
+        `(depth, n, C)` when only static tokens are given, else `(depth, batch_size, n, C)`.
+
+    Raises:
+        ValueError: Both are None.
+    """
+    if static is None and dynamic is None:
+        raise ValueError("hybrid_prompts needs static or dynamic prompts.")
+    if dynamic is None:
+        return static
+    if static is None:
+        return dynamic.unsqueeze(0).expand(depth, -1, -1, -1)
+    return static.unsqueeze(1) + dynamic.unsqueeze(0)
+
+
+__all__ = [
+    "ABNORMAL_STATES",
+    "NORMAL_STATES",
+    "PROMPT_TEMPLATES",
+    "hybrid_prompts",
+    "prompt_sentences",
+    "tokenize_sentences",
+]
