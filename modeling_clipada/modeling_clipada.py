@@ -382,30 +382,15 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
             pred_score=pred_score,
         )
         if self.config.has_thresholds:
-            image_threshold, pixel_threshold = self.thresholds_for(categories, batch_size)
+            config = self.config
+            image_threshold, pixel_threshold = per_image_thresholds(
+                config.image_threshold, config.pixel_threshold, config.category_thresholds, categories, batch_size
+            )
             outputs.pred_label, outputs.pred_mask = apply_thresholds(
                 anomaly_map, pred_score, image_threshold, pixel_threshold
             )
             outputs.pred_score_normalized = normalize_scores(pred_score, image_threshold)
         return outputs
-
-    def thresholds_for(self, categories: list[str | None] | None, batch_size: int) -> tuple[list[float], list[float]]:
-        """The image and pixel thresholds of each image: its category's when calibrated, else the global ones.
-
-        Args:
-            categories: One name (or None) per image, or None for all global.
-            batch_size: The number of images.
-
-        Returns:
-            `(image_thresholds, pixel_thresholds)`, one number per image each.
-
-        Raises:
-            ValueError: `categories` does not hold one entry per image.
-        """
-        config = self.config
-        return per_image_thresholds(
-            config.image_threshold, config.pixel_threshold, config.category_thresholds, categories, batch_size
-        )
 
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Checks the images and casts them to the model's dtype.

@@ -23,6 +23,8 @@ from PIL import Image, ImageOps
 from transformers import Pipeline
 from transformers.image_utils import load_image
 
+from .clip_parts import per_image_thresholds
+
 PIPELINE_TASK = "image-anomaly-detection"
 
 
@@ -76,7 +78,10 @@ class ImageAnomalyDetectionPipeline(Pipeline):
             "target_size": target_size,
         }
         if calibrated:
-            _, pixel_thresholds = self.model.thresholds_for(categories, batch_size)
+            config = self.model.config
+            _, pixel_thresholds = per_image_thresholds(
+                config.image_threshold, config.pixel_threshold, config.category_thresholds, categories, batch_size
+            )
             result["pred_label"] = outputs.pred_label
             result["pred_score_normalized"] = outputs.pred_score_normalized.float()
             result["pixel_threshold"] = torch.tensor(pixel_thresholds, dtype=torch.float32)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from training import calibrate, demo, evaluation, prepare_dataset, train
+from training import calibrate, demo, evaluation, predict, prepare_dataset, train
 from training.threads import configure_threads, default_num_threads
 
 
@@ -28,7 +28,7 @@ def test_configure_threads_sets_torch_and_refuses_zero():
         configure_threads(0)
 
 
-@pytest.mark.parametrize("module", [train, evaluation, calibrate, demo, prepare_dataset])
+@pytest.mark.parametrize("module", [train, evaluation, calibrate, demo, prepare_dataset, predict])
 def test_every_command_takes_num_threads(module, capsys):
     with pytest.raises(SystemExit) as exit_info:
         module.parse_args(["--help"])

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 from run_helpers import training_args
-from transformers import AutoModel
+from transformers import AutoModel, pipeline
 
-from training import calibrate, evaluation, train
+from training import calibrate, evaluation, predict, train
 from training.arguments import parse_args
 
 pytestmark = pytest.mark.slow
@@ -43,13 +43,18 @@ def test_anomalyclip_trains_on_labelled_test_images_and_evaluates_on_another_dat
     assert evaluated["per_category"].keys() == metrics["per_category"].keys()
 
 
-def test_anomalyclip_trains_on_normal_images_with_synthetic_anomalies_and_calibrates(workspace, tmp_path):
+def test_anomalyclip_trains_on_normal_images_with_synthetic_anomalies_calibrates_and_predicts(workspace, tmp_path):
     run = tmp_path / "run"
     train.main(_anomalyclip_args(workspace, run, "--skip_evaluation"))
     config = json.loads((run / "config.json").read_text())
     assert config["model_type"] == "anomalyclip" and config["image_threshold"] is not None
     result = calibrate.main(["--model_name_or_path", str(run), "--dataset_name", str(workspace / "data")])
     assert result.image.num_images == 12
+    images = str(workspace / "data" / "disc" / "test")
+    summary = predict.main([images, "--model_name_or_path", str(run), "--output_dir", str(tmp_path / "p")])
+    assert summary["images"] == 8 and summary["OK"] + summary["NG"] == 8
+    detector = pipeline("image-anomaly-detection", model=str(run), trust_remote_code=True)
+    assert detector(str(next((workspace / "data" / "disc" / "test" / "good").iterdir())))["label"] in ("OK", "NG")
 
 
 def test_continuing_an_anomalyclip_checkpoint_keeps_its_family(workspace, tmp_path):

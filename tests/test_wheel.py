@@ -74,7 +74,8 @@ def test_console_scripts_train_and_evaluate_from_the_wheel(wheel_env, tmp_path):
     arguments = ["--model_name_or_path", str(model), "--dataset_name", str(tmp_path / "demo" / "demo_dataset")]
     evaluation = _run(["clipada-eval", *arguments, "--output_dir", str(tmp_path / "evaluation")], tmp_path, env)
     assert "| Mean |" in evaluation.stdout and (tmp_path / "evaluation" / "metrics.json").is_file()
-    for command in ("clipada-train", "clipada-eval", "clipada-prepare-dataset", "clipada-demo"):
+    for command in ("clipada-train", "clipada-eval", "clipada-prepare-dataset", "clipada-demo", "clipada-calibrate",
+                    "clipada-predict"):  # fmt: skip
         assert "usage:" in _run([command, "--help"], tmp_path, env).stdout
 
 

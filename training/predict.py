@@ -1,4 +1,4 @@
-"""Score images with a trained CLIP-ADA checkpoint: OK/NG rows in predictions.csv/.jsonl and one overlay per image.
+"""Score images with a trained checkpoint (any family): OK/NG rows in predictions.csv/.jsonl and one overlay per image.
 
 Streams: images are read, scored, drawn and written one batch at a time, so memory stays flat however many images
 there are. A file that cannot be read gets an `ERROR` row and the others go on; the exit code is 1 when any file
@@ -19,8 +19,9 @@ from types import SimpleNamespace
 
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoConfig
 
-from modeling_clipada import CLIPADAConfig
+import modeling_clipada  # noqa: F401 (registers this library's configs with AutoConfig)
 from processing import CLIPADAImageProcessor
 from training.backends import BACKENDS, DTYPES, AnomalyBackend, load_backend
 from training.evaluation import resolve_device
@@ -29,6 +30,7 @@ from training.overlays import draw_overlay
 from training.predict_inputs import InputError, collect_inputs, output_names
 from training.predict_rows import UNCALIBRATED, Thresholds, choose_thresholds, error_row, prediction_row
 from training.predict_writers import MAP_FORMATS, PredictionWriter, save_map
+from training.threads import add_num_threads_argument, configure_threads
 
 OUTPUT_FILES = ("predictions.csv", "predictions.jsonl")
 
@@ -49,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="torch")
-    parser.add_argument("--num_threads", type=int, help="torch.set_num_threads for the CPU (default: torch's own).")
+    add_num_threads_argument(parser)
     parser.add_argument("--save_maps", choices=MAP_FORMATS, help="Also write raw anomaly maps to maps/.")
     parser.add_argument(
         "--overlays", action=argparse.BooleanOptionalAction, default=True, help="Draw overlays/ (default: yes)."
@@ -162,10 +164,9 @@ def main(argv: list[str] | None = None) -> dict:
         if not paths:
             raise InputError(f"no image files found in {' '.join(args.inputs)}")
         device = resolve_device(args.device)
-        if args.num_threads is not None:
-            torch.set_num_threads(args.num_threads)
+        configure_threads(args.num_threads)
         backend = load_backend(args.backend, args.model_name_or_path, device=str(device), dtype=args.dtype)
-        config = CLIPADAConfig.from_pretrained(args.model_name_or_path)
+        config = AutoConfig.from_pretrained(args.model_name_or_path)  # any family of this library
         processor = load_processor(args.model_name_or_path, image_size=args.image_size)
         prepare_output_dir(output_dir, args.overwrite_output_dir)
     except (InputError, ModelLoadError, OSError, ValueError) as error:
