@@ -248,3 +248,36 @@ def test_inputs_of_the_wrong_size_are_refused_at_run_time(exports, tmp_path, cap
     assert capsys.readouterr().err.strip() == (
         "error: pixel_values has shape (1, 3, 48, 48); this export takes (batch, 3, 32, 32)"
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend_name", ["onnxruntime", "openvino"])
+def test_predict_backends_run_the_export_folder(checkpoints, exports, backend_name):
+    from training.backends import load_backend
+
+    folder = exports(1, "onnx" if backend_name == "onnxruntime" else "openvino")
+    backend = load_backend(backend_name, str(folder))
+    pixel_values = CLIPADAImageProcessor.from_pretrained(folder)(images=sample_images())["pixel_values"]
+    result = backend(pixel_values)
+    reference = pytorch_outputs(checkpoints[1])
+    assert np.abs(result.anomaly_map - reference.anomaly_map.numpy()).max() <= 1e-4
+    assert np.abs(result.pred_score - reference.pred_score.numpy()).max() <= 1e-5
+    assert backend.decision_config.category_thresholds == {"screw": {"image_threshold": 0.0, "pixel_threshold": 1.0}}
+    with pytest.raises(ValueError, match="runs on the CPU in float32"):
+        load_backend(backend_name, str(folder), dtype="bfloat16")
+
+
+@pytest.mark.slow
+def test_clipada_predict_with_the_onnxruntime_backend_decides_like_torch(checkpoints, exports, tmp_path):
+    from training import predict
+
+    for index, image in enumerate(sample_images()):
+        Image.fromarray(image).save(tmp_path / f"{index}.png")
+    runs = {}
+    for backend_name, model in (("torch", checkpoints[0]), ("onnxruntime", exports(0, "onnx"))):
+        output_dir = tmp_path / backend_name
+        predict.main([str(tmp_path / f"{i}.png") for i in range(4)] + ["--model_name_or_path", str(model),
+                     "--output_dir", str(output_dir), "--backend", backend_name, "--no-overlays"])  # fmt: skip
+        runs[backend_name] = [json.loads(line) for line in (output_dir / "predictions.jsonl").read_text().splitlines()]
+    for torch_row, onnx_row in zip(runs["torch"], runs["onnxruntime"]):
+        assert torch_row["decision"] == onnx_row["decision"] and abs(torch_row["score"] - onnx_row["score"]) <= 1e-5

@@ -13,6 +13,7 @@ Example:
 """
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Protocol
 
 import numpy as np
@@ -79,7 +80,56 @@ class TorchBackend:
         )
 
 
-BACKENDS: dict[str, type] = {"torch": TorchBackend}
+class ExportedBackend:
+    """A `clipada-export` folder run by ONNX Runtime or OpenVINO (`training.deploy.runners`), on the CPU in float32.
+
+    Args:
+        model_name_or_path: The export folder; its format must match the backend.
+        device: `cpu` only.
+        dtype: `float32` only (the graph's precision).
+
+    Attributes:
+        decision_config: The export's thresholds (`image_threshold`, `pixel_threshold`, `category_thresholds`) from
+            its `clipada_export.json`, where a checkpoint has them in `config.json`.
+    """
+
+    name = "exported"
+
+    def __init__(self, model_name_or_path: str, device: str = "cpu", dtype: str = "float32"):
+        from training.deploy.runners import ExportedCLIPADA
+
+        if device != "cpu" or dtype != "float32":
+            raise ValueError(
+                f"--backend {self.name} runs on the CPU in float32; drop --device {device} --dtype {dtype}"
+            )
+        self.runner = ExportedCLIPADA(model_name_or_path, backend=self.name)
+        thresholds = self.runner.config["thresholds"] or {}
+        self.decision_config = SimpleNamespace(
+            image_threshold=thresholds.get("image_threshold"),
+            pixel_threshold=thresholds.get("pixel_threshold"),
+            category_thresholds=thresholds.get("category_thresholds"),
+        )
+
+    def __call__(self, pixel_values: np.ndarray | torch.Tensor) -> BackendOutput:
+        """Runs the graph on `(batch_size, 3, H, W)` CLIP-normalised pixels at the export's input size."""
+        pixel_values = pixel_values.numpy() if isinstance(pixel_values, torch.Tensor) else pixel_values
+        outputs = self.runner(pixel_values)
+        return BackendOutput(anomaly_map=outputs["anomaly_map"], pred_score=outputs["pred_score"])
+
+
+class OnnxRuntimeBackend(ExportedBackend):
+    """An ONNX export (`clipada-export --format onnx`) on ONNX Runtime."""
+
+    name = "onnxruntime"
+
+
+class OpenVINOBackend(ExportedBackend):
+    """An OpenVINO export (`clipada-export --format openvino`) on OpenVINO."""
+
+    name = "openvino"
+
+
+BACKENDS: dict[str, type] = {"torch": TorchBackend, "onnxruntime": OnnxRuntimeBackend, "openvino": OpenVINOBackend}
 
 
 def load_backend(name: str, model_name_or_path: str, device: str = "cpu", dtype: str = "float32") -> AnomalyBackend:
@@ -104,4 +154,14 @@ def load_backend(name: str, model_name_or_path: str, device: str = "cpu", dtype:
     return BACKENDS[name](model_name_or_path, device=device, dtype=dtype)
 
 
-__all__ = ["BACKENDS", "DTYPES", "AnomalyBackend", "BackendOutput", "TorchBackend", "load_backend"]
+__all__ = [
+    "BACKENDS",
+    "DTYPES",
+    "AnomalyBackend",
+    "BackendOutput",
+    "ExportedBackend",
+    "OnnxRuntimeBackend",
+    "OpenVINOBackend",
+    "TorchBackend",
+    "load_backend",
+]

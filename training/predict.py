@@ -166,7 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
         device = resolve_device(args.device)
         configure_threads(args.num_threads)
         backend = load_backend(args.backend, args.model_name_or_path, device=str(device), dtype=args.dtype)
-        config = AutoConfig.from_pretrained(args.model_name_or_path)  # any family of this library
+        # any family of this library; an export folder (--backend onnxruntime|openvino) has its thresholds in
+        # clipada_export.json instead of config.json
+        config = getattr(backend, "decision_config", None) or AutoConfig.from_pretrained(args.model_name_or_path)
         processor = load_processor(args.model_name_or_path, image_size=args.image_size)
         prepare_output_dir(output_dir, args.overwrite_output_dir)
     except (InputError, ModelLoadError, OSError, ValueError) as error:
