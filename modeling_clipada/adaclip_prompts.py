@@ -10,6 +10,10 @@ Example:
 """
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .clip_parts import encode_prompted_text
 
 # The phrase lists of the official code (WinCLIP's states, four of its templates); `{}` is the class name in a
 # state and the state in a template.
@@ -89,11 +93,50 @@ def hybrid_prompts(static: torch.Tensor | None, dynamic: torch.Tensor | None, de
     return static.unsqueeze(1) + dynamic.unsqueeze(0)
 
 
+def state_ensemble_embeddings(
+    text_model: nn.Module,
+    text_projection: nn.Module,
+    sentences: list[list[int]],
+    num_normal: int,
+    sentences_per_name: int,
+    deep_prompts: torch.Tensor | None,
+    min_length: int,
+) -> torch.Tensor:
+    """Each class name's normal and abnormal text embeddings, as the official state x template ensemble.
+
+    Per state: the normalised mean of the normalised embeddings of its sentences.
+
+    Args:
+        text_model: `CLIPModel.text_model`.
+        text_projection: `CLIPModel.text_projection`.
+        sentences: Token ids (start and end included) of `sentences_per_name` sentences per class name, the
+            `num_normal` normal ones first.
+        num_normal: Normal sentences per class name.
+        sentences_per_name: Sentences per class name.
+        deep_prompts: Tokens for text layers 2..depth, `(depth - 1, n, C)` or `(depth - 1, len(sentences), n, C)`,
+            or None (see `encode_prompted_text`).
+        min_length: Sequences are zero-padded to at least this length (the prompts must fit after the start token).
+
+    Returns:
+        `(len(sentences) // sentences_per_name, 2, projection_dim)`, L2-normalised: `[:, 0]` normal, `[:, 1]` abnormal.
+    """
+    device = text_model.embeddings.token_embedding.weight.device
+    length = max(min_length, *(len(token_ids) for token_ids in sentences))
+    padded = torch.tensor([ids + [0] * (length - len(ids)) for ids in sentences], device=device)
+    ends = torch.tensor([len(ids) - 1 for ids in sentences], device=device)
+    inputs_embeds = text_model.embeddings.token_embedding(padded)
+    text = encode_prompted_text(text_model, text_projection, inputs_embeds, ends, deep_prompts)
+    text = F.normalize(text, dim=-1).view(-1, sentences_per_name, text.shape[-1])
+    states = [text[:, :num_normal].mean(dim=1), text[:, num_normal:].mean(dim=1)]
+    return F.normalize(torch.stack(states, dim=1), dim=-1)
+
+
 __all__ = [
     "ABNORMAL_STATES",
     "NORMAL_STATES",
     "PROMPT_TEMPLATES",
     "hybrid_prompts",
     "prompt_sentences",
+    "state_ensemble_embeddings",
     "tokenize_sentences",
 ]

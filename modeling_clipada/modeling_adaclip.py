@@ -36,8 +36,8 @@ from transformers.utils import ModelOutput
 
 from .adaclip_fusion import hybrid_semantic_fusion
 from .adaclip_loss import adaclip_loss
-from .adaclip_prompts import hybrid_prompts, prompt_sentences, tokenize_sentences
-from .clip_parts import binary_masks, check_pixel_values, encode_prompted_text, per_image_thresholds, smooth_maps
+from .adaclip_prompts import hybrid_prompts, prompt_sentences, state_ensemble_embeddings, tokenize_sentences
+from .clip_parts import binary_masks, check_pixel_values, per_image_thresholds, smooth_maps
 from .configuration_adaclip import AdaCLIPConfig
 from .decisions import apply_thresholds, normalize_scores
 from .modeling_clipada import CLIPADAPreTrainedModel
@@ -257,18 +257,13 @@ class AdaCLIPForAnomalySegmentation(AdaCLIPPreTrainedModel):
             deep_prompts = hybrid_prompts(self.static_text_prompts, dynamic_prompts, config.prompt_depth - 1)
             if deep_prompts.ndim == 4:  # one set per image: repeat for each of its sentences
                 deep_prompts = deep_prompts.repeat_interleave(config.num_sentences, dim=1)
-        text_model = self.clip.text_model
-        device = text_model.embeddings.token_embedding.weight.device
-        length = max(max(len(token_ids) for token_ids in sentences), 1 + config.prompt_length)
-        padded = torch.tensor([ids + [0] * (length - len(ids)) for ids in sentences], device=device)
-        ends = torch.tensor([len(ids) - 1 for ids in sentences], device=device)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and config.text_prompts):
-            inputs_embeds = text_model.embeddings.token_embedding(padded)
-            text = encode_prompted_text(text_model, self.clip.text_projection, inputs_embeds, ends, deep_prompts)
-        text = F.normalize(text.to(self.class_projection.weight.dtype), dim=-1).view(len(names), -1, text.shape[-1])
         num_normal = len(config.normal_states) * len(config.prompt_templates)
-        states = [text[:, :num_normal].mean(dim=1), text[:, num_normal:].mean(dim=1)]
-        embeddings = F.normalize(torch.stack(states, dim=1), dim=-1)  # (names, 2, projection_dim)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and config.text_prompts):
+            embeddings = state_ensemble_embeddings(
+                self.clip.text_model, self.clip.text_projection, sentences, num_normal, config.num_sentences,
+                deep_prompts, min_length=1 + config.prompt_length,
+            )  # fmt: skip
+        embeddings = embeddings.to(self.class_projection.weight.dtype)
         return embeddings if dynamic_prompts is not None else embeddings[[names.index(n) for n in class_names]]
 
     # ------------------------------------------------------------------ forward: steps 1 to 6
