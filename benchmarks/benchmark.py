@@ -211,7 +211,7 @@ def training_entries(args, models: dict, image_size: int, batch_size: int, accel
     for file_size, (train_split, once_ms) in splits.items():
         batches = endless(build_train_dataloader(train_split, processor, batch_size, num_workers=0))
         fields = {"kind": "loading", "image_size": image_size, "batch_size": batch_size, "file_size": file_size}
-        entries.append(({**fields, "once_ms_per_image": once_ms}, lambda b=batches: next(b).to(device)))
+        entries.append(({**fields, "once_ms_per_image": once_ms}, lambda b=batches: next(b)["pixels"].to(device)))
     return entries
 
 

@@ -1,6 +1,7 @@
 """Training every model family through the same command: both protocols (synthetic anomalies, real masks)."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -79,6 +80,15 @@ def test_the_zero_shot_presets_set_the_official_schedule():
         8,
         518,
     )
+    adaclip = parse_args(["--dataset_name", "d", "--output_dir", "o", "--preset", "adaclip_train_on_mvtec_ad"])
+    schedule = (
+        adaclip.model_type,
+        adaclip.optimizer,
+        adaclip.learning_rate,
+        adaclip.weight_decay,
+        adaclip.num_train_epochs,
+    )
+    assert schedule == ("adaclip", "adamw", 1e-2, 0.01, 5) and adaclip.adam_beta1 == 0.5
     explicit = parse_args(["--dataset_name", "d", "--output_dir", "o", "--preset", "anomalyclip_train_on_visa",
                            "--seed", "3", "--image_size", "336"])  # fmt: skip
     assert (explicit.seed, explicit.image_size) == (3, 336)
@@ -89,3 +99,28 @@ def test_a_split_that_does_not_exist_is_a_clear_error(workspace, tmp_path, capsy
     with pytest.raises(SystemExit) as exit_info:
         train.main(argv)
     assert exit_info.value.code == 2 and "no split 'validation'" in capsys.readouterr().err
+
+
+ADACLIP_HEAD = ["--prompt_length", "2", "--prompt_depth", "2", "--hsf_num_clusters", "4", "--hsf_num_patches", "20"]
+
+
+def test_adaclip_trains_zero_shot_names_new_categories_and_evaluates_calibrates_and_predicts(workspace, tmp_path):
+    run = tmp_path / "run"
+    argv = training_args(workspace, run, "--model_type", "adaclip", *ADACLIP_HEAD, "--max_train_steps", "2")
+    metrics = train.main([*argv, "--train_split", "test", "--anomaly_source", "real", "--calibration_fraction", "0"])
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_type"] == "adaclip" and {"disc", "weave"} <= set(config["prompt_token_ids"])
+    assert set(metrics["per_category"]) == {"disc", "weave"} and (run / "tokenizer.json").is_file()
+    # a category the checkpoint has never named: tokenised from the tokenizer kept with the checkpoint
+    renamed = tmp_path / "renamed"
+    shutil.copytree(workspace / "data", renamed)
+    (renamed / "disc").rename(renamed / "coin")
+    evaluated = evaluation.main(
+        ["--model_name_or_path", str(run), "--dataset_name", str(renamed), "--output_dir", str(tmp_path / "e")]
+    )
+    assert set(evaluated["per_category"]) == {"coin", "weave"}
+    result = calibrate.main(["--model_name_or_path", str(run), "--dataset_name", str(renamed)])
+    assert result.image.num_images == 12 and "coin" in json.loads((run / "config.json").read_text())["prompt_token_ids"]
+    images = str(workspace / "data" / "disc" / "test")
+    summary = predict.main([images, "--model_name_or_path", str(run), "--output_dir", str(tmp_path / "p")])
+    assert summary["OK"] + summary["NG"] == 8

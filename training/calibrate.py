@@ -26,7 +26,7 @@ from processing import CLIPADAImageProcessor
 from training.calibration import CalibrationResult, calibrate, collect_normal_scores
 from training.data import DatasetFormatError, load_anomaly_dataset
 from training.evaluation import evaluate_model, resolve_device
-from training.models import ModelLoadError, load_clipada_model, load_processor
+from training.models import ModelLoadError, add_class_names, load_clipada_model, load_processor
 from training.threads import add_num_threads_argument, configure_threads
 
 CALIBRATION_FILE = "calibration.json"
@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> CalibrationResult:
         processor = load_processor(args.model_name_or_path)
         normal_split = _load_split(args.dataset_name, args.split, args)
         labelled = _load_split(args.calibrate_on, args.calibrate_on_split, args) if args.calibrate_on else None
+        names = set(normal_split["category"]) | (set(labelled["category"]) if labelled is not None else set())
+        add_class_names(model, sorted(names), args.model_name_or_path)
         if args.split == "test":
             print("warning: calibrating on the test split's normal images; its metrics are no longer independent")
         result = calibrate_model(

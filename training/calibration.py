@@ -235,9 +235,9 @@ def collect_normal_scores(
     dtype = next(model.parameters()).dtype
     rng = np.random.default_rng(seed)
     image_scores, pixel_samples = [], []
-    for pixel_values in _normal_batches(split, processor, batch_size):
+    for pixel_values, categories in _normal_batches(split, processor, batch_size):
         with torch.no_grad():
-            outputs = model(pixel_values=pixel_values.to(device, dtype))
+            outputs = model(pixel_values=pixel_values.to(device, dtype), categories=categories)
         image_scores.append(outputs.pred_score.float().cpu().numpy())
         for anomaly_map in outputs.anomaly_map.float().cpu().numpy():
             flat = anomaly_map.ravel()
@@ -249,11 +249,14 @@ def collect_normal_scores(
 
 def _normal_batches(
     split: datasets.Dataset, processor: CLIPADAImageProcessor, batch_size: int
-) -> Iterator[torch.Tensor]:
-    def collate(examples: list[dict]) -> torch.Tensor:
-        return processor(images=[example["image"] for example in examples])["pixel_values"]
+) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """`(pixel_values (B, 3, H, W), categories)` batches."""
 
-    yield from DataLoader(split.select_columns(["image"]), batch_size=batch_size, collate_fn=collate)
+    def collate(examples: list[dict]) -> tuple[torch.Tensor, list[str]]:
+        pixel_values = processor(images=[example["image"] for example in examples])["pixel_values"]
+        return pixel_values, [example["category"] for example in examples]
+
+    yield from DataLoader(split.select_columns(["image", "category"]), batch_size=batch_size, collate_fn=collate)
 
 
 def hold_out_normal_images(

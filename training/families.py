@@ -12,6 +12,8 @@ import dataclasses
 from transformers import PretrainedConfig, PreTrainedModel
 
 from modeling_clipada import (
+    AdaCLIPConfig,
+    AdaCLIPForAnomalySegmentation,
     AnomalyCLIPConfig,
     AnomalyCLIPForAnomalySegmentation,
     CLIPADAConfig,
@@ -30,6 +32,8 @@ class ModelFamily:
         model_class: Its model class (with `from_clip` and `from_pretrained`).
         shape_fields: Head fields that fix the trained tensors' shapes: they cannot change when a checkpoint of this
             family is continued.
+        needs_class_names: Its text prompts name each image's category: `forward(..., categories=...)` must name
+            them, and the model tokenises new names with `add_class_names` (AdaCLIP).
     """
 
     name: str
@@ -37,6 +41,7 @@ class ModelFamily:
     config_class: type[PretrainedConfig]
     model_class: type[PreTrainedModel]
     shape_fields: frozenset[str]
+    needs_class_names: bool = False
 
 
 FAMILIES = {
@@ -57,6 +62,24 @@ FAMILIES = {
             frozenset(
                 {"num_prompt_vectors", "deep_prompt_length", "deep_prompt_depth", "normal_prompt", "abnormal_prompt"}
             ),
+        ),
+        ModelFamily(
+            "adaclip",
+            "AdaCLIP",
+            AdaCLIPConfig,
+            AdaCLIPForAnomalySegmentation,
+            frozenset(
+                {
+                    "prompt_length",
+                    "prompt_depth",
+                    "static_prompts",
+                    "dynamic_prompts",
+                    "text_prompts",
+                    "visual_prompts",
+                    "feature_layers",
+                }
+            ),  # fmt: skip
+            needs_class_names=True,
         ),
     )
 }

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
-from transformers import PreTrainedModel
+from transformers import CLIPTokenizer, PreTrainedModel
 
 from processing import CLIPADAImageProcessor
 from training.calibrate import calibrate_model, format_calibration, write_calibration_report
@@ -55,6 +55,7 @@ def finish(args: argparse.Namespace, run: TrainingRun) -> dict | None:
             print(format_calibration(calibration))
         model.save_pretrained(args.output_dir)
         run.processor.save_pretrained(args.output_dir)
+        _save_tokenizer(args.model_name_or_path, args.output_dir)
         if not args.skip_evaluation:
             metrics = evaluate_on_test_split(
                 model,
@@ -106,6 +107,14 @@ def evaluate_on_test_split(
     )
     print(write_evaluation(output_dir, per_category, mean))
     return {"per_category": per_category, "mean": mean}
+
+
+def _save_tokenizer(source: str, output_dir: str) -> None:
+    """Keeps the CLIP tokenizer with the checkpoint: a family whose prompts name categories needs it for new ones."""
+    try:
+        CLIPTokenizer.from_pretrained(source).save_pretrained(output_dir)
+    except (OSError, ValueError) as error:
+        logger.warning(f"No tokenizer saved with the checkpoint ({error}); new category names cannot be tokenised.")
 
 
 __all__ = ["TRAINING_LOG", "evaluate_on_test_split", "finish"]

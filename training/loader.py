@@ -3,9 +3,9 @@
 Example:
     ```python
     >>> loader = build_train_dataloader(dataset["train"], CLIPADAImageProcessor(size=224), batch_size=16)
-    >>> next(iter(loader)).shape  # (16, 3, 224, 224) uint8
+    >>> batch = next(iter(loader))  # {"pixels": (16, 3, 224, 224) uint8, "categories": 16 names}
     >>> loader = build_train_dataloader(dataset["test"], processor, batch_size=8, with_masks=True)
-    >>> images, masks = next(iter(loader))  # (8, 3, 224, 224) uint8, (8, 224, 224) uint8 in {0, 1}
+    >>> batch = next(iter(loader))  # and "masks": (8, 224, 224) uint8 in {0, 1}
     ```
 """
 
@@ -34,8 +34,12 @@ def build_train_dataloader(
         processor: Sets the size.
         batch_size: Images per batch.
         num_workers: DataLoader workers.
-        with_masks: False: only the normal images, batches `(B, 3, H, W)` uint8 (anomalies are synthesised later);
-            True: every image with its mask, batches `((B, 3, H, W) uint8, (B, H, W) uint8 {0, 1})`.
+        with_masks: False: only the normal images (anomalies are synthesised later); True: every image with its
+            mask.
+
+    Returns:
+        Batches `{"pixels": (B, 3, H, W) uint8, "categories": list of B names}`, plus `"masks": (B, H, W) uint8
+        {0, 1}` with masks.
 
     Raises:
         ValueError: If the split holds no usable image, or (with masks) an anomalous image has no mask.
@@ -54,25 +58,32 @@ def build_train_dataloader(
         resize_once(train_split, processor, with_masks),
         batch_size=batch_size,
         shuffle=True,
-        collate_fn=_stack_with_masks if with_masks else _stack_pixels,
+        collate_fn=_collate,
         num_workers=num_workers,
         drop_last=False,
     )
 
 
 def resize_once(dataset: datasets.Dataset, processor: CLIPADAImageProcessor, with_masks: bool = False):
-    """`image` (and `mask`) -> `pixels` uint8 `(3, H, W)` (and `masks` uint8 `(H, W)`), as torch tensors."""
+    """`image` (and `mask`) -> `pixels` uint8 `(3, H, W)` (and `masks` uint8 `(H, W)`) as torch tensors; the
+    `category` column is kept."""
     height, width = processor.size["height"], processor.size["width"]
 
     def resize(batch: dict) -> dict:
         maps = batch["mask"] if with_masks else None
         inputs = processor(images=batch["image"], segmentation_maps=maps, do_normalize=False)
-        resized = {"pixels": (inputs["pixel_values"] * 255).round().to(torch.uint8).numpy()}
+        resized = {
+            "pixels": (inputs["pixel_values"] * 255).round().to(torch.uint8).numpy(),
+            "category": batch["category"],
+        }
         if with_masks:
             resized["masks"] = inputs["labels"].to(torch.uint8).numpy()
         return resized
 
-    features = {"pixels": datasets.Array3D(shape=(3, height, width), dtype="uint8")}
+    features = {
+        "pixels": datasets.Array3D(shape=(3, height, width), dtype="uint8"),
+        "category": datasets.Value("string"),
+    }
     if with_masks:
         features["masks"] = datasets.Array2D(shape=(height, width), dtype="uint8")
     resized = dataset.map(
@@ -86,12 +97,14 @@ def resize_once(dataset: datasets.Dataset, processor: CLIPADAImageProcessor, wit
     return resized.with_format("torch")
 
 
-def _stack_pixels(examples: list[dict]) -> torch.Tensor:
-    return torch.stack([example["pixels"] for example in examples])
-
-
-def _stack_with_masks(examples: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    return _stack_pixels(examples), torch.stack([example["masks"] for example in examples])
+def _collate(examples: list[dict]) -> dict:
+    batch = {
+        "pixels": torch.stack([example["pixels"] for example in examples]),
+        "categories": [example["category"] for example in examples],
+    }
+    if "masks" in examples[0]:
+        batch["masks"] = torch.stack([example["masks"] for example in examples])
+    return batch
 
 
 __all__ = ["build_train_dataloader", "resize_once"]

@@ -54,7 +54,6 @@ def train_loop(args: argparse.Namespace, run: TrainingRun) -> bool:
             skip = resume_batch if epoch == start_epoch else 0
             epoch_loader = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
             for batch_index, batch in enumerate(epoch_loader, start=skip):
-                images, masks = batch if isinstance(batch, (tuple, list)) else (batch, None)
                 micro_batch = batch_index * accelerator.num_processes + accelerator.process_index
                 generator = synthesis_generator(args.seed, epoch, micro_batch)
                 loss = training_step(
@@ -64,9 +63,10 @@ def train_loop(args: argparse.Namespace, run: TrainingRun) -> bool:
                     run.scheduler,
                     run.processor,
                     run.synthesizer,
-                    images,
+                    batch["pixels"],
                     generator,
-                    masks,
+                    masks=batch.get("masks"),
+                    categories=batch["categories"],
                 )
                 if not accelerator.sync_gradients:
                     continue
@@ -104,6 +104,7 @@ def training_step(
     images: torch.Tensor,
     generator: torch.Generator,
     masks: torch.Tensor | None = None,
+    categories: list[str] | None = None,
 ) -> float:
     """Synthesise anomalies (unless real masks are given), forward with the masks, backward and (when gradients
     sync) one optimizer step.
@@ -112,6 +113,7 @@ def training_step(
         images: `(B, 3, H, W)` uint8 images on the device: normal ones, or labelled ones with `masks`.
         generator: Seeds this micro-batch's synthetic anomalies.
         masks: `(B, H, W)` {0, 1} real masks of labelled images; None to synthesise anomalies.
+        categories: The images' categories (families whose prompts name them need them).
 
     Returns:
         The loss of this micro-batch.
@@ -121,7 +123,7 @@ def training_step(
             images, masks = synthesizer(images.float() / 255, generator=generator)
         else:
             images, masks = images.float() / 255, masks.float()
-        outputs = model(pixel_values=processor.normalize(images), labels=masks)
+        outputs = model(pixel_values=processor.normalize(images), labels=masks, categories=categories)
         accelerator.backward(outputs.loss)
         optimizer.step()
         scheduler.step()

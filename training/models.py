@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from huggingface_hub import hf_hub_download
 from safetensors import SafetensorError
-from transformers import CLIPModel, PreTrainedModel
+from transformers import CLIPModel, CLIPTokenizer, PreTrainedModel
 
 from processing import CLIPADAImageProcessor
 from training.families import FAMILIES, family_titles
@@ -58,8 +58,16 @@ def saved_model_type(name_or_path: str) -> str | None:
         raise ModelLoadError(f"{config_file} is not a valid config.json ({error})") from error
 
 
-def build_model(name_or_path: str, overrides: dict[str, Any], model_type: str = "clipada") -> PreTrainedModel:
+def build_model(
+    name_or_path: str, overrides: dict[str, Any], model_type: str = "clipada", class_names: list[str] | None = None
+) -> PreTrainedModel:
     """A checkpoint of one of our families is continued as is; any other CLIP gets a fresh `model_type` head.
+
+    Args:
+        name_or_path: A CLIP checkpoint, or a checkpoint of this library.
+        overrides: Head config fields.
+        model_type: The family of a fresh head.
+        class_names: The categories the model will see (families whose prompts name them tokenise them now).
 
     Raises:
         ModelLoadError: Naming the folder, or the head fields that cannot change when continuing a checkpoint.
@@ -74,8 +82,34 @@ def build_model(name_or_path: str, overrides: dict[str, Any], model_type: str = 
                 f"{sorted(frozen_shape)} cannot change when continuing {family.title} checkpoint {name_or_path}; "
                 "start from a CLIP checkpoint instead"
             )
-        return _load(family.model_class.from_pretrained, name_or_path, **overrides)
-    return _load(FAMILIES[model_type].model_class.from_clip, name_or_path, **overrides)
+        model = _load(family.model_class.from_pretrained, name_or_path, **overrides)
+        return add_class_names(model, class_names or [], name_or_path)
+    family = FAMILIES[model_type]
+    if family.needs_class_names:
+        overrides = {**overrides, "class_names": sorted(set(class_names or []))}
+    return _load(family.model_class.from_clip, name_or_path, **overrides)
+
+
+def add_class_names(model: PreTrainedModel, class_names: list[str], tokenizer_source: str) -> PreTrainedModel:
+    """Tokenises the categories a model whose prompts name them has not seen yet (AdaCLIP); others are unchanged.
+
+    Raises:
+        ModelLoadError: When new names need a tokenizer and `tokenizer_source` holds none.
+    """
+    if not FAMILIES[model.config.model_type].needs_class_names:
+        return model
+    known = set(model.config.prompt_token_ids or {})
+    missing = sorted(set(class_names) - known)
+    if missing:
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(tokenizer_source)
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(
+                f"{tokenizer_source} has no CLIP tokenizer files, which {model.config.model_type} needs to name the "
+                f"new categories {missing} in its prompts ({_first_line(error)})"
+            ) from error
+        model.add_class_names(missing, tokenizer)
+    return model
 
 
 def load_frozen_clip_weights(name_or_path: str) -> dict[str, torch.Tensor]:
@@ -125,6 +159,7 @@ def _first_line(error: BaseException) -> str:
 
 __all__ = [
     "ModelLoadError",
+    "add_class_names",
     "build_model",
     "check_model_location",
     "load_clipada_model",

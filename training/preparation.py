@@ -104,12 +104,6 @@ def run_fingerprint(args: argparse.Namespace, model, dataset, num_processes: int
 def set_up(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
     """Builds model, data, optimizer and scheduler; resumes when asked. Every error here is the user's input."""
     set_seed(args.seed)
-    model = build_model(args.model_name_or_path, head_overrides(args), args.model_type)
-    if args.mixed_precision in FROZEN_DTYPES:  # cheaper than autocasting fp32 weights at every step
-        model.clip.to(FROZEN_DTYPES[args.mixed_precision])
-    image_size = args.image_size or model.config.vision_config.image_size
-    processor = CLIPADAImageProcessor(size=image_size)
-    synthesizer = SyntheticAnomalyGenerator(texture_dir=args.texture_dir, image_size=image_size)
     with accelerator.main_process_first():
         dataset = load_anomaly_dataset(
             args.dataset_name,
@@ -121,6 +115,21 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
             raise DatasetFormatError(
                 f"{args.dataset_name} has no split {args.train_split!r} (it has {sorted(dataset)})"
             )
+        evaluation_dataset = dataset
+        if args.eval_dataset_name and not args.skip_evaluation:
+            evaluation_dataset = load_anomaly_dataset(
+                args.eval_dataset_name, allow_missing_files=args.skip_missing_files
+            )
+    class_names = set(dataset[args.train_split]["category"])
+    if "test" in evaluation_dataset:
+        class_names |= set(evaluation_dataset["test"]["category"])
+    model = build_model(args.model_name_or_path, head_overrides(args), args.model_type, sorted(class_names))
+    if args.mixed_precision in FROZEN_DTYPES:  # cheaper than autocasting fp32 weights at every step
+        model.clip.to(FROZEN_DTYPES[args.mixed_precision])
+    image_size = args.image_size or model.config.vision_config.image_size
+    processor = CLIPADAImageProcessor(size=image_size)
+    synthesizer = SyntheticAnomalyGenerator(texture_dir=args.texture_dir, image_size=image_size)
+    with accelerator.main_process_first():
         train_split, calibration_split = hold_out_normal_images(
             dataset[args.train_split], args.calibration_fraction, args.seed
         )
@@ -134,11 +143,6 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
             )
         except ValueError as error:
             raise DatasetFormatError(f"{args.dataset_name} ({args.train_split} split): {error}") from error
-        evaluation_dataset = dataset
-        if args.eval_dataset_name and not args.skip_evaluation:
-            evaluation_dataset = load_anomaly_dataset(
-                args.eval_dataset_name, allow_missing_files=args.skip_missing_files
-            )
 
     optimizer_class = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[args.optimizer]
     optimizer = optimizer_class(
