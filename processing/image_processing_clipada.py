@@ -4,7 +4,8 @@ Built on transformers' `PilBackend` (as Segformer's PIL processor): the backend 
 turns each image channels-first, runs resize -> normalise and saves `preprocessor_config.json`. This file adds what is
 CLIP-ADA's own: pixels scaled to [0, 1] by bit depth (8-bit /255, 16-bit /65535) when an image is read, resizing in
 float precision, masks (`segmentation_maps=`) -> binary `labels` (B, H, W) resized with nearest neighbour and never
-normalised, `normalize()` for tensors already on the device, and `post_process_anomaly_maps`.
+normalised, `normalize()` for tensors already on the device, and `post_process_anomaly_maps`. `resize_mode` and
+`tile_size` choose letterboxed or tiled inputs (`tiling.py`); `post_process_anomaly_detection` merges them back.
 
 Example:
     ```python
@@ -30,6 +31,8 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs, Unpack
 
+from .tiling import DEFAULT_IMAGE_SCORE_TOP_K, RESIZE_MODES, cut_inputs, image_layouts, reassemble
+
 try:
     import torch
     import torch.nn.functional as F
@@ -47,6 +50,14 @@ _NATIVE_MODES = ("1", "L", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N", "I"
 # numpy arrays and torch tensors (when torch is installed) are read alike
 _ARRAY_TYPES = (np.ndarray,) if torch is None else (np.ndarray, torch.Tensor)
 ImageLike = "Image.Image | np.ndarray | torch.Tensor | str | os.PathLike"  # a string: torch may be absent
+
+
+class CLIPADAImageProcessorKwargs(ImagesKwargs, total=False):
+    """The settings of the backend plus how an image becomes model inputs (see `CLIPADAImageProcessor`)."""
+
+    resize_mode: str | None
+    tile_size: int | None
+    tile_overlap: float | None
 
 
 class CLIPADAImageProcessor(PilBackend):
@@ -67,6 +78,15 @@ class CLIPADAImageProcessor(PilBackend):
         do_normalize (`bool`, *optional*, defaults to `True`):
             Apply the mean/std normalisation. Training turns it off to synthesise anomalies in [0, 1] pixel space,
             then calls [`normalize`] on the device.
+        resize_mode (`str`, *optional*, defaults to `"squash"`):
+            `"squash"` resizes the whole image to `size`; `"letterbox"` keeps its proportions and pads with the mean
+            colour (0 after normalisation); the padding is cropped off the map again and never scored.
+        tile_size (`int`, *optional*):
+            When set, each image is cut into square tiles of this many image pixels (each resized to `size`, which
+            must be square) instead; an image whose short side is smaller is enlarged to hold one tile. Outputs then
+            carry `image_layouts`, and [`post_process_anomaly_detection`] blends the tile maps into one.
+        tile_overlap (`float`, *optional*, defaults to 0.25):
+            Fraction of a tile that neighbouring tiles share at least, in [0, 1).
     """
 
     resample = PILImageResampling.BICUBIC
@@ -76,12 +96,17 @@ class CLIPADAImageProcessor(PilBackend):
     do_resize = True
     do_rescale = False  # pixels are scaled to [0, 1] by their bit depth when read, in `process_image`
     do_normalize = True
+    resize_mode = "squash"
+    tile_size = None
+    tile_overlap = 0.25
+    valid_kwargs = CLIPADAImageProcessorKwargs
 
     def __init__(self, **kwargs: Unpack[ImagesKwargs]) -> None:
         super().__init__(**kwargs)
         self._validate_preprocess_kwargs(
-            size=self.size, resample=self.resample, image_mean=self.image_mean, image_std=self.image_std
-        )
+            size=self.size, resample=self.resample, image_mean=self.image_mean, image_std=self.image_std,
+            resize_mode=self.resize_mode, tile_size=self.tile_size, tile_overlap=self.tile_overlap,
+        )  # fmt: skip
 
     def preprocess(
         self,
@@ -102,6 +127,7 @@ class CLIPADAImageProcessor(PilBackend):
 
         Returns:
             `BatchFeature` with `pixel_values` `(B, 3, H, W)` float32 and, with masks, `labels` `(B, H, W)` int64.
+            Letterbox and tiles add `image_layouts` (one per image); B is then the number of inputs (tiles).
         """
         kwargs["return_tensors"] = kwargs.get("return_tensors") or "pt"
         return super().preprocess(images, segmentation_maps, **kwargs)
@@ -113,11 +139,21 @@ class CLIPADAImageProcessor(PilBackend):
         return_tensors: str,
         **kwargs: Any,
     ) -> BatchFeature:
-        """Reads every image (and mask) under its own name, then resizes and normalises them with the backend."""
+        """Reads every image (and mask) under its own name, then resizes and normalises them with the backend.
+
+        Letterbox and tiles cut the inputs here (`tiling.py`), with the same geometry for masks (padded with 0), and
+        the backend only normalises them."""
         image_list = _as_list(images, "images")
         names = [_item_name("images", index, image) for index, image in enumerate(image_list)]
         pixels = [self.process_image(image, name) for image, name in zip(image_list, names)]
-        data = {"pixel_values": self._preprocess(pixels, return_tensors=None, **kwargs)["pixel_values"]}
+        modes = {key: kwargs.pop(key) for key in ("resize_mode", "tile_size", "tile_overlap")}
+        input_size = (kwargs["size"].height, kwargs["size"].width)
+        layouts = image_layouts([image.shape[-2:] for image in pixels], input_size, **modes)
+        fill = np.broadcast_to(np.asarray(kwargs["image_mean"], dtype=np.float32), (3,))  # 0 once normalised
+        inputs = pixels
+        if layouts is not None:
+            inputs, kwargs["do_resize"] = self._cut(pixels, layouts, kwargs["resample"], fill), False
+        data = {"pixel_values": self._preprocess(inputs, return_tensors=None, **kwargs)["pixel_values"]}
         if segmentation_maps is not None:
             mask_list = _as_list(segmentation_maps, "segmentation_maps", allow_none_items=True)
             if len(mask_list) != len(image_list):
@@ -129,10 +165,22 @@ class CLIPADAImageProcessor(PilBackend):
                 self.process_mask(mask, _item_name("segmentation_maps", index, mask), image_name, image.shape[-2:])
                 for index, (mask, image_name, image) in enumerate(zip(mask_list, names, pixels))
             ]
+            if layouts is not None:
+                masks = self._cut(masks, layouts, PILImageResampling.NEAREST, (0.0,))
             mask_kwargs = {**kwargs, "do_normalize": False, "resample": PILImageResampling.NEAREST}
             labels = self._preprocess(masks, return_tensors=None, **mask_kwargs)["pixel_values"]
             data["labels"] = [label[0].astype(np.int64) for label in labels]
-        return BatchFeature(data=data, tensor_type=return_tensors)
+        if layouts is not None:
+            data["image_layouts"] = layouts
+        return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=["image_layouts"])
+
+    def _cut(self, arrays: list[np.ndarray], layouts: list, resample: int, fill: Sequence[float]) -> list[np.ndarray]:
+        """Every `(C, H, W)` array -> its layout's model inputs at `size` (the backend then skips resizing)."""
+
+        def resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+            return self.resize(array, SizeDict(height=size[0], width=size[1]), resample)
+
+        return [cut for array, layout in zip(arrays, layouts) for cut in cut_inputs(array, layout, resize, fill)]
 
     def process_image(self, image: ImageLike, name: str = "image", **kwargs: Any) -> np.ndarray:
         """One image -> float32 `(3, H, W)` in [0, 1], scaled by its bit depth; grey is repeated, alpha dropped."""
@@ -223,9 +271,20 @@ class CLIPADAImageProcessor(PilBackend):
         resample: PILImageResampling | int | None = None,
         image_mean: float | Sequence[float] | None = None,
         image_std: float | Sequence[float] | None = None,
+        resize_mode: str | None = None,
+        tile_size: int | None = None,
+        tile_overlap: float | None = None,
         **kwargs: Any,
     ) -> None:
         """Checks the settings, at construction and on every call, naming the faulty field."""
+        if resize_mode not in RESIZE_MODES:
+            raise ValueError(f"`resize_mode` must be one of {', '.join(RESIZE_MODES)}, got {resize_mode!r}.")
+        if tile_size is not None and (not isinstance(tile_size, int) or tile_size < 1):
+            raise ValueError(f"`tile_size` must be a positive int (image pixels) or None, got {tile_size!r}.")
+        if tile_size is not None and size is not None and size.height != size.width:
+            raise ValueError(f"`tile_size` needs a square `size` (tiles are square), got {dict(size)}.")
+        if not isinstance(tile_overlap, (int, float)) or not 0.0 <= tile_overlap < 1.0:
+            raise ValueError(f"`tile_overlap` must be a fraction of a tile in [0, 1), got {tile_overlap!r}.")
         if size is None or dict(size).keys() != {"height", "width"} or min(size.height, size.width) < 1:
             raise ValueError(f"`size` must be a positive int, (height, width) or {_SIZE_DICT}, got {size}.")
         if resample not in _RESAMPLES:
@@ -239,18 +298,57 @@ class CLIPADAImageProcessor(PilBackend):
             size=size, resample=resample, image_mean=image_mean, image_std=image_std, **kwargs
         )
 
+    def post_process_anomaly_detection(
+        self,
+        outputs: Any,
+        target_sizes: Sequence[Sequence[int]] | None = None,
+        image_layouts: Sequence | None = None,
+        image_score_top_k: int = DEFAULT_IMAGE_SCORE_TOP_K,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Model outputs -> one anomaly map per image at its original size, and one image score per image.
+
+        Args:
+            outputs: anything with `anomaly_map` `(N, H, W)` and `pred_score` `(N,)`, N inputs (tiles) of B images.
+            target_sizes: squash only: `(height, width)` per image, as in [`post_process_anomaly_maps`].
+            image_layouts: the preprocessing's `image_layouts` (letterbox, tiles); `None` for squash.
+            image_score_top_k: letterbox and tiles: pixels averaged at the input size (the model's
+                `config.image_score_top_k` where it has one), scaled to the area of the content or of the tiled map.
+
+        Returns:
+            `(maps, scores)`: B maps `(height_i, width_i)` and `(B,)` scores. Squash: the model's own `pred_score`
+            and bilinear maps. Letterbox and tiles: the top-k mean of the content crop or the blended map
+            (`tiling.reassemble`), whatever the family's own score rule, so thresholds calibrated in squash mode do
+            not carry over.
+        """
+        if image_layouts is None:
+            return self.post_process_anomaly_maps(outputs, target_sizes), outputs.pred_score
+        anomaly_maps = outputs.anomaly_map
+        if torch is not None and isinstance(anomaly_maps, torch.Tensor):
+            anomaly_maps = anomaly_maps.detach().float().cpu().numpy()
+        maps, scores = reassemble(np.asarray(anomaly_maps, dtype=np.float32), image_layouts, image_score_top_k)
+        if torch is None:
+            return maps, scores
+        return [torch.from_numpy(anomaly_map) for anomaly_map in maps], torch.from_numpy(scores)
+
     def post_process_anomaly_maps(
-        self, outputs: Any, target_sizes: Sequence[Sequence[int]] | None = None
+        self,
+        outputs: Any,
+        target_sizes: Sequence[Sequence[int]] | None = None,
+        image_layouts: Sequence | None = None,
     ) -> list[torch.Tensor]:
         """Model outputs -> one anomaly map per image at its original size.
 
         Args:
             outputs: a [`CLIPADAOutput`] (or anything with `anomaly_map` of shape `(B, H, W)`).
             target_sizes: `(height, width)` per image (e.g. `pil_image.size[::-1]`); `None` keeps the model size.
+            image_layouts: letterbox and tiles: the preprocessing's `image_layouts`; the maps are merged back
+                ([`post_process_anomaly_detection`]) and come back at the images' own sizes.
 
         Returns:
             `list[torch.Tensor]` of B maps `(height_i, width_i)`, probabilities in [0, 1] (bilinear resize).
         """
+        if image_layouts is not None:
+            return self.post_process_anomaly_detection(outputs, image_layouts=image_layouts)[0]
         anomaly_maps = getattr(outputs, "anomaly_map", None)
         if anomaly_maps is None or anomaly_maps.ndim != 3:
             raise ValueError("`outputs` must have an `anomaly_map` of shape (batch, H, W), e.g. a CLIPADAOutput.")

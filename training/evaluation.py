@@ -1,8 +1,10 @@
 """Evaluate a CLIP-ADA checkpoint per category, as papers do: metrics.json, a Markdown table, heatmaps, predictions.
 
 Images and masks are evaluated at the model's input resolution (masks resized with nearest neighbour), the common
-practice of CLIP-based detectors. Only the metric buffers grow with the number of test images (`--save_predictions`
-adds the maps it writes).
+practice of CLIP-based detectors, when the processor squashes images. With letterbox or tiles (the checkpoint's
+preprocessor_config.json, or `--resize_mode/--tile_size/--tile_overlap`) the maps come back at each image's own
+resolution and are compared with the unresized masks there (4 bytes of metric buffer per image pixel). Only the
+metric buffers grow with the number of test images (`--save_predictions` adds the maps it writes).
 
 Example:
     ```bash
@@ -17,6 +19,7 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -24,11 +27,13 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 
 from processing import CLIPADAImageProcessor
+from processing.tiling import DEFAULT_IMAGE_SCORE_TOP_K
 from training.data import DATASET_NAMES, DatasetFormatError, has_ground_truth, load_anomaly_dataset
 from training.heatmaps import save_heatmap
+from training.inference_mode import add_inference_mode_arguments, check_inference_mode_arguments, with_inference_mode
 from training.metrics import AnomalyMetrics, format_metrics_table, mean_metrics
 from training.metrics.report import pixel_metrics_notes
-from training.models import ModelLoadError, load_clipada_model, load_processor
+from training.models import ModelLoadError, add_class_names, load_clipada_model, load_processor
 from training.threads import add_num_threads_argument, configure_threads
 
 
@@ -73,14 +78,29 @@ def evaluate_model(
         metrics = AnomalyMetrics()
         predictions = {"image_scores": [], "image_labels": [], "anomaly_maps": [], "masks": [], "mask_available": []}
         for start, batch in _batches(subset, processor, batch_size, num_workers):
-            with torch.no_grad():
-                outputs = model(pixel_values=batch["pixel_values"].to(device, dtype))
+            with torch.no_grad():  # all inputs of the batch (every tile of every image) in one forward
+                pixel_values = batch["pixel_values"].to(device, dtype)
+                outputs = model(pixel_values=pixel_values, categories=[category] * len(pixel_values))
             anomaly_maps, scores = outputs.anomaly_map.float().cpu(), outputs.pred_score.float().cpu()
-            metrics.update(anomaly_maps, batch["labels"], scores, batch["image_labels"], batch["mask_available"])
-            if save_predictions:
-                values = (scores, batch["image_labels"], anomaly_maps, batch["labels"], batch["mask_available"])
-                for key, value in zip(predictions, values):
-                    predictions[key].append(value.numpy())
+            image_labels, available = batch["image_labels"], batch["mask_available"]
+            if "image_layouts" in batch:  # letterbox or tiles: one map per image at its own size, fed image by image
+                top_k = getattr(model.config, "image_score_top_k", DEFAULT_IMAGE_SCORE_TOP_K)
+                anomaly_maps, scores = processor.post_process_anomaly_detection(
+                    SimpleNamespace(anomaly_map=anomaly_maps), None, batch["image_layouts"], top_k
+                )
+                parts = [
+                    (scores[i : i + 1], image_labels[i : i + 1], anomaly_maps[i][None], batch["labels"][i][None],
+                     available[i : i + 1])
+                    for i in range(len(scores))
+                ]  # fmt: skip
+            else:
+                parts = [(scores, image_labels, anomaly_maps, batch["labels"], available)]
+            for part_scores, part_labels, part_maps, part_masks, part_available in parts:
+                metrics.update(part_maps, part_masks, part_scores, part_labels, part_available)
+                if save_predictions:
+                    values = (part_scores, part_labels, part_maps, part_masks, part_available)
+                    for key, value in zip(predictions, values):
+                        predictions[key].append(value.numpy())
             for offset in range(len(scores)):
                 if output_dir is not None and start + offset in heatmap_rows:
                     save_heatmap(
@@ -109,6 +129,8 @@ def _batches(subset, processor: CLIPADAImageProcessor, batch_size: int, num_work
     def collate(examples: list[dict]) -> dict:
         for example in examples:
             _check_mask_size(example)
+        if processor.tile_size or processor.resize_mode != "squash":
+            return _collate_at_image_size(examples, processor)
         inputs = processor(
             images=[example["image"] for example in examples],
             segmentation_maps=[example["mask"] for example in examples],
@@ -127,6 +149,25 @@ def _batches(subset, processor: CLIPADAImageProcessor, batch_size: int, num_work
         yield index * batch_size, batch
 
 
+def _collate_at_image_size(examples: list[dict], processor: CLIPADAImageProcessor) -> dict:
+    """Letterbox or tiles: `pixel_values` (N, 3, H, W) for the N inputs of the batch, `image_layouts`, and per image
+    `raw_images` (3, H_i, W_i) and `labels` (H_i, W_i) uint8 at the image's own size (masks are not resized)."""
+    raw_images = [processor.process_image(example["image"]) for example in examples]  # (3, H, W) in [0, 1]
+    inputs = processor(images=raw_images, do_normalize=False)
+    masks = [
+        processor.process_mask(example["mask"], "mask", example.get("image_path") or "image", image.shape[-2:])[0]
+        for example, image in zip(examples, raw_images)
+    ]
+    return {
+        "pixel_values": processor.normalize(inputs["pixel_values"]),
+        "image_layouts": inputs["image_layouts"],
+        "raw_images": [torch.from_numpy(image) for image in raw_images],
+        "labels": [torch.from_numpy(mask).to(torch.uint8) for mask in masks],
+        "image_labels": torch.tensor([example["label"] for example in examples]),
+        "mask_available": torch.tensor([has_ground_truth(e["label"], e["mask"]) for e in examples]),
+    }
+
+
 def _check_mask_size(example: dict) -> None:
     """A mask must have its image's size; the error names the image file (saved datasets keep `image_path`)."""
     image, mask = example["image"], example["mask"]
@@ -138,14 +179,22 @@ def _check_mask_size(example: dict) -> None:
 
 
 def save_category_predictions(path: Path, predictions: dict[str, list[np.ndarray]]) -> None:
+    """Writes one category's npz; maps of different sizes (letterbox or tiles on images of different sizes) go
+    under `anomaly_map_<i>` and `mask_<i>` (five digits) instead of the stacked `anomaly_maps` and `masks`."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    maps, masks = predictions["anomaly_maps"], predictions["masks"]
+    if len({chunk.shape[1:] for chunk in maps}) == 1:
+        arrays = {"anomaly_maps": np.concatenate(maps).astype(np.float16), "masks": np.concatenate(masks)}
+        arrays["masks"] = arrays["masks"].astype(np.uint8)
+    else:
+        arrays = {f"anomaly_map_{i:05d}": chunk[0].astype(np.float16) for i, chunk in enumerate(maps)}
+        arrays.update({f"mask_{i:05d}": chunk[0].astype(np.uint8) for i, chunk in enumerate(masks)})
     np.savez_compressed(
         path,
         image_scores=np.concatenate(predictions["image_scores"]).astype(np.float32),
         image_labels=np.concatenate(predictions["image_labels"]).astype(np.int64),
-        anomaly_maps=np.concatenate(predictions["anomaly_maps"]).astype(np.float16),
-        masks=np.concatenate(predictions["masks"]).astype(np.uint8),
         mask_available=np.concatenate(predictions["mask_available"]).astype(bool),
+        **arrays,
     )
 
 
@@ -199,8 +248,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Evaluate at this input size instead of the checkpoint's preprocessor_config.json.",
     )
+    add_inference_mode_arguments(parser)
     add_num_threads_argument(parser)
     args = parser.parse_args(argv)
+    check_inference_mode_arguments(parser, args)
     for flag in ("per_device_eval_batch_size", "image_size", "num_threads"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1")
@@ -225,6 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
         device = resolve_device(args.device)
         model = load_clipada_model(args.model_name_or_path, dtype=getattr(torch, args.dtype))
         processor = load_processor(args.model_name_or_path, image_size=args.image_size)
+        processor = with_inference_mode(processor, args.resize_mode, args.tile_size, args.tile_overlap)
         dataset = load_anomaly_dataset(
             args.dataset_name,
             dataset=args.dataset,
@@ -233,6 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         if "test" not in dataset or len(dataset["test"]) == 0:
             raise DatasetFormatError(f"{args.dataset_name} has no test split to evaluate.")
+        add_class_names(model, sorted(set(dataset["test"]["category"])), args.model_name_or_path)
     except (DatasetFormatError, ModelLoadError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from error

@@ -23,8 +23,10 @@ from transformers import AutoConfig
 
 import modeling_clipada  # noqa: F401 (registers this library's configs with AutoConfig)
 from processing import CLIPADAImageProcessor
+from processing.tiling import DEFAULT_IMAGE_SCORE_TOP_K
 from training.backends import BACKENDS, DTYPES, AnomalyBackend, load_backend
 from training.evaluation import resolve_device
+from training.inference_mode import add_inference_mode_arguments, check_inference_mode_arguments, with_inference_mode
 from training.models import ModelLoadError, load_processor
 from training.overlays import draw_overlay
 from training.predict_inputs import InputError, collect_inputs, output_names
@@ -57,10 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--overlays", action=argparse.BooleanOptionalAction, default=True, help="Draw overlays/ (default: yes)."
     )
     parser.add_argument("--image_size", type=int, help="Input size for a checkpoint without preprocessor_config.json.")
+    add_inference_mode_arguments(parser)
     parser.add_argument(
         "--overwrite_output_dir", action="store_true", help="Replace predictions of an earlier run in --output_dir."
     )
     args = parser.parse_args(argv)
+    check_inference_mode_arguments(parser, args)
     for flag in ("batch_size", "num_threads", "image_size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
@@ -81,6 +85,7 @@ def predict_images(
     batch_size: int = 8,
     draw_overlays: bool = True,
     map_format: str | None = None,
+    image_score_top_k: int = DEFAULT_IMAGE_SCORE_TOP_K,
 ) -> Counter:
     """Scores every image, one batch at a time, and writes its row, overlay and map as soon as it is scored.
 
@@ -95,6 +100,8 @@ def predict_images(
         batch_size: Images per backend call.
         draw_overlays: Write `overlays/<name>.png`.
         map_format: `png16` or `npz` to write `maps/<name>.<suffix>`, None for no maps.
+        image_score_top_k: Letterbox and tiles: the image score's top-k at the input size (the model's
+            `config.image_score_top_k`), scaled to each merged map (`processing.tiling`).
 
     Returns:
         How many rows got each decision (`OK`, `NG`, `UNCALIBRATED`, `ERROR`).
@@ -115,13 +122,16 @@ def predict_images(
                     writer.write(error_row(str(path), category, str(error)))
                     counts["ERROR"] += 1
             if images:
-                pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
-                result = backend(pixel_values)
-                sizes = [image.shape[-2:] for image in images]
-                anomaly_maps = processor.post_process_anomaly_maps(
-                    SimpleNamespace(anomaly_map=torch.from_numpy(result.anomaly_map)), target_sizes=sizes
+                inputs = processor(images=images, return_tensors="pt")  # letterbox, tiles: + image_layouts
+                result = backend(inputs["pixel_values"])  # every tile of the batch in one call
+                outputs = SimpleNamespace(
+                    anomaly_map=torch.from_numpy(result.anomaly_map), pred_score=torch.from_numpy(result.pred_score)
                 )
-                for (path, name), image, anomaly_map, score in zip(batch, images, anomaly_maps, result.pred_score):
+                sizes = [image.shape[-2:] for image in images]
+                anomaly_maps, scores = processor.post_process_anomaly_detection(
+                    outputs, sizes, inputs.get("image_layouts"), image_score_top_k
+                )
+                for (path, name), image, anomaly_map, score in zip(batch, images, anomaly_maps, scores):
                     anomaly_map = anomaly_map.numpy()
                     row, pred_mask = prediction_row(str(path), category, anomaly_map, float(score), thresholds)
                     if draw_overlays:
@@ -170,15 +180,18 @@ def main(argv: list[str] | None = None) -> dict:
         # clipada_export.json instead of config.json
         config = getattr(backend, "decision_config", None) or AutoConfig.from_pretrained(args.model_name_or_path)
         processor = load_processor(args.model_name_or_path, image_size=args.image_size)
+        processor = with_inference_mode(processor, args.resize_mode, args.tile_size, args.tile_overlap)
         prepare_output_dir(output_dir, args.overwrite_output_dir)
     except (InputError, ModelLoadError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from error
     thresholds = choose_thresholds(config, args.category, args.image_threshold, args.pixel_threshold)
     _print_threshold_notes(config, args.category, thresholds, args.model_name_or_path)
+    top_k = getattr(config, "image_score_top_k", None) or DEFAULT_IMAGE_SCORE_TOP_K
     counts = predict_images(
-        paths, backend, processor, thresholds, output_dir, args.category, args.batch_size, args.overlays, args.save_maps
-    )
+        paths, backend, processor, thresholds, output_dir, args.category, args.batch_size, args.overlays,
+        args.save_maps, image_score_top_k=top_k,
+    )  # fmt: skip
     summary = {"images": len(paths), **{key: counts[key] for key in ("OK", "NG", UNCALIBRATED, "ERROR")}}
     print(
         f"{len(paths)} images: {counts['NG']} NG, {counts['OK']} OK, {counts[UNCALIBRATED]} uncalibrated, "
