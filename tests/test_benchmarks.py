@@ -167,3 +167,30 @@ def test_tiny_eval_memory_check_reports_each_checkpoint(tmp_path):
     assert buffers == sorted(buffers) and buffers[-1] > buffers[0]  # the metric buffers grow within a category
     assert written["flat"] == results["flat"] and isinstance(written["flat"], bool)
     assert "| images |" in (tmp_path / "evalmem.md").read_text()
+
+
+@pytest.mark.slow
+def test_tiny_families_benchmark_times_every_family_and_precision(tmp_path):
+    script = str(BENCHMARKS_DIR / "bench_families.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, script, "--tiny", "--batch_sizes", "1", "2", "--output_dir", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = json.loads((tmp_path / "families-tiny.json").read_text())
+    records = written["records"]
+    assert {(r["family"], r["precision"], r["batch_size"]) for r in records} == {
+        (family, precision, batch)
+        for family in ("clipada", "anomalyclip", "adaclip")
+        for precision in ("float32", "bfloat16")
+        for batch in (1, 2)
+    }
+    for record in records:
+        assert len(record["samples_ms"]) == written["settings"]["repeats"] == 2
+        rate = record["images_per_s"]
+        assert 0 < rate["min"] <= rate["median"] <= rate["max"]
+        assert rate["max"] == pytest.approx(record["batch_size"] * 1e3 / record["ms"]["min"], rel=1e-3)
+    assert "official" not in written and written["environment"]["torch_threads"] == 1
+    table = [line for line in (tmp_path / "families-tiny.md").read_text().splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + len(records) and all(line.count(" | ") == 6 for line in table)
+    not_official = subprocess.run([*command, "--official", str(tmp_path)], capture_output=True, text=True, env=env)
+    assert not_official.returncode == 2 and "no AnomalyCLIP_lib folder" in not_official.stderr
