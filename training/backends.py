@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from training.models import load_clipada_model
+from training.models import add_class_names, load_clipada_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -42,8 +42,9 @@ class AnomalyBackend(Protocol):
 
     name: str
 
-    def __call__(self, pixel_values: np.ndarray | torch.Tensor) -> BackendOutput:
-        """Anomaly maps and scores of `(batch_size, 3, H, W)` CLIP-normalised float32 pixels."""
+    def __call__(self, pixel_values: np.ndarray | torch.Tensor, category: str | None = None) -> BackendOutput:
+        """Anomaly maps and scores of `(batch_size, 3, H, W)` CLIP-normalised float32 pixels of one category (named
+        in the prompts of families that name categories; None for their default)."""
         ...
 
 
@@ -60,20 +61,24 @@ class TorchBackend:
 
     def __init__(self, model_name_or_path: str, device: str = "cpu", dtype: str = "float32"):
         self.device = torch.device(device)
+        self.model_name_or_path = model_name_or_path
         self.model = load_clipada_model(model_name_or_path, dtype=DTYPES[dtype]).to(self.device).eval()
 
     @torch.inference_mode()
-    def __call__(self, pixel_values: np.ndarray | torch.Tensor) -> BackendOutput:
+    def __call__(self, pixel_values: np.ndarray | torch.Tensor, category: str | None = None) -> BackendOutput:
         """Runs the model.
 
         Args:
             pixel_values: `(batch_size, 3, H, W)`, CLIP-normalised.
+            category: The images' category: AdaCLIP names it in its prompts (None: its default class name).
 
         Returns:
             [`BackendOutput`] with `anomaly_map` `(batch_size, H, W)` and `pred_score` `(batch_size,)`.
         """
         pixel_values = torch.as_tensor(pixel_values).to(self.device)
-        outputs = self.model(pixel_values)
+        if category is not None:
+            add_class_names(self.model, [category], self.model_name_or_path)
+        outputs = self.model(pixel_values, categories=[category] * len(pixel_values))
         return BackendOutput(
             anomaly_map=outputs.anomaly_map.float().cpu().numpy(),
             pred_score=outputs.pred_score.float().cpu().numpy(),
@@ -110,8 +115,9 @@ class ExportedBackend:
             category_thresholds=thresholds.get("category_thresholds"),
         )
 
-    def __call__(self, pixel_values: np.ndarray | torch.Tensor) -> BackendOutput:
-        """Runs the graph on `(batch_size, 3, H, W)` CLIP-normalised pixels at the export's input size."""
+    def __call__(self, pixel_values: np.ndarray | torch.Tensor, category: str | None = None) -> BackendOutput:
+        """Runs the graph on `(batch_size, 3, H, W)` CLIP-normalised pixels at the export's input size (exported
+        CLIP-ADA names no category: `category` is not used)."""
         pixel_values = pixel_values.numpy() if isinstance(pixel_values, torch.Tensor) else pixel_values
         outputs = self.runner(pixel_values)
         return BackendOutput(anomaly_map=outputs["anomaly_map"], pred_score=outputs["pred_score"])

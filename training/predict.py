@@ -123,7 +123,7 @@ def predict_images(
                     counts["ERROR"] += 1
             if images:
                 inputs = processor(images=images, return_tensors="pt")  # letterbox, tiles: + image_layouts
-                result = backend(inputs["pixel_values"])  # every tile of the batch in one call
+                result = backend(inputs["pixel_values"], category)  # every tile of the batch in one call
                 outputs = SimpleNamespace(
                     anomaly_map=torch.from_numpy(result.anomaly_map), pred_score=torch.from_numpy(result.pred_score)
                 )
