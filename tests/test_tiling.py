@@ -23,6 +23,7 @@ from processing.tiling import (
     top_k_score,
 )
 from training import evaluation, predict
+from training.calibration import collect_normal_scores
 from training.evaluation import save_category_predictions
 from training.metrics import compute_anomaly_metrics
 
@@ -266,3 +267,20 @@ def test_predict_gives_maps_and_scores_of_the_mode_at_the_image_size(checkpoint,
         assert row["score"] == pytest.approx(expected_score.item(), abs=1e-5)
         saved_map = np.load(output / row["map"])["anomaly_map"]
         assert saved_map.shape == expected_map.shape and np.abs(saved_map - expected_map.numpy()).max() < 1e-3
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_calibration_scores_each_normal_image_once_in_the_mode(checkpoint, mode, isolated_datasets_cache):
+    import datasets
+
+    rng = np.random.default_rng(4)
+    images = [Image.fromarray((rng.random((40, 60, 3)) * 255).astype(np.uint8)) for _ in range(3)]
+    split = datasets.Dataset.from_dict({"image": images, "label": [0, 0, 0], "category": ["a", "a", "b"]})
+    model = CLIPADAForAnomalySegmentation.from_pretrained(checkpoint).eval()
+    processor = CLIPADAImageProcessor(size=IMAGE_SIZE, **MODES[mode][1])
+    scores = collect_normal_scores(model, processor, split.cast_column("image", datasets.Image()), batch_size=2)
+    inputs = processor(images=images)
+    with torch.no_grad():
+        outputs = model(inputs["pixel_values"])
+    _, expected = processor.post_process_anomaly_detection(outputs, None, inputs["image_layouts"], TOP_K)
+    np.testing.assert_allclose(scores.image_scores, expected.numpy(), atol=1e-6)

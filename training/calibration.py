@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 
 from processing import CLIPADAImageProcessor
+from processing.tiling import DEFAULT_IMAGE_SCORE_TOP_K, reassemble
 
 PIXELS_PER_IMAGE = 4096
 NUM_RESAMPLES = 2000
@@ -235,11 +236,15 @@ def collect_normal_scores(
     dtype = next(model.parameters()).dtype
     rng = np.random.default_rng(seed)
     image_scores, pixel_samples = [], []
-    for pixel_values, categories in _normal_batches(split, processor, batch_size):
+    for pixel_values, categories, layouts in _normal_batches(split, processor, batch_size):
         with torch.no_grad():
-            outputs = model(pixel_values=pixel_values.to(device, dtype), categories=categories)
-        image_scores.append(outputs.pred_score.float().cpu().numpy())
-        for anomaly_map in outputs.anomaly_map.float().cpu().numpy():
+            outputs = model(pixel_values=pixel_values.to(device, dtype), categories=None if layouts else categories)
+        scores, anomaly_maps = outputs.pred_score.float().cpu().numpy(), outputs.anomaly_map.float().cpu().numpy()
+        if layouts is not None:  # letterbox or tiles: scored per image as evaluation and predict score them
+            top_k = getattr(model.config, "image_score_top_k", DEFAULT_IMAGE_SCORE_TOP_K)
+            anomaly_maps, scores = reassemble(anomaly_maps, layouts, top_k)
+        image_scores.append(scores)
+        for anomaly_map in anomaly_maps:
             flat = anomaly_map.ravel()
             if flat.size > PIXELS_PER_IMAGE:
                 flat = flat[rng.choice(flat.size, PIXELS_PER_IMAGE, replace=False)]
@@ -249,12 +254,13 @@ def collect_normal_scores(
 
 def _normal_batches(
     split: datasets.Dataset, processor: CLIPADAImageProcessor, batch_size: int
-) -> Iterator[tuple[torch.Tensor, list[str]]]:
-    """`(pixel_values (B, 3, H, W), categories)` batches."""
+) -> Iterator[tuple[torch.Tensor, list[str], list | None]]:
+    """`(pixel_values (N, 3, H, W), categories, image_layouts)` batches; the layouts are None when the processor
+    squashes (N = B), else one per image (letterbox, tiles: N inputs for B images)."""
 
-    def collate(examples: list[dict]) -> tuple[torch.Tensor, list[str]]:
-        pixel_values = processor(images=[example["image"] for example in examples])["pixel_values"]
-        return pixel_values, [example["category"] for example in examples]
+    def collate(examples: list[dict]) -> tuple[torch.Tensor, list[str], list | None]:
+        inputs = processor(images=[example["image"] for example in examples])
+        return inputs["pixel_values"], [example["category"] for example in examples], inputs.get("image_layouts")
 
     yield from DataLoader(split.select_columns(["image", "category"]), batch_size=batch_size, collate_fn=collate)
 
