@@ -118,8 +118,10 @@ def test_redrawing_at_other_thresholds_never_runs_the_model_and_matches_predict(
 
 
 def test_sliders_start_at_the_calibrated_thresholds_and_a_moved_slider_is_an_override(served):
-    assert slider_start(served.config, None) == (0.6, 0.5)
-    assert slider_start(served.config, "bottle") == (0.3, 0.7)
+    assert slider_start(served.config, None) == pytest.approx((0.6, 0.5))
+    assert slider_start(served.config, "bottle") == pytest.approx((0.3, 0.7))
+    exact = slider_thresholds(served.config, None, 0.60004, 0.49996)  # the slider's rounding of the calibrated ones
+    assert exact == Thresholds(0.6, 0.5, "global")
     assert slider_thresholds(served.config, None, 0.6, 0.5) == Thresholds(0.6, 0.5, "global")
     assert slider_thresholds(served.config, "bottle", 0.3, 0.7) == Thresholds(0.3, 0.7, "category")
     moved = slider_thresholds(served.config, "bottle", 0.45, 0.7)
@@ -129,7 +131,7 @@ def test_sliders_start_at_the_calibrated_thresholds_and_a_moved_slider_is_an_ove
 
 def test_an_uncalibrated_checkpoint_decides_with_the_sliders(tmp_path):
     config = load_served_model(str(_save_checkpoint(tmp_path / "plain"))).config
-    assert slider_start(config, None) == (DEFAULT_THRESHOLD, DEFAULT_THRESHOLD)
+    assert slider_start(config, None) == pytest.approx((DEFAULT_THRESHOLD, DEFAULT_THRESHOLD))
     assert slider_thresholds(config, None, 0.5, 0.5) == Thresholds(0.5, 0.5, "override")
 
 

@@ -125,6 +125,8 @@ def calibrated_app(tmp_path_factory):
     model.config.image_threshold, model.config.pixel_threshold = round(score - 0.1, 3), 0.5
     model.save_pretrained(folder / "checkpoint")
     processor.save_pretrained(folder / "checkpoint")
+    (folder / "checkpoint" / "examples").mkdir()
+    shutil.copyfile(image, folder / "checkpoint" / "examples" / "shipped.png")  # an example shipped with it
     port = free_port()
     server = start_app(folder / "checkpoint", port, folder / "app.log")
     yield f"http://127.0.0.1:{port}/", score, folder
@@ -165,6 +167,11 @@ def test_the_page_shows_the_decision_overlay_and_map_and_the_slider_redraws_it(c
         upload(browser, folder / "defect.png")  # the app keeps serving after bad input
         wait_for_text(browser, "results", "defect.png")
         assert "Traceback" not in browser.page_source
+
+        browser.get(url)  # a new session: the checkpoint's example, at the calibrated threshold again
+        WebDriverWait(browser, 60).until(lambda page: page.find_elements(By.CSS_SELECTOR, "#examples img"))
+        browser.find_element(By.CSS_SELECTOR, "#examples button.thumbnail-item").click()
+        assert "NG" in wait_for_text(browser, "verdict", "shipped.png")
     finally:
         browser.quit()
     assert {path.name for path in folder.glob("0*.png")} == {

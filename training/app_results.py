@@ -31,7 +31,9 @@ from training.predict_writers import PredictionWriter
 
 MAX_IMAGE_PIXELS = 4096 * 4096
 DEFAULT_THRESHOLD = 0.5  # where the sliders start for a checkpoint without calibrated thresholds
-SLIDER_TOLERANCE = 5e-4  # a slider within half a step (0.001) of the calibrated value means the calibrated value
+SLIDER_DECIMALS = 4
+SLIDER_STEP = 10.0**-SLIDER_DECIMALS
+SLIDER_TOLERANCE = SLIDER_STEP / 2  # a slider within half a step of the calibrated value means the calibrated value
 
 
 class UploadError(ValueError):
@@ -148,9 +150,11 @@ def calibrated_thresholds(config, category: str | None) -> Thresholds:
 
 
 def slider_start(config, category: str | None) -> tuple[float, float]:
-    """`(image, pixel)` slider values: the calibrated thresholds, `DEFAULT_THRESHOLD` where there is none."""
+    """`(image, pixel)` slider values: the calibrated thresholds rounded to the slider's step (`slider_thresholds`
+    turns them back into the exact ones), `DEFAULT_THRESHOLD` where there is none."""
     calibrated = calibrated_thresholds(config, category)
-    return tuple(DEFAULT_THRESHOLD if value is None else value for value in (calibrated.image, calibrated.pixel))
+    values = (DEFAULT_THRESHOLD if value is None else value for value in (calibrated.image, calibrated.pixel))
+    return tuple(round(value, SLIDER_DECIMALS) for value in values)
 
 
 def slider_thresholds(config, category: str | None, image_value: float, pixel_value: float) -> Thresholds:
@@ -209,6 +213,7 @@ def write_predictions_csv(rows: list[dict], output_dir: Path) -> Path:
 __all__ = [
     "DEFAULT_THRESHOLD",
     "MAX_IMAGE_PIXELS",
+    "SLIDER_STEP",
     "RenderedImage",
     "ScoredImage",
     "UploadError",

@@ -22,6 +22,7 @@ import gradio as gr
 from training.app_model import ServedModel
 from training.app_results import (
     MAX_IMAGE_PIXELS,
+    SLIDER_STEP,
     calibrated_thresholds,
     render_results,
     score_uploads,
@@ -133,7 +134,7 @@ def build_demo(served: ServedModel, examples: list[Path] = (), max_pixels: int =
                 files = gr.File(label="Images to inspect", file_count="multiple", type="filepath", elem_id="upload")
                 inspect_button = gr.Button("Inspect", variant="primary", elem_id="inspect")
                 examples_gallery = gr.Gallery(
-                    value=examples or None, label="Examples: click one to inspect it", columns=4, height=150,
+                    value=examples or None, label="Examples: click one to inspect it", columns=3, height=170,
                     object_fit="contain", allow_preview=False, visible=bool(examples), elem_id="examples",
                 )  # fmt: skip
                 category = gr.Dropdown(
@@ -142,11 +143,11 @@ def build_demo(served: ServedModel, examples: list[Path] = (), max_pixels: int =
                     elem_id="category",
                 )  # fmt: skip
                 image_slider = gr.Slider(
-                    0, 1, value=image_start, step=0.001, label="Image threshold: OK/NG decision",
+                    0, 1, value=image_start, step=SLIDER_STEP, label="Image threshold: OK/NG decision",
                     elem_id="image-threshold",
                 )  # fmt: skip
                 pixel_slider = gr.Slider(
-                    0, 1, value=pixel_start, step=0.001, label="Pixel threshold: anomalous regions and boxes",
+                    0, 1, value=pixel_start, step=SLIDER_STEP, label="Pixel threshold: anomalous regions and boxes",
                     elem_id="pixel-threshold",
                 )  # fmt: skip
                 note = gr.Markdown(_threshold_note(config, GLOBAL_CATEGORY), elem_id="threshold-note")
@@ -215,8 +216,8 @@ def _threshold_note(config, category: str | None) -> str:
     thresholds = calibrated_thresholds(config, _category(category))
     if thresholds.image is None:
         return "This checkpoint has **no calibrated thresholds**: decisions use the sliders' values."
-    pixel = "none" if thresholds.pixel is None else f"{thresholds.pixel:.3f}"
-    return f"Calibrated ({thresholds.source}): image {thresholds.image:.3f} · pixel {pixel}"
+    pixel = "none" if thresholds.pixel is None else f"{thresholds.pixel:.4f}"
+    return f"Calibrated ({thresholds.source}): image {thresholds.image:.4f} · pixel {pixel}"
 
 
 def _verdict(row: dict) -> str:
@@ -226,7 +227,7 @@ def _verdict(row: dict) -> str:
         return _message(f"{name}: {html.escape(row['error'])}", "error")
     facts = [f"score {row['score']:.3f}"]
     if row["image_threshold"] is not None:
-        facts.append(f"image threshold {row['image_threshold']:.3f} ({_image_source(row['threshold_source'])})")
+        facts.append(f"image threshold {row['image_threshold']:.4f} ({_image_source(row['threshold_source'])})")
     boxes = ""
     if row["anomalous_area"] is not None:
         facts.append(f"{row['num_regions']} region(s), {row['anomalous_area'] * 100:.2f} % of the image")
