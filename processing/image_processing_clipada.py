@@ -20,17 +20,24 @@ Example:
 
 from __future__ import annotations  # annotations name torch.Tensor, which the numpy-only path never imports
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs, Unpack
 
+from .image_inputs import (
+    ImageLike,
+    as_list,
+    check_finite,
+    item_name,
+    to_array,
+    to_unit_range,
+)
 from .tiling import DEFAULT_IMAGE_SCORE_TOP_K, RESIZE_MODES, cut_inputs, image_layouts, reassemble
 
 try:
@@ -41,15 +48,8 @@ except ImportError:  # the numpy path (return_tensors="np") serves the torch-fre
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-_EXPECTED = "a PIL image, a numpy array or torch tensor of shape (H, W), (H, W, C) or (C, H, W), or an image path"
 _SIZE_DICT = "{'height': int, 'width': int}"
 _RESAMPLES = (PILImageResampling.NEAREST, PILImageResampling.BILINEAR, PILImageResampling.BICUBIC)
-# PIL modes read as they are; any other mode (P, LA, CMYK, ...) is converted to RGB first.
-_NATIVE_MODES = ("1", "L", "RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
-
-# numpy arrays and torch tensors (when torch is installed) are read alike
-_ARRAY_TYPES = (np.ndarray,) if torch is None else (np.ndarray, torch.Tensor)
-ImageLike = "Image.Image | np.ndarray | torch.Tensor | str | os.PathLike"  # a string: torch may be absent
 
 
 class CLIPADAImageProcessorKwargs(ImagesKwargs, total=False):
@@ -143,8 +143,8 @@ class CLIPADAImageProcessor(PilBackend):
 
         Letterbox and tiles cut the inputs here (`tiling.py`), with the same geometry for masks (padded with 0), and
         the backend only normalises them."""
-        image_list = _as_list(images, "images")
-        names = [_item_name("images", index, image) for index, image in enumerate(image_list)]
+        image_list = as_list(images, "images")
+        names = [item_name("images", index, image) for index, image in enumerate(image_list)]
         pixels = [self.process_image(image, name) for image, name in zip(image_list, names)]
         modes = {key: kwargs.pop(key) for key in ("resize_mode", "tile_size", "tile_overlap")}
         input_size = (kwargs["size"].height, kwargs["size"].width)
@@ -155,14 +155,14 @@ class CLIPADAImageProcessor(PilBackend):
             inputs, kwargs["do_resize"] = self._cut(pixels, layouts, kwargs["resample"], fill), False
         data = {"pixel_values": self._preprocess(inputs, return_tensors=None, **kwargs)["pixel_values"]}
         if segmentation_maps is not None:
-            mask_list = _as_list(segmentation_maps, "segmentation_maps", allow_none_items=True)
+            mask_list = as_list(segmentation_maps, "segmentation_maps", allow_none_items=True)
             if len(mask_list) != len(image_list):
                 raise ValueError(
                     f"Got {len(image_list)} images but {len(mask_list)} segmentation_maps: give one mask per image "
                     "(None for a normal image)."
                 )
             masks = [
-                self.process_mask(mask, _item_name("segmentation_maps", index, mask), image_name, image.shape[-2:])
+                self.process_mask(mask, item_name("segmentation_maps", index, mask), image_name, image.shape[-2:])
                 for index, (mask, image_name, image) in enumerate(zip(mask_list, names, pixels))
             ]
             if layouts is not None:
@@ -185,7 +185,7 @@ class CLIPADAImageProcessor(PilBackend):
     def process_image(self, image: ImageLike, name: str = "image", **kwargs: Any) -> np.ndarray:
         """One image -> float32 `(3, H, W)` in [0, 1], scaled by its bit depth; grey is repeated, alpha dropped."""
         array = self._channels_first(image, name)
-        pixels = _to_unit_range(array, name)
+        pixels = to_unit_range(array, name)
         if pixels.shape[0] == 1:
             return np.repeat(pixels, 3, axis=0)
         return pixels[:3]  # RGBA: the alpha channel is dropped, as PIL's convert("RGB") does
@@ -203,7 +203,7 @@ class CLIPADAImageProcessor(PilBackend):
                 f"{tuple(image_size)}: a mask must match its image."
             )
         if np.issubdtype(array.dtype, np.floating):
-            _check_finite(array, name)
+            check_finite(array, name)
         if array.dtype != bool and array.min() < 0:
             raise ValueError(
                 f"{name} has negative values (min {array.min()}); a mask marks anomalous pixels with values > 0 and "
@@ -213,7 +213,7 @@ class CLIPADAImageProcessor(PilBackend):
 
     def _channels_first(self, image: ImageLike, name: str) -> np.ndarray:
         """Any supported input -> a numpy array `(C, H, W)` in its own dtype, through the backend's `process_image`."""
-        array = _to_array(image, name)
+        array = to_array(image, name)
         channel_layout = array.ndim == 3 and (array.shape[0] in (1, 3, 4) or array.shape[-1] in (1, 3, 4))
         if array.ndim != 2 and not channel_layout:
             raise ValueError(
@@ -367,95 +367,6 @@ class CLIPADAImageProcessor(PilBackend):
                 F.interpolate(anomaly_map[None, None].float(), size=target, mode="bilinear", align_corners=False)[0, 0]
             )
         return resized
-
-
-def _as_list(images: Any, name: str, allow_none_items: bool = False) -> list:
-    """One image or a batch -> a non-empty list of single images."""
-    if images is None:
-        raise ValueError(f"`{name}` is None; expected {_EXPECTED}, or a list of them.")
-    if isinstance(images, _ARRAY_TYPES) and images.ndim == 4:
-        images = list(images)  # a batch (B, ...) of arrays
-    elif isinstance(images, _ARRAY_TYPES) and images.ndim > 4:
-        raise ValueError(f"`{name}` has {images.ndim} dimensions; expected a single image or a (batch, ...) array.")
-    elif not isinstance(images, (list, tuple)):
-        images = [images]
-    if len(images) == 0:
-        raise ValueError(f"`{name}` is an empty list; expected at least one image.")
-    for index, image in enumerate(images):
-        if image is None and not allow_none_items:
-            raise ValueError(f"{name}[{index}] is None; expected {_EXPECTED}.")
-    return list(images)
-
-
-def _item_name(name: str, index: int, item: Any) -> str:
-    """`images[3]`, with the file name when the item is a path: `images[3] ('000.png')`."""
-    if isinstance(item, (str, os.PathLike)):
-        return f"{name}[{index}] ({os.path.basename(item)!r})"
-    return f"{name}[{index}]"
-
-
-def _to_array(image: ImageLike, name: str) -> np.ndarray:
-    """Path, PIL image or torch tensor -> numpy array in a dtype that states the bit depth (PIL `I` -> uint16)."""
-    if isinstance(image, (str, os.PathLike)):
-        image = _open_image(image, name)
-    if isinstance(image, Image.Image):
-        if isinstance(image, ImageFile.ImageFile):  # straight from Image.open: make the pixels upright, once
-            image = ImageOps.exif_transpose(image)
-        if image.mode not in _NATIVE_MODES:
-            image = image.convert("RGB")
-        array = np.asarray(image)
-        if image.mode.startswith("I"):  # I;16 variants and I (how PIL holds 16-bit PNG/TIFF): 16-bit
-            if array.size and (array.min() < 0 or array.max() > 65535):
-                raise ValueError(f"{name} is a PIL mode {image.mode} image with values outside the 16-bit range.")
-            array = array.astype(np.uint16)
-        return array
-    if torch is not None and isinstance(image, torch.Tensor):
-        image = image.detach().cpu()
-        return image.float().numpy() if image.is_floating_point() else image.numpy()
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"{name} is a {type(image).__name__}; expected {_EXPECTED}.")
-    return image
-
-
-def _open_image(path: str | os.PathLike, name: str) -> Image.Image:
-    if not os.path.isfile(path):
-        raise ValueError(
-            f"{name} is the string {str(path)!r}, which is not an existing image file; expected {_EXPECTED}."
-        )
-    try:
-        with Image.open(path) as image:
-            return ImageOps.exif_transpose(image)  # a loaded copy, upright
-    except Exception as error:  # PIL raises many types for broken files
-        raise ValueError(f"{name}: cannot read image file {str(path)!r}: {error}") from error
-
-
-def _to_unit_range(array: np.ndarray, name: str) -> np.ndarray:
-    """Scales by the dtype, never by the content: uint8 /255, uint16 /65535, bool 0/1, floats must lie in [0, 1]."""
-    if array.dtype == bool:
-        return array.astype(np.float32)
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / 65535.0
-    if np.issubdtype(array.dtype, np.floating):
-        _check_finite(array, name)
-        if array.size and (array.min() < 0 or array.max() > 1):
-            raise ValueError(
-                f"{name} is a float array with values in [{array.min():.3g}, {array.max():.3g}]; float images must "
-                "lie in [0, 1] (pass uint8 for 0..255, uint16 for 0..65535)."
-            )
-        return array.astype(np.float32)
-    raise TypeError(
-        f"{name} has dtype {array.dtype}; expected uint8 (0..255), uint16 (0..65535), bool, or float in [0, 1]: "
-        "the dtype states the bit depth, so cast other integer types to one of these."
-    )
-
-
-def _check_finite(array: np.ndarray, name: str) -> None:
-    if np.isnan(array).any():
-        raise ValueError(f"{name} contains NaN.")
-    if np.isinf(array).any():
-        raise ValueError(f"{name} contains inf.")
 
 
 __all__ = ["CLIPADAImageProcessor", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]
