@@ -95,6 +95,13 @@ def set_slider(browser: webdriver.Chrome, element_id: str, value: float) -> None
     box.send_keys(f"{value:.3f}", Keys.ENTER)
 
 
+def choose_category(browser: webdriver.Chrome, category: str) -> None:
+    """Opens the category selector and clicks the option."""
+    browser.find_element(By.CSS_SELECTOR, "#category input").click()
+    options = WebDriverWait(browser, 10).until(lambda page: page.find_elements(By.CSS_SELECTOR, "[role=listbox] li"))
+    next(option for option in options if option.text == category).click()
+
+
 def shown_image_width(browser: webdriver.Chrome, element_id: str) -> int:
     """The natural width of the image an image component shows (0 when none is loaded)."""
     images = browser.find_elements(By.CSS_SELECTOR, f"#{element_id} img")
@@ -123,6 +130,8 @@ def calibrated_app(tmp_path_factory):
         score = float(model(processor(images=[str(image)])["pixel_values"]).pred_score[0])
     assert 0.1 < score < 0.99, f"the tiny model's score {score} leaves no room to move the threshold around it"
     model.config.image_threshold, model.config.pixel_threshold = round(score - 0.1, 3), 0.5
+    plates = {"image_threshold": round(min(0.999, score + 0.05), 3), "pixel_threshold": 0.6}
+    model.config.category_thresholds = {"plates": plates}  # a category whose threshold makes the image OK
     model.save_pretrained(folder / "checkpoint")
     processor.save_pretrained(folder / "checkpoint")
     (folder / "checkpoint" / "examples").mkdir()
@@ -172,10 +181,14 @@ def test_the_page_shows_the_decision_overlay_and_map_and_the_slider_redraws_it(c
         WebDriverWait(browser, 60).until(lambda page: page.find_elements(By.CSS_SELECTOR, "#examples img"))
         browser.find_element(By.CSS_SELECTOR, "#examples button.thumbnail-item").click()
         assert "NG" in wait_for_text(browser, "verdict", "shipped.png")
+        choose_category(browser, "plates")
+        assert "OK" in wait_for_text(browser, "verdict", "(calibrated for the category)")
+        browser.save_screenshot(str(folder / "04_example_category_OK.png"))
     finally:
         browser.quit()
     assert {path.name for path in folder.glob("0*.png")} == {
         "01_defect_NG.png",
         "02_threshold_moved_OK.png",
         "03_not_an_image.png",
+        "04_example_category_OK.png",
     }
