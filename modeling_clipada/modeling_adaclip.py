@@ -40,7 +40,7 @@ from .adaclip_prompts import hybrid_prompts, prompt_sentences, state_ensemble_em
 from .clip_parts import binary_masks, check_pixel_values, per_image_thresholds, smooth_maps
 from .configuration_adaclip import AdaCLIPConfig
 from .decisions import apply_thresholds, normalize_scores
-from .modeling_clipada import CLIPADAPreTrainedModel
+from .pretrained import AnomalyDetectionPreTrainedModel
 
 
 @dataclass
@@ -70,8 +70,8 @@ class AdaCLIPOutput(ModelOutput):
     pred_score_normalized: torch.FloatTensor | None = None
 
 
-class AdaCLIPPreTrainedModel(CLIPADAPreTrainedModel):
-    """Config class and head initialisation of AdaCLIP; strict checkpoint loading as CLIP-ADA's."""
+class AdaCLIPPreTrainedModel(AnomalyDetectionPreTrainedModel):
+    """Config class and head initialisation of AdaCLIP; strict loading and saving as every family's."""
 
     config_class = AdaCLIPConfig
     config: AdaCLIPConfig

@@ -37,7 +37,7 @@ from .anomalyclip_loss import anomalyclip_loss
 from .clip_parts import check_pixel_values, encode_prompted_text, per_image_thresholds, upsample_and_smooth
 from .configuration_anomalyclip import AnomalyCLIPConfig
 from .decisions import apply_thresholds, normalize_scores
-from .modeling_clipada import CLIPADAPreTrainedModel
+from .pretrained import AnomalyDetectionPreTrainedModel
 
 
 @dataclass
@@ -67,8 +67,8 @@ class AnomalyCLIPOutput(ModelOutput):
     pred_score_normalized: torch.FloatTensor | None = None
 
 
-class AnomalyCLIPPreTrainedModel(CLIPADAPreTrainedModel):
-    """Config class and head initialisation of AnomalyCLIP; strict checkpoint loading as CLIP-ADA's."""
+class AnomalyCLIPPreTrainedModel(AnomalyDetectionPreTrainedModel):
+    """Config class and head initialisation of AnomalyCLIP; strict loading and saving as every family's."""
 
     config_class = AnomalyCLIPConfig
     config: AnomalyCLIPConfig
