@@ -14,16 +14,16 @@ Example:
 """
 
 import os
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 from transformers import Pipeline
 from transformers.image_utils import load_image
 
 from .clip_parts import per_image_thresholds
+from .decisions import apply_thresholds, normalize_scores
 
 PIPELINE_TASK = "image-anomaly-detection"
 
@@ -42,7 +42,9 @@ class ImageAnomalyDetectionPipeline(Pipeline):
     - **mask** (`PIL.Image`, mode `"L"`, 255 = anomalous, only with calibrated thresholds, else `None`): the map
       thresholded at the pixel threshold.
 
-    Pass `category="bottle"` to decide with that category's thresholds when the checkpoint has them.
+    Pass `category="bottle"` to decide with that category's thresholds when the checkpoint has them (and, for families
+    whose prompts name the category, to name it; the name must have been tokenised into the checkpoint). A checkpoint
+    whose processor letterboxes or tiles gets its maps merged back, as `clipada-predict` does.
     """
 
     _load_processor = False
@@ -57,54 +59,56 @@ class ImageAnomalyDetectionPipeline(Pipeline):
         return preprocess_params, {"category": category}, {}
 
     def preprocess(self, image: "Image.Image | str | os.PathLike", timeout: float | None = None) -> dict:
-        """One image -> `pixel_values` `(1, 3, H, W)` and its original size `target_size` `(1, 2)` (height, width)."""
+        """One image -> `pixel_values` `(N, 3, H, W)` (N = 1, or its tiles), its size and its layout (letterbox,
+        tiles: the processor's `image_layouts`)."""
         image = _read_image(image, timeout)
         inputs = self.image_processor(images=image, return_tensors="pt")
         return {
             "pixel_values": inputs["pixel_values"].to(self.dtype),
-            "target_size": torch.tensor([[image.height, image.width]]),
+            "target_size": (image.height, image.width),
+            "image_layouts": inputs.get("image_layouts"),
         }
 
     def _forward(self, model_inputs: dict, category: str | None = None) -> dict:
-        """Runs the model; keeps the map, the score and, with calibrated thresholds, the label and pixel threshold."""
-        target_size = model_inputs.pop("target_size")
-        batch_size = model_inputs["pixel_values"].shape[0]
-        categories = [category] * batch_size
-        calibrated = getattr(self.model.config, "has_thresholds", False)
-        outputs = self.model(**model_inputs, **({"categories": categories} if calibrated else {}))
-        result = {
+        """Runs the model on every input of the image (categories name it in the prompts of families that do)."""
+        pixel_values = model_inputs["pixel_values"]
+        outputs = self.model(pixel_values=pixel_values, categories=[category] * len(pixel_values))
+        return {
             "anomaly_map": outputs.anomaly_map.float(),
             "pred_score": outputs.pred_score.float(),
-            "target_size": target_size,
+            "target_size": model_inputs["target_size"],
+            "image_layouts": model_inputs["image_layouts"],
+            "category": category,
         }
-        if calibrated:
-            config = self.model.config
-            _, pixel_thresholds = per_image_thresholds(
-                config.image_threshold, config.pixel_threshold, config.category_thresholds, categories, batch_size
-            )
-            result["pred_label"] = outputs.pred_label
-            result["pred_score_normalized"] = outputs.pred_score_normalized.float()
-            result["pixel_threshold"] = torch.tensor(pixel_thresholds, dtype=torch.float32)
-        return result
 
     def postprocess(self, model_outputs: dict) -> dict[str, Any]:
-        """Model outputs of one image -> the result dict, maps resized (bilinear) to the image's own size."""
-        anomaly_map = model_outputs["anomaly_map"].reshape(-1, *model_outputs["anomaly_map"].shape[-2:])[:1]
-        height, width = (int(value) for value in model_outputs["target_size"].reshape(-1)[:2])
-        resized = F.interpolate(anomaly_map[:, None].cpu(), size=(height, width), mode="bilinear", align_corners=False)
-        probabilities = resized[0, 0].clamp(0.0, 1.0)
+        """Model outputs of one image -> the result dict: the map at the image's own size (tiles blended, letterbox
+        padding cropped, as `clipada-predict` does), the score, and the decisions at the calibrated thresholds."""
+        top_k = getattr(self.model.config, "image_score_top_k", None)
+        maps, scores = self.image_processor.post_process_anomaly_detection(
+            SimpleNamespace(anomaly_map=model_outputs["anomaly_map"].cpu(), pred_score=model_outputs["pred_score"]),
+            [model_outputs["target_size"]],
+            model_outputs["image_layouts"],
+            **({} if top_k is None else {"image_score_top_k": top_k}),
+        )
+        anomaly_map, score = maps[0].float(), scores.reshape(-1)[:1].float()
+        display = anomaly_map.clamp(0.0, 1.0)  # maps are probabilities; a sum over several layers can exceed 1
         result = {
-            "score": float(model_outputs["pred_score"].reshape(-1)[0]),
-            "anomaly_map": Image.fromarray(np.round(probabilities.numpy() * 255).astype(np.uint8)),
-            "predicted_anomaly_map": probabilities,
+            "score": float(score),
+            "anomaly_map": Image.fromarray(np.round(display.numpy() * 255).astype(np.uint8)),
+            "predicted_anomaly_map": anomaly_map,
             "mask": None,
         }
-        if "pred_label" in model_outputs:
-            pixel_threshold = float(model_outputs["pixel_threshold"].reshape(-1)[0])
-            mask = (probabilities >= pixel_threshold).numpy()
-            result["label"] = "NG" if bool(model_outputs["pred_label"].reshape(-1)[0]) else "OK"
-            result["normalized_score"] = float(model_outputs["pred_score_normalized"].reshape(-1)[0])
-            result["mask"] = Image.fromarray(mask.astype(np.uint8) * 255)
+        config = self.model.config
+        if getattr(config, "has_thresholds", False):
+            (image_threshold,), (pixel_threshold,) = per_image_thresholds(
+                config.image_threshold, config.pixel_threshold, config.category_thresholds,
+                [model_outputs["category"]], 1,
+            )  # fmt: skip
+            label, mask = apply_thresholds(anomaly_map[None], score, image_threshold, pixel_threshold)
+            result["label"] = "NG" if bool(label) else "OK"
+            result["normalized_score"] = float(normalize_scores(score, image_threshold))
+            result["mask"] = Image.fromarray(mask[0].numpy().astype(np.uint8) * 255)
         return result
 
 

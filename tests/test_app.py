@@ -64,9 +64,9 @@ class CountingBackend:
     def __init__(self, backend):
         self.backend, self.calls = backend, 0
 
-    def __call__(self, pixel_values):
+    def __call__(self, pixel_values, category=None):
         self.calls += 1
-        return self.backend(pixel_values)
+        return self.backend(pixel_values, category)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from training import calibrate, demo, evaluation, predict, prepare_dataset, train
+from training import calibrate, demo, evaluation, export, predict, prepare_dataset, train
+from training.deploy import runners
 from training.threads import configure_threads, default_num_threads
 
 
@@ -28,7 +29,7 @@ def test_configure_threads_sets_torch_and_refuses_zero():
         configure_threads(0)
 
 
-@pytest.mark.parametrize("module", [train, evaluation, calibrate, demo, prepare_dataset, predict])
+@pytest.mark.parametrize("module", [train, evaluation, calibrate, demo, prepare_dataset, predict, export])
 def test_every_command_takes_num_threads(module, capsys):
     with pytest.raises(SystemExit) as exit_info:
         module.parse_args(["--help"])
@@ -42,3 +43,9 @@ def test_training_uses_the_given_number_of_threads(workspace, trained_run, tmp_p
     argv = training_args(workspace, tmp_path / "run", "--max_train_steps", "1", "--skip_evaluation")
     train.main([*argv, "--num_threads", "1"])
     assert "threads=1 " in caplog.text
+
+
+def test_the_torch_free_runner_takes_num_threads(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        runners.cli(["--help"])
+    assert exit_info.value.code == 0 and "--num_threads" in capsys.readouterr().out

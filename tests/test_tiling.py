@@ -284,3 +284,51 @@ def test_calibration_scores_each_normal_image_once_in_the_mode(checkpoint, mode,
         outputs = model(inputs["pixel_values"])
     _, expected = processor.post_process_anomaly_detection(outputs, None, inputs["image_layouts"], TOP_K)
     np.testing.assert_allclose(scores.image_scores, expected.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", [{"tile_size": IMAGE_SIZE}, {"resize_mode": "letterbox"}])
+def test_the_pipeline_merges_tiles_and_crops_letterbox_as_predict_does(tmp_path, mode):
+    from transformers import pipeline
+
+    clip, tokenizer = make_tiny_clip()
+    model = CLIPADAForAnomalySegmentation.from_clip(clip, tokenizer, feature_layer=2).eval()
+    model.config.image_threshold, model.config.pixel_threshold = 0.5, 0.5
+    processor = CLIPADAImageProcessor(size=IMAGE_SIZE, **mode)
+    model.save_pretrained(tmp_path / "ckpt")
+    processor.save_pretrained(tmp_path / "ckpt")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8))
+    inputs = processor(images=[image])
+    with torch.no_grad():
+        outputs = model(inputs["pixel_values"])
+    maps, scores = processor.post_process_anomaly_detection(outputs, [(48, 80)], inputs["image_layouts"], 500)
+    result = pipeline("image-anomaly-detection", model=str(tmp_path / "ckpt"), trust_remote_code=True)(image)
+    assert result["predicted_anomaly_map"].shape == (48, 80)
+    assert torch.allclose(result["predicted_anomaly_map"], maps[0], atol=1e-6)
+    assert result["score"] == pytest.approx(float(scores[0]), abs=1e-6)
+    assert result["label"] == ("NG" if float(scores[0]) >= 0.5 else "OK") and result["mask"].size == (80, 48)
+
+
+def test_the_app_scores_tiles_and_names_the_category_like_predict(tmp_path):
+    from training.app_results import score_uploads
+
+    clip, tokenizer = make_tiny_clip()
+    model = CLIPADAForAnomalySegmentation.from_clip(clip, tokenizer, feature_layer=2).eval()
+    processor = CLIPADAImageProcessor(size=IMAGE_SIZE, tile_size=IMAGE_SIZE)
+    image = np.random.default_rng(1).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "wide.png")
+    seen = []
+
+    def backend(pixel_values, category=None):
+        seen.append((len(pixel_values), category))
+        with torch.no_grad():
+            outputs = model(torch.as_tensor(pixel_values))
+        return SimpleNamespace(anomaly_map=outputs.anomaly_map.numpy(), pred_score=outputs.pred_score.numpy())
+
+    (result,) = score_uploads([tmp_path / "wide.png"], backend, processor, category="disc", image_score_top_k=500)
+    inputs = processor(images=[image])
+    with torch.no_grad():
+        outputs = model(inputs["pixel_values"])
+    maps, scores = processor.post_process_anomaly_detection(outputs, [(48, 80)], inputs["image_layouts"], 500)
+    assert seen == [(len(inputs["pixel_values"]), "disc")] and len(inputs["pixel_values"]) > 1
+    assert result.anomaly_map.shape == (48, 80) and np.allclose(result.anomaly_map, maps[0].numpy(), atol=1e-6)
+    assert result.score == pytest.approx(float(scores[0]), abs=1e-6)

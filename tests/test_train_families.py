@@ -71,7 +71,8 @@ def test_continuing_an_anomalyclip_checkpoint_keeps_its_family(workspace, tmp_pa
 
 
 def test_the_zero_shot_presets_set_the_official_schedule():
-    args = parse_args(["--dataset_name", "d", "--output_dir", "o", "--preset", "anomalyclip_train_on_visa"])
+    args = parse_args(["--dataset_name", "d", "--output_dir", "o", "--preset", "anomalyclip_train_on_visa",
+                       "--eval_dataset_name", "e"])  # fmt: skip
     schedule = (args.model_type, args.train_split, args.anomaly_source, args.num_train_epochs, args.optimizer)
     assert schedule == ("anomalyclip", "test", "real", 15, "adam")
     assert (args.adam_beta1, args.learning_rate, args.per_device_train_batch_size, args.image_size) == (
@@ -80,7 +81,8 @@ def test_the_zero_shot_presets_set_the_official_schedule():
         8,
         518,
     )
-    adaclip = parse_args(["--dataset_name", "d", "--output_dir", "o", "--preset", "adaclip_train_on_mvtec_ad"])
+    adaclip = parse_args(["--dataset_name", "d", "--output_dir", "o", "--preset", "adaclip_train_on_mvtec_ad",
+                          "--skip_evaluation"])  # fmt: skip
     schedule = (
         adaclip.model_type,
         adaclip.optimizer,
@@ -90,7 +92,7 @@ def test_the_zero_shot_presets_set_the_official_schedule():
     )
     assert schedule == ("adaclip", "adamw", 1e-2, 0.01, 5) and adaclip.adam_beta1 == 0.5
     explicit = parse_args(["--dataset_name", "d", "--output_dir", "o", "--preset", "anomalyclip_train_on_visa",
-                           "--seed", "3", "--image_size", "336"])  # fmt: skip
+                           "--seed", "3", "--image_size", "336", "--skip_evaluation"])  # fmt: skip
     assert (explicit.seed, explicit.image_size) == (3, 336)
 
 
@@ -107,7 +109,8 @@ ADACLIP_HEAD = ["--prompt_length", "2", "--prompt_depth", "2", "--hsf_num_cluste
 def test_adaclip_trains_zero_shot_names_new_categories_and_evaluates_calibrates_and_predicts(workspace, tmp_path):
     run = tmp_path / "run"
     argv = training_args(workspace, run, "--model_type", "adaclip", *ADACLIP_HEAD, "--max_train_steps", "2")
-    metrics = train.main([*argv, "--train_split", "test", "--anomaly_source", "real", "--calibration_fraction", "0"])
+    argv += ["--train_split", "test", "--anomaly_source", "real", "--calibration_fraction", "0"]
+    metrics = train.main([*argv, "--eval_dataset_name", str(workspace / "data")])
     config = json.loads((run / "config.json").read_text())
     assert config["model_type"] == "adaclip" and {"disc", "weave"} <= set(config["prompt_token_ids"])
     assert set(metrics["per_category"]) == {"disc", "weave"} and (run / "tokenizer.json").is_file()
@@ -124,3 +127,9 @@ def test_adaclip_trains_zero_shot_names_new_categories_and_evaluates_calibrates_
     images = str(workspace / "data" / "disc" / "test")
     summary = predict.main([images, "--model_name_or_path", str(run), "--output_dir", str(tmp_path / "p")])
     assert summary["OK"] + summary["NG"] == 8
+
+
+def test_training_on_a_test_split_without_another_evaluation_dataset_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--dataset_name", "d", "--output_dir", "o", "--preset", "anomalyclip_train_on_visa"])
+    assert "--eval_dataset_name" in capsys.readouterr().err

@@ -105,6 +105,8 @@ def score_uploads(
     names: list[str] | None = None,
     max_pixels: int = MAX_IMAGE_PIXELS,
     batch_size: int = 8,
+    category: str | None = None,
+    image_score_top_k: int | None = None,
 ) -> list[ScoredImage]:
     """Runs the model once on every readable upload; unreadable ones come back with their error.
 
@@ -116,6 +118,9 @@ def score_uploads(
         names: How each file is called in rows and messages (default: its file name).
         max_pixels: Larger images are refused (width x height).
         batch_size: Images per backend call.
+        category: The images' category (AdaCLIP names it in its prompts).
+        image_score_top_k: Letterbox and tiles: the model's `config.image_score_top_k` (None: the processor's
+            default), as in `clipada-predict`.
 
     Returns:
         One [`ScoredImage`] per path, in order.
@@ -134,12 +139,18 @@ def score_uploads(
     for start in range(0, len(readable), batch_size):
         batch = readable[start : start + batch_size]
         images = [pixels for _, pixels in batch]
-        output = backend(processor(images=images, return_tensors="pt")["pixel_values"])
-        anomaly_maps = processor.post_process_anomaly_maps(
-            SimpleNamespace(anomaly_map=torch.from_numpy(output.anomaly_map)),
-            target_sizes=[pixels.shape[-2:] for pixels in images],
+        inputs = processor(images=images, return_tensors="pt")  # letterbox, tiles: + image_layouts
+        output = backend(inputs["pixel_values"], category)
+        outputs = SimpleNamespace(
+            anomaly_map=torch.from_numpy(output.anomaly_map), pred_score=torch.from_numpy(output.pred_score)
         )
-        for (result, _), anomaly_map, score in zip(batch, anomaly_maps, output.pred_score):
+        anomaly_maps, scores = processor.post_process_anomaly_detection(
+            outputs,
+            [pixels.shape[-2:] for pixels in images],
+            inputs.get("image_layouts"),
+            **({} if image_score_top_k is None else {"image_score_top_k": image_score_top_k}),
+        )
+        for (result, _), anomaly_map, score in zip(batch, anomaly_maps, scores):
             result.anomaly_map, result.score = anomaly_map.numpy().astype(np.float32), float(score)
     return results
 

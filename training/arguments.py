@@ -285,8 +285,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag, valid in checks.items():
         if not valid:
             parser.error(f"{flag} has an invalid value")
-    if args.checkpointing_steps not in (None, "epoch") and not str(args.checkpointing_steps).isdigit():
-        parser.error(f"--checkpointing_steps must be a number of steps or 'epoch', got {args.checkpointing_steps!r}")
+    steps = args.checkpointing_steps
+    if steps not in (None, "epoch") and not (str(steps).isdigit() and int(steps) >= 1):
+        parser.error(f"--checkpointing_steps must be a number of steps (>= 1) or 'epoch', got {steps!r}")
+    if args.train_split == "test" and not args.eval_dataset_name and not args.skip_evaluation:
+        parser.error(
+            "--train_split test would evaluate on the images it trains on: name the dataset to evaluate on with "
+            "--eval_dataset_name (the zero-shot protocol), or pass --skip_evaluation"
+        )
     if args.push_to_hub and not args.hub_model_id:
         args.hub_model_id = Path(args.output_dir).resolve().name
     return args

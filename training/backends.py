@@ -107,7 +107,8 @@ class ExportedBackend:
             raise ValueError(
                 f"--backend {self.name} runs on the CPU in float32; drop --device {device} --dtype {dtype}"
             )
-        self.runner = ExportedCLIPADA(model_name_or_path, backend=self.name)
+        # as many runtime threads as torch was given (`--num_threads`, or its default)
+        self.runner = ExportedCLIPADA(model_name_or_path, backend=self.name, num_threads=torch.get_num_threads())
         thresholds = self.runner.config["thresholds"] or {}
         self.decision_config = SimpleNamespace(
             image_threshold=thresholds.get("image_threshold"),

@@ -15,6 +15,7 @@ Example:
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ from training.atomic import atomic_dir
 from training.deploy.graph import CLIPADAExportGraph, export_program, write_onnx, write_openvino
 from training.deploy.runners import EXPORT_CONFIG_NAME, MODEL_FILES, ExportedCLIPADA, ExportedModelError
 from training.models import ModelLoadError, check_model_location, load_clipada_model, load_processor, saved_model_type
+from training.threads import add_num_threads_argument, configure_threads
 
 FORMATS = tuple(MODEL_FILES)
 DEFAULT_OPSET = 20
@@ -56,7 +58,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fp16", action="store_true", help="OpenVINO only: store the weights as float16")
     parser.add_argument("--image_size", type=int, default=None, help="input side; default the checkpoint processor's")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output_dir")
-    return parser.parse_args(argv)
+    add_num_threads_argument(parser)
+    args = parser.parse_args(argv)
+    if args.num_threads is not None and args.num_threads < 1:
+        parser.error("--num_threads must be at least 1")
+    return args
+
+
+# What each format needs beyond torch (the `onnx` and `openvino` install extras).
+_RUNTIME_MODULES = {"onnx": ("onnx", "onnxscript", "onnxruntime", "onnx_ir"), "openvino": ("openvino",)}
 
 
 def check_request(export_format: str, opset: int, fp16: bool, output_dir: Path, overwrite: bool) -> None:
@@ -78,6 +88,11 @@ def check_request(export_format: str, opset: int, fp16: bool, output_dir: Path, 
         raise ExportError(f"--output_dir {output_dir} exists; pass --overwrite to replace it")
     if output_dir.exists() and not output_dir.is_dir():
         raise ExportError(f"--output_dir {output_dir} is a file")
+    missing = [name for name in _RUNTIME_MODULES[export_format] if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ExportError(
+            f"--format {export_format} needs {', '.join(missing)}: pip install 'clipada[{export_format}]'"
+        )
 
 
 def checkpoint_hashes(model_name_or_path: str) -> dict[str, str]:
@@ -155,6 +170,12 @@ def export(
         )
     model = load_clipada_model(model_name_or_path, dtype=torch.float32).eval()
     processor = load_processor(model_name_or_path, image_size)
+    if processor.tile_size or processor.resize_mode != "squash":
+        raise ExportError(
+            f"{model_name_or_path} uses resize_mode={processor.resize_mode!r}, tile_size={processor.tile_size}: the "
+            "exported runners take whole images (squash) only; export with a preprocessor_config.json without tiles "
+            "or letterbox"
+        )
     size = (processor.size["height"], processor.size["width"])
     patch = model.config.vision_config.patch_size
     if size[0] % patch or size[1] % patch:
@@ -211,6 +232,7 @@ def _versions(export_format: str) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> dict:
     """Parses the command line and exports; a refused request prints one line `error: ...` and exits 2."""
     args = parse_args(argv)
+    configure_threads(args.num_threads)
     try:
         metadata = export(
             args.model_name_or_path,

@@ -17,6 +17,7 @@ import torch
 from huggingface_hub import hf_hub_download
 from safetensors import SafetensorError
 from transformers import CLIPModel, CLIPTokenizer, PreTrainedModel
+from transformers.image_utils import SizeDict
 
 from processing import CLIPADAImageProcessor
 from training.families import FAMILIES, family_titles
@@ -134,16 +135,20 @@ def load_clipada_model(name_or_path: str, dtype: torch.dtype = torch.float32) ->
 
 
 def load_processor(name_or_path: str, image_size: int | None = None) -> CLIPADAImageProcessor:
-    """The checkpoint's image processor; `image_size` replaces a missing one (never a silent default)."""
-    if image_size is not None:
-        return CLIPADAImageProcessor(size=image_size)
+    """The checkpoint's image processor, at `image_size` when given (its other settings kept); without a
+    `preprocessor_config.json`, `image_size` makes a default one (never a silent default size)."""
     try:
-        return CLIPADAImageProcessor.from_pretrained(name_or_path)
+        processor = CLIPADAImageProcessor.from_pretrained(name_or_path)
     except (OSError, ValueError) as error:
+        if image_size is not None:
+            return CLIPADAImageProcessor(size=image_size)
         raise ModelLoadError(
             f"{name_or_path} has no loadable preprocessor_config.json ({_first_line(error)}); "
             "pass --image_size to evaluate at a size of your choice"
         ) from error
+    if image_size is not None:
+        processor.size = SizeDict(height=image_size, width=image_size)
+    return processor
 
 
 def _load(loader, name_or_path: str, **kwargs) -> PreTrainedModel:

@@ -50,7 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image_threshold", type=float, help="Decide with this image threshold instead.")
     parser.add_argument("--pixel_threshold", type=float, help="Draw masks and boxes at this pixel threshold instead.")
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="Default: cuda when available for --backend torch; exported models run on the cpu.",
+    )
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="torch")
     add_num_threads_argument(parser)
@@ -173,7 +177,9 @@ def main(argv: list[str] | None = None) -> dict:
         paths = collect_inputs(args.inputs)
         if not paths:
             raise InputError(f"no image files found in {' '.join(args.inputs)}")
-        device = resolve_device(args.device)
+        device = resolve_device(
+            args.device or ("cuda" if torch.cuda.is_available() and args.backend == "torch" else "cpu")
+        )
         configure_threads(args.num_threads)
         backend = load_backend(args.backend, args.model_name_or_path, device=str(device), dtype=args.dtype)
         # any family of this library; an export folder (--backend onnxruntime|openvino) has its thresholds in

@@ -17,8 +17,6 @@ Example:
 import argparse
 import os
 
-import torch
-
 
 def available_cores() -> int:
     """Cores this process may run on (its CPU affinity), at least 1."""
@@ -48,6 +46,8 @@ def configure_threads(num_threads: int | None) -> int:
         num_threads = default_num_threads()
     if num_threads < 1:
         raise ValueError(f"--num_threads must be at least 1, got {num_threads}")
+    import torch  # here, so that the torch-free runners of exported models can use `default_num_threads`
+
     torch.set_num_threads(num_threads)
     return num_threads
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from processing import CLIPADAImageProcessor
+from training.threads import default_num_threads
 
 EXPORT_CONFIG_NAME = "clipada_export.json"
 MODEL_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
@@ -221,10 +222,19 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", choices=sorted(BACKEND_FORMATS), default=None)
     parser.add_argument("--precision", choices=OPENVINO_PRECISIONS, default="f32", help="OpenVINO only")
     parser.add_argument("--category", default=None, help="apply this category's calibrated thresholds")
+    parser.add_argument(
+        "--num_threads",
+        type=int,
+        default=None,
+        help="Runtime threads. Default: the available cores minus those other processes keep busy.",
+    )
     parser.add_argument("images", nargs="+")
     args = parser.parse_args(argv)
+    if args.num_threads is not None and args.num_threads < 1:
+        parser.error("--num_threads must be at least 1")
     try:
-        model = ExportedCLIPADA(args.model_dir, backend=args.backend, precision=args.precision)
+        num_threads = args.num_threads or default_num_threads()
+        model = ExportedCLIPADA(args.model_dir, backend=args.backend, num_threads=num_threads, precision=args.precision)
         outputs = model.predict(args.images, categories=[args.category] * len(args.images))
     except (ExportedModelError, ValueError, TypeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
