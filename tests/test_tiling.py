@@ -332,3 +332,24 @@ def test_the_app_scores_tiles_and_names_the_category_like_predict(tmp_path):
     assert seen == [(len(inputs["pixel_values"]), "disc")] and len(inputs["pixel_values"]) > 1
     assert result.anomaly_map.shape == (48, 80) and np.allclose(result.anomaly_map, maps[0].numpy(), atol=1e-6)
     assert result.score == pytest.approx(float(scores[0]), abs=1e-6)
+
+
+def test_calibration_names_the_category_of_every_tile():
+    import datasets
+
+    clip, tokenizer = make_tiny_clip()
+    model = CLIPADAForAnomalySegmentation.from_clip(clip, tokenizer, feature_layer=2).eval()
+    seen, forward = [], model.forward
+
+    def recording_forward(pixel_values, labels=None, categories=None):
+        seen.append((len(pixel_values), list(categories)))
+        return forward(pixel_values, labels, categories)
+
+    model.forward = recording_forward
+    rng = np.random.default_rng(2)
+    images = [Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)) for _ in range(2)]
+    split = datasets.Dataset.from_dict({"image": images, "label": [0, 0], "category": ["disc", "weave"]})
+    processor = CLIPADAImageProcessor(size=IMAGE_SIZE, tile_size=IMAGE_SIZE)
+    scores = collect_normal_scores(model, processor, split.cast_column("image", datasets.Image()), batch_size=2)
+    tiles = processor(images=[np.asarray(images[0])])["pixel_values"].shape[0]
+    assert seen == [(2 * tiles, ["disc"] * tiles + ["weave"] * tiles)] and scores.image_scores.shape == (2,)

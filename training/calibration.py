@@ -238,7 +238,9 @@ def collect_normal_scores(
     image_scores, pixel_samples = [], []
     for pixel_values, categories, layouts in _normal_batches(split, processor, batch_size):
         with torch.no_grad():
-            outputs = model(pixel_values=pixel_values.to(device, dtype), categories=None if layouts else categories)
+            if layouts is not None:  # one category per model input: every tile of an image gets its category
+                categories = [c for c, layout in zip(categories, layouts) for _ in range(layout.num_inputs)]
+            outputs = model(pixel_values=pixel_values.to(device, dtype), categories=categories)
         scores, anomaly_maps = outputs.pred_score.float().cpu().numpy(), outputs.anomaly_map.float().cpu().numpy()
         if layouts is not None:  # letterbox or tiles: scored per image as evaluation and predict score them
             top_k = getattr(model.config, "image_score_top_k", DEFAULT_IMAGE_SCORE_TOP_K)
