@@ -32,7 +32,6 @@ from transformers.utils import ModelOutput
 
 from .clip_parts import check_pixel_values, encode_prompted_text, per_image_thresholds
 from .clip_parts import upsample_and_smooth as _upsample_and_smooth
-from .clip_parts import upsample_and_smooth_matrices as _upsample_and_smooth_matrices  # noqa: F401 (tests)
 from .configuration_clipada import PROMPT_MARKER, CLIPADAConfig
 from .decisions import apply_thresholds, normalize_scores
 from .pretrained import AnomalyDetectionPreTrainedModel

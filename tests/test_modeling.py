@@ -11,7 +11,7 @@ from tiny_clip import IMAGE_SIZE, PATCH_SIZE, make_tiny_clip, tiny_clip_config, 
 from transformers import CLIPConfig, CLIPModel
 
 from modeling_clipada import CLIPADAConfig, CLIPADAForAnomalySegmentation
-from modeling_clipada.modeling_clipada import _upsample_and_smooth_matrices
+from modeling_clipada.clip_parts import upsample_and_smooth_matrices
 
 GRID = IMAGE_SIZE // PATCH_SIZE
 FLOAT_HEAD_FIELDS = (
@@ -424,7 +424,7 @@ def test_fast_upsample_and_smooth_equals_interpolate_then_gaussian_blur(grid, si
     """The model's matrix form of post-processing (a speed-up) gives the map of the two reference operators."""
     probabilities = torch.rand(3, *grid, generator=torch.Generator().manual_seed(0))
     reference = gaussian_blur(F.interpolate(probabilities[:, None], size=size, mode="bilinear"), sigma)[:, 0]
-    rows, columns = _upsample_and_smooth_matrices(grid, size, sigma, probabilities.device, probabilities.dtype)
+    rows, columns = upsample_and_smooth_matrices(grid, size, sigma, probabilities.device, probabilities.dtype)
     torch.testing.assert_close(rows @ probabilities @ columns.T, reference, rtol=0, atol=1e-6)
 
 
