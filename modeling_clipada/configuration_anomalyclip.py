@@ -92,8 +92,8 @@ class AnomalyCLIPConfig(CLIPConfig):
         Calibrated image-score threshold: an image is anomalous ("NG") when `pred_score >= image_threshold`.
         With it and `pixel_threshold` the model also returns `pred_label`, `pred_mask` and `pred_score_normalized`.
     pixel_threshold (`float`, *optional*):
-        Calibrated pixel threshold: a pixel is anomalous when its `anomaly_map` value is `>= pixel_threshold`
-        (the map is a sum over `feature_layers`, so it lies in [0, len(feature_layers)]).
+        Calibrated pixel threshold: a pixel is anomalous when its `anomaly_map` value (in [0, 1]: the mean over
+        `feature_layers`) is `>= pixel_threshold`.
     category_thresholds (`dict[str, dict[str, float]]`, *optional*):
         Per-category thresholds, `{"bottle": {"image_threshold": 0.61, "pixel_threshold": 0.58}, ...}`, used
         when the caller names the category (`categories=` in `forward`); other images use the global ones.
@@ -231,10 +231,8 @@ class AnomalyCLIPConfig(CLIPConfig):
                 )
             thresholds.update({f"category_thresholds[{category!r}].{k}": v for k, v in values.items()})
         for name, value in thresholds.items():
-            # the anomaly map is a sum of one [0, 1] map per feature layer
-            high = len(self.feature_layers or [1]) if name.endswith("pixel_threshold") else 1
-            if value is not None and not (math.isfinite(value) and 0 <= value <= high):
-                raise AnomalyCLIPConfigError(f"`{name}` must be a score in [0, {high}], got {value}.")
+            if value is not None and not (math.isfinite(value) and 0 <= value <= 1):
+                raise AnomalyCLIPConfigError(f"`{name}` must be a score in [0, 1], got {value}.")
         for name in ("target_image_fpr", "target_pixel_fpr"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and 0 < value < 1):

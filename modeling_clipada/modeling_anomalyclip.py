@@ -48,8 +48,8 @@ class AnomalyCLIPOutput(ModelOutput):
         loss: `()`, only when `labels` are given: `ce + pixel_loss_weight * sum_layers(focal + 2 dice)`.
         logits: `(batch_size, 2)`, (normal, abnormal) logits of the global embedding (similarity / temperature).
         layer_logits: One `(batch_size, 2, h, w)` tensor per feature layer: (normal, abnormal) patch logits.
-        anomaly_map: `(batch_size, H, W)`, the sum over feature layers of (p_abnormal + 1 - p_normal) / 2,
-            upsampled bilinearly to the input resolution and smoothed; in [0, len(feature_layers)].
+        anomaly_map: `(batch_size, H, W)`, the mean over feature layers of (p_abnormal + 1 - p_normal) / 2,
+            upsampled bilinearly to the input resolution and smoothed; in [0, 1] (the official code sums the layers).
         pred_score: `(batch_size,)`, image anomaly score: the abnormal probability of the global embedding.
         pred_label: `(batch_size,)` bool, only with calibrated thresholds: `pred_score >= image_threshold`.
         pred_mask: `(batch_size, H, W)` bool, only with calibrated thresholds: `anomaly_map >= pixel_threshold`.
@@ -287,7 +287,9 @@ class AnomalyCLIPForAnomalySegmentation(AnomalyCLIPPreTrainedModel):
             loss = anomalyclip_loss(logits, upsampled, masks, config.pixel_loss_weight)
 
         # step 5: the pixel anomaly map and the image score
-        patch_map = sum((p[:, 1] + 1 - p[:, 0]) / 2 for p in layer_probabilities)
+        # the mean over the layers, so that every family's map is a probability (the official code sums them: the
+        # same map times len(feature_layers), identical with its default single layer)
+        patch_map = sum((p[:, 1] + 1 - p[:, 0]) / 2 for p in layer_probabilities) / len(layer_probabilities)
         anomaly_map = upsample_and_smooth(patch_map, (height, width), config.smoothing_sigma, border="symmetric")
         pred_score = logits.softmax(dim=-1)[:, 1]
         outputs = AnomalyCLIPOutput(

@@ -90,11 +90,12 @@ def test_outputs_equal_the_official_code_within_1e_5(reference):
         model.config.smoothing_sigma = 4.0
         text = model.text_embeddings()
     layers = torch.stack([logits.softmax(dim=1).flatten(2).transpose(1, 2) for logits in outputs.layer_logits])
+    num_layers = len(model.config.feature_layers)  # the official map sums the layers, ours is their mean
     ours = {
         "text_embeddings": text,
         "layer_probabilities": layers,
-        "anomaly_map_unsmoothed": unsmoothed,
-        "anomaly_map": outputs.anomaly_map,
+        "anomaly_map_unsmoothed": unsmoothed * num_layers,
+        "anomaly_map": outputs.anomaly_map * num_layers,
         "pred_score": outputs.pred_score,
         "image_logits": outputs.logits,
         "loss": outputs.loss,
@@ -118,7 +119,7 @@ def test_output_keys_and_shapes(tester):
     assert outputs.loss.shape == () and outputs.logits.shape == (2, 2)
     assert len(outputs.layer_logits) == 2 and all(layer.shape == (2, 2, GRID, GRID) for layer in outputs.layer_logits)
     assert outputs.anomaly_map.shape == (2, IMAGE_SIZE, IMAGE_SIZE)
-    assert 0 <= outputs.anomaly_map.min() and outputs.anomaly_map.max() <= 2  # two feature layers
+    assert 0 <= outputs.anomaly_map.min() and outputs.anomaly_map.max() <= 1  # the mean of two feature layers
     torch.testing.assert_close(outputs.pred_score, outputs.logits.softmax(-1)[:, 1])
 
 
@@ -219,19 +220,19 @@ def test_deep_prompts_replace_the_first_prompt_positions_from_the_second_text_la
 
 
 def test_decisions_with_thresholds(tester):
-    model = tester.model(image_threshold=0.5, pixel_threshold=1.2).eval()  # pixel scores lie in [0, 2] here
+    model = tester.model(image_threshold=0.5, pixel_threshold=0.6).eval()
     pixel_values = tester.inputs()[0]
     with torch.no_grad():
         outputs = model(pixel_values)
         assert tester.model()(pixel_values).pred_label is None
-        model.config.category_thresholds = {"disc": {"image_threshold": 0.0, "pixel_threshold": 2.0}}
+        model.config.category_thresholds = {"disc": {"image_threshold": 0.0, "pixel_threshold": 1.0}}
         per_category = model(pixel_values, categories=["disc", None])
     assert torch.equal(outputs.pred_label, outputs.pred_score >= 0.5)
-    assert torch.equal(outputs.pred_mask, outputs.anomaly_map >= 1.2)
+    assert torch.equal(outputs.pred_mask, outputs.anomaly_map >= 0.6)
     assert torch.equal(outputs.pred_score_normalized >= 0.5, outputs.pred_label)
     assert per_category.pred_label[0] and not per_category.pred_mask[0].any()
-    with pytest.raises(ValueError, match="`pixel_threshold` must be a score in \\[0, 2\\]"):
-        tester.model(image_threshold=0.5, pixel_threshold=2.5)
+    with pytest.raises(ValueError, match="`pixel_threshold` must be a score in \\[0, 1\\]"):
+        tester.model(image_threshold=0.5, pixel_threshold=1.5)
 
 
 def test_bad_inputs_are_errors_naming_them(tester):
