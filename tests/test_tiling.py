@@ -353,3 +353,14 @@ def test_calibration_names_the_category_of_every_tile():
     scores = collect_normal_scores(model, processor, split.cast_column("image", datasets.Image()), batch_size=2)
     tiles = processor(images=[np.asarray(images[0])])["pixel_values"].shape[0]
     assert seen == [(2 * tiles, ["disc"] * tiles + ["weave"] * tiles)] and scores.image_scores.shape == (2,)
+
+
+def test_overriding_the_checkpoints_mode_warns_that_thresholds_do_not_carry_over(capsys):
+    from training.inference_mode import with_inference_mode
+
+    processor = CLIPADAImageProcessor(size=IMAGE_SIZE)
+    assert with_inference_mode(processor, resize_mode="squash").to_dict() == processor.to_dict()
+    assert capsys.readouterr().err == ""
+    tiled = with_inference_mode(processor, tile_size=IMAGE_SIZE)
+    assert tiled.tile_size == IMAGE_SIZE
+    assert "instead of the checkpoint's squash" in capsys.readouterr().err

@@ -10,6 +10,7 @@ Example:
 """
 
 import argparse
+import sys
 
 from processing import CLIPADAImageProcessor
 from processing.tiling import RESIZE_MODES
@@ -49,7 +50,22 @@ def with_inference_mode(
         return processor
     settings = {**processor.to_dict(), **overrides}
     settings["tile_size"] = settings.get("tile_size") or None
-    return type(processor).from_dict(settings)
+    changed = type(processor).from_dict(settings)
+    if describe_mode(changed) != describe_mode(processor):
+        print(
+            f"note: inputs are {describe_mode(changed)} instead of the checkpoint's {describe_mode(processor)}: scores "
+            "and maps change scale, so calibrated thresholds do not carry over; calibrate in this mode "
+            "(clipada-calibrate with a preprocessor_config.json that records it)",
+            file=sys.stderr,
+        )
+    return changed
 
 
-__all__ = ["add_inference_mode_arguments", "check_inference_mode_arguments", "with_inference_mode"]
+def describe_mode(processor: CLIPADAImageProcessor) -> str:
+    """`squash`, `letterbox` or `tiles of N px (overlap F)`."""
+    if processor.tile_size:
+        return f"tiles of {processor.tile_size} px (overlap {processor.tile_overlap:g})"
+    return processor.resize_mode
+
+
+__all__ = ["add_inference_mode_arguments", "check_inference_mode_arguments", "describe_mode", "with_inference_mode"]
