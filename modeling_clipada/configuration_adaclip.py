@@ -9,15 +9,14 @@ Example:
     ```
 """
 
-import dataclasses
 import math
 
-from huggingface_hub.dataclasses import StrictDataclassFieldValidationError, strict
+from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig
 
 from .adaclip_prompts import ABNORMAL_STATES, NORMAL_STATES, PROMPT_TEMPLATES
 from .configuration_clipada import CLIPADAConfigError
-from .decisions import DECISION_FIELDS
+from .configuration_common import DecisionConfigMixin, type_errors_as
 
 DICE_UNITS = ("row", "image")
 
@@ -26,30 +25,9 @@ class AdaCLIPConfigError(CLIPADAConfigError):
     """An invalid field of an [`AdaCLIPConfig`] (wrong type or value); the message names the field."""
 
 
-def _type_errors_as_config_errors(config_class: type) -> type:
-    """Makes `@strict`'s type errors, which are no `ValueError`, raise [`AdaCLIPConfigError`] too.
-
-    Args:
-        config_class: A class decorated with `@strict`.
-
-    Returns:
-        The same class, its `__setattr__` wrapped.
-    """
-    strict_setattr = config_class.__setattr__
-
-    def __setattr__(self, name, value):
-        try:
-            strict_setattr(self, name, value)
-        except StrictDataclassFieldValidationError as error:
-            raise AdaCLIPConfigError(f"Invalid `{name}`: {error.__cause__}") from error
-
-    config_class.__setattr__ = __setattr__
-    return config_class
-
-
-@_type_errors_as_config_errors
+@type_errors_as(AdaCLIPConfigError)
 @strict
-class AdaCLIPConfig(CLIPConfig):
+class AdaCLIPConfig(DecisionConfigMixin, CLIPConfig):
     r"""
     Configuration of [`AdaCLIPForAnomalySegmentation`] (Cao et al., ECCV 2024). It holds the frozen CLIP's
     `text_config` and `vision_config` (as [`CLIPConfig`] does) and the head's fields below, whose defaults are those
@@ -132,6 +110,7 @@ class AdaCLIPConfig(CLIPConfig):
     ```"""
 
     model_type = "adaclip"
+    config_error = AdaCLIPConfigError
 
     prompt_length: int = 5
     prompt_depth: int = 4
@@ -173,23 +152,6 @@ class AdaCLIPConfig(CLIPConfig):
         if self.prompt_templates is None:
             self.prompt_templates = list(PROMPT_TEMPLATES)
         self.validate_head()
-
-    @classmethod
-    def head_field_names(cls) -> tuple[str, ...]:
-        """The fields this class adds to [`CLIPConfig`] that shape the head, in their declaration order.
-
-        Returns:
-            The field names, e.g. `("prompt_length", "prompt_depth", ...)`; none of `CLIPConfig`'s and none of the
-            calibrated decision fields (`DECISION_FIELDS`), which never change a map or a score.
-        """
-        clip_fields = {field.name for field in dataclasses.fields(CLIPConfig)}
-        excluded = clip_fields | set(DECISION_FIELDS)
-        return tuple(field.name for field in dataclasses.fields(cls) if field.name not in excluded)
-
-    @property
-    def has_thresholds(self) -> bool:
-        """Whether calibrated image and pixel thresholds are set (the model then returns decisions)."""
-        return self.image_threshold is not None and self.pixel_threshold is not None
 
     @property
     def num_sentences(self) -> int:
@@ -260,25 +222,6 @@ class AdaCLIPConfig(CLIPConfig):
                         f"`prompt_token_ids[{class_name!r}]` sentences must hold 2..{max_positions} tokens (start and "
                         f"end included), got {len(token_ids)}."
                     )
-
-    def _validate_decisions(self):
-        thresholds = {"image_threshold": self.image_threshold, "pixel_threshold": self.pixel_threshold}
-        for category, values in (self.category_thresholds or {}).items():
-            if set(values) != {"image_threshold", "pixel_threshold"}:
-                raise AdaCLIPConfigError(
-                    f"`category_thresholds[{category!r}]` must hold image_threshold and pixel_threshold, got "
-                    f"{sorted(values)}."
-                )
-            thresholds.update({f"category_thresholds[{category!r}].{k}": v for k, v in values.items()})
-        for name, value in thresholds.items():
-            if value is not None and not (math.isfinite(value) and 0 <= value <= 1):
-                raise AdaCLIPConfigError(f"`{name}` must be a score in [0, 1], got {value}.")
-        for name in ("target_image_fpr", "target_pixel_fpr"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and 0 < value < 1):
-                raise AdaCLIPConfigError(f"`{name}` must be a rate in (0, 1), got {value}.")
-        if self.calibration_size is not None and self.calibration_size < 1:
-            raise AdaCLIPConfigError(f"`calibration_size` must be >= 1, got {self.calibration_size}.")
 
 
 __all__ = ["DICE_UNITS", "AdaCLIPConfig", "AdaCLIPConfigError"]

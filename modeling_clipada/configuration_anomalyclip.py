@@ -9,44 +9,22 @@ Example:
     ```
 """
 
-import dataclasses
 import math
 
-from huggingface_hub.dataclasses import StrictDataclassFieldValidationError, strict
+from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig
 
 from .configuration_clipada import CLIPADAConfigError
-from .decisions import DECISION_FIELDS
+from .configuration_common import DecisionConfigMixin, type_errors_as
 
 
 class AnomalyCLIPConfigError(CLIPADAConfigError):
     """An invalid field of an [`AnomalyCLIPConfig`] (wrong type or value); the message names the field."""
 
 
-def _type_errors_as_config_errors(config_class: type) -> type:
-    """Makes `@strict`'s type errors, which are no `ValueError`, raise [`AnomalyCLIPConfigError`] too.
-
-    Args:
-        config_class: A class decorated with `@strict`.
-
-    Returns:
-        The same class, its `__setattr__` wrapped.
-    """
-    strict_setattr = config_class.__setattr__
-
-    def __setattr__(self, name, value):
-        try:
-            strict_setattr(self, name, value)
-        except StrictDataclassFieldValidationError as error:
-            raise AnomalyCLIPConfigError(f"Invalid `{name}`: {error.__cause__}") from error
-
-    config_class.__setattr__ = __setattr__
-    return config_class
-
-
-@_type_errors_as_config_errors
+@type_errors_as(AnomalyCLIPConfigError)
 @strict
-class AnomalyCLIPConfig(CLIPConfig):
+class AnomalyCLIPConfig(DecisionConfigMixin, CLIPConfig):
     r"""
     Configuration of [`AnomalyCLIPForAnomalySegmentation`] (Zhou et al., ICLR 2024). It holds the frozen CLIP's
     `text_config` and `vision_config` (as [`CLIPConfig`] does) and the head's fields below, whose defaults are those
@@ -113,6 +91,7 @@ class AnomalyCLIPConfig(CLIPConfig):
     ```"""
 
     model_type = "anomalyclip"
+    config_error = AnomalyCLIPConfigError
 
     num_prompt_vectors: int = 12
     normal_prompt: str = "object."
@@ -141,23 +120,6 @@ class AnomalyCLIPConfig(CLIPConfig):
         if self.feature_layers is None:
             self.feature_layers = [num_layers]
         self.validate_head()
-
-    @classmethod
-    def head_field_names(cls) -> tuple[str, ...]:
-        """The fields this class adds to [`CLIPConfig`] that shape the head, in their declaration order.
-
-        Returns:
-            The field names, e.g. `("num_prompt_vectors", "normal_prompt", ...)`; none of `CLIPConfig`'s and none
-            of the calibrated decision fields (`DECISION_FIELDS`), which never change a map or a score.
-        """
-        clip_fields = {field.name for field in dataclasses.fields(CLIPConfig)}
-        excluded = clip_fields | set(DECISION_FIELDS)
-        return tuple(field.name for field in dataclasses.fields(cls) if field.name not in excluded)
-
-    @property
-    def has_thresholds(self) -> bool:
-        """Whether calibrated image and pixel thresholds are set (the model then returns decisions)."""
-        return self.image_threshold is not None and self.pixel_threshold is not None
 
     def validate_head(self):
         """Checks the head fields' values (`@strict` checks their types on every assignment).
@@ -220,25 +182,6 @@ class AnomalyCLIPConfig(CLIPConfig):
                     f"`{name}` ({len(token_ids)} tokens) plus {self.num_prompt_vectors} prompt vectors exceed the "
                     f"text encoder's {max_positions} positions."
                 )
-
-    def _validate_decisions(self):
-        thresholds = {"image_threshold": self.image_threshold, "pixel_threshold": self.pixel_threshold}
-        for category, values in (self.category_thresholds or {}).items():
-            if set(values) != {"image_threshold", "pixel_threshold"}:
-                raise AnomalyCLIPConfigError(
-                    f"`category_thresholds[{category!r}]` must hold image_threshold and pixel_threshold, got "
-                    f"{sorted(values)}."
-                )
-            thresholds.update({f"category_thresholds[{category!r}].{k}": v for k, v in values.items()})
-        for name, value in thresholds.items():
-            if value is not None and not (math.isfinite(value) and 0 <= value <= 1):
-                raise AnomalyCLIPConfigError(f"`{name}` must be a score in [0, 1], got {value}.")
-        for name in ("target_image_fpr", "target_pixel_fpr"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and 0 < value < 1):
-                raise AnomalyCLIPConfigError(f"`{name}` must be a rate in (0, 1), got {value}.")
-        if self.calibration_size is not None and self.calibration_size < 1:
-            raise AnomalyCLIPConfigError(f"`calibration_size` must be >= 1, got {self.calibration_size}.")
 
 
 __all__ = ["AnomalyCLIPConfig", "AnomalyCLIPConfigError"]

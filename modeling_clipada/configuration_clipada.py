@@ -9,13 +9,12 @@ Example:
     ```
 """
 
-import dataclasses
 import math
 
-from huggingface_hub.dataclasses import StrictDataclassFieldValidationError, strict
+from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig
 
-from .decisions import DECISION_FIELDS
+from .configuration_common import DecisionConfigMixin, type_errors_as
 
 PROMPT_MARKER = "[CLS]"
 DEFAULT_PROMPT_TEMPLATE = "A photo of a [CLS] with defects for anomaly detection"
@@ -25,30 +24,9 @@ class CLIPADAConfigError(ValueError):
     """An invalid field of a [`CLIPADAConfig`] (wrong type or value); the message names the field."""
 
 
-def _type_errors_as_config_errors(config_class: type) -> type:
-    """Makes `@strict`'s type errors, which are no `ValueError`, raise [`CLIPADAConfigError`] like the other checks.
-
-    Args:
-        config_class: A class decorated with `@strict`.
-
-    Returns:
-        The same class, its `__setattr__` wrapped.
-    """
-    strict_setattr = config_class.__setattr__
-
-    def __setattr__(self, name, value):
-        try:
-            strict_setattr(self, name, value)
-        except StrictDataclassFieldValidationError as error:
-            raise CLIPADAConfigError(f"Invalid `{name}`: {error.__cause__}") from error
-
-    config_class.__setattr__ = __setattr__
-    return config_class
-
-
-@_type_errors_as_config_errors
+@type_errors_as(CLIPADAConfigError)
 @strict
-class CLIPADAConfig(CLIPConfig):
+class CLIPADAConfig(DecisionConfigMixin, CLIPConfig):
     r"""
     Configuration of [`CLIPADAForAnomalySegmentation`]. It holds the frozen CLIP's `text_config` and
     `vision_config` (as [`CLIPConfig`] does) and the fields of the CLIP-ADA head below, with the paper's defaults.
@@ -111,6 +89,7 @@ class CLIPADAConfig(CLIPConfig):
     ```"""
 
     model_type = "clipada"
+    config_error = CLIPADAConfigError
 
     feature_layer: int | None = None
     num_prompt_vectors: int = 4
@@ -137,23 +116,6 @@ class CLIPADAConfig(CLIPConfig):
         if self.feature_layer is None:
             self.feature_layer = max(1, self.vision_config.num_hidden_layers // 2)
         self.validate_head()
-
-    @classmethod
-    def head_field_names(cls) -> tuple[str, ...]:
-        """The fields this class adds to [`CLIPConfig`] that shape the head, in their declaration order.
-
-        Returns:
-            The field names, e.g. `("feature_layer", "num_prompt_vectors", ...)`; none of `CLIPConfig`'s and none
-            of the calibrated decision fields (`DECISION_FIELDS`), which never change a map or a score.
-        """
-        clip_fields = {field.name for field in dataclasses.fields(CLIPConfig)}
-        excluded = clip_fields | set(DECISION_FIELDS)
-        return tuple(field.name for field in dataclasses.fields(cls) if field.name not in excluded)
-
-    @property
-    def has_thresholds(self) -> bool:
-        """Whether calibrated image and pixel thresholds are set (the model then returns decisions)."""
-        return self.image_threshold is not None and self.pixel_threshold is not None
 
     def validate_head(self):
         """Checks the head fields' values (`@strict` checks their types on every assignment).
@@ -189,25 +151,6 @@ class CLIPADAConfig(CLIPConfig):
             )
         self._validate_prompt_tokens()
         self._validate_decisions()
-
-    def _validate_decisions(self):
-        thresholds = {"image_threshold": self.image_threshold, "pixel_threshold": self.pixel_threshold}
-        for category, values in (self.category_thresholds or {}).items():
-            if set(values) != {"image_threshold", "pixel_threshold"}:
-                raise CLIPADAConfigError(
-                    f"`category_thresholds[{category!r}]` must hold image_threshold and pixel_threshold, got "
-                    f"{sorted(values)}."
-                )
-            thresholds.update({f"category_thresholds[{category!r}].{k}": v for k, v in values.items()})
-        for name, value in thresholds.items():
-            if value is not None and not (math.isfinite(value) and 0 <= value <= 1):
-                raise CLIPADAConfigError(f"`{name}` must be a score in [0, 1], got {value}.")
-        for name in ("target_image_fpr", "target_pixel_fpr"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and 0 < value < 1):
-                raise CLIPADAConfigError(f"`{name}` must be a rate in (0, 1), got {value}.")
-        if self.calibration_size is not None and self.calibration_size < 1:
-            raise CLIPADAConfigError(f"`calibration_size` must be >= 1, got {self.calibration_size}.")
 
     def _validate_prompt_tokens(self):
         if (self.prompt_token_ids is None) != (self.prompt_insert_position is None):
