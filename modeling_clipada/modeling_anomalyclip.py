@@ -34,7 +34,13 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .anomalyclip_loss import anomalyclip_loss
-from .clip_parts import check_pixel_values, encode_prompted_text, per_image_thresholds, upsample_and_smooth
+from .clip_parts import (
+    binary_masks,
+    check_pixel_values,
+    encode_prompted_text,
+    per_image_thresholds,
+    upsample_and_smooth,
+)
 from .configuration_anomalyclip import AnomalyCLIPConfig
 from .decisions import apply_thresholds, normalize_scores
 from .pretrained import AnomalyDetectionPreTrainedModel
@@ -279,7 +285,7 @@ class AnomalyCLIPForAnomalySegmentation(AnomalyCLIPPreTrainedModel):
         # step 4: the loss on the maps upsampled to the masks' resolution
         loss = None
         if labels is not None:
-            masks = self._binary_masks(labels, batch_size)
+            masks = binary_masks(labels, batch_size, self.deep_prompts.device)
             upsampled = [
                 F.interpolate(probabilities, size=(height, width), mode="bilinear", align_corners=False)
                 for probabilities in layer_probabilities
@@ -304,33 +310,6 @@ class AnomalyCLIPForAnomalySegmentation(AnomalyCLIPPreTrainedModel):
             )
             outputs.pred_score_normalized = normalize_scores(pred_score, image_threshold)
         return outputs
-
-    def _binary_masks(self, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """Checks the masks and binarises them at 0.5.
-
-        Args:
-            labels: `(batch_size, H, W)` or `(batch_size, 1, H, W)`, values in [0, 1].
-            batch_size: The number of images.
-
-        Returns:
-            `(batch_size, H, W)` float masks of 0 and 1 on the model's device.
-
-        Raises:
-            ValueError: `labels` of the wrong shape, with NaN, or with values outside [0, 1] (e.g. 0/255 masks).
-        """
-        labels = labels.to(self.deep_prompts.device)
-        if labels.ndim == 4 and labels.shape[1] == 1:
-            labels = labels[:, 0]
-        if labels.ndim != 3 or labels.shape[0] != batch_size:
-            raise ValueError(f"`labels` must be (batch, H, W) or (batch, 1, H, W) masks, got {tuple(labels.shape)}.")
-        labels = labels.float()
-        low, high = (value.item() for value in labels.aminmax())
-        if not 0 <= low <= high <= 1:  # also catches NaN, which fails every comparison
-            raise ValueError(
-                f"`labels` must be masks with values in [0, 1] (1 = anomalous), got values from {low} to {high} "
-                "(divide 0/255 masks by 255)."
-            )
-        return (labels > 0.5).float()
 
     def train(self, mode: bool = True) -> "AnomalyCLIPForAnomalySegmentation":
         """Sets the head's training mode; the frozen CLIP stays in eval mode."""
