@@ -89,16 +89,16 @@ def check_pixel_values(pixel_values: torch.Tensor, patch_size: int, dtype: torch
     return pixel_values.to(dtype)
 
 
-def binary_masks(labels: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Checks ground-truth masks and binarises them at 0.5, as the peers' official code does.
+def check_masks(labels: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Checks ground-truth masks: one per image, values in [0, 1].
 
     Args:
-        labels: `(batch_size, H, W)` or `(batch_size, 1, H, W)`, values in [0, 1].
+        labels: `(batch_size, H, W)` or `(batch_size, 1, H, W)`.
         batch_size: The number of images.
         device: Where the masks go.
 
     Returns:
-        `(batch_size, H, W)` float masks of 0 and 1.
+        `(batch_size, H, W)` float masks (soft values kept).
 
     Raises:
         ValueError: `labels` of the wrong shape, with NaN, or with values outside [0, 1] (e.g. 0/255 masks).
@@ -115,7 +115,12 @@ def binary_masks(labels: torch.Tensor, batch_size: int, device: torch.device) ->
             f"`labels` must be masks with values in [0, 1] (1 = anomalous), got values from {low} to {high} "
             "(divide 0/255 masks by 255)."
         )
-    return (labels > 0.5).float()
+    return labels
+
+
+def binary_masks(labels: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """`check_masks`, then binarised at 0.5, as the peers' official code does: `(batch_size, H, W)` of 0 and 1."""
+    return (check_masks(labels, batch_size, device) > 0.5).float()
 
 
 def per_image_thresholds(
@@ -263,6 +268,7 @@ def upsample_and_smooth_matrices(
 __all__ = [
     "BORDER_MODES",
     "binary_masks",
+    "check_masks",
     "check_pixel_values",
     "encode_prompted_text",
     "gaussian_kernel",

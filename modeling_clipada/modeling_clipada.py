@@ -30,7 +30,7 @@ from transformers import CLIPModel, CLIPTokenizer
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .clip_parts import check_pixel_values, encode_prompted_text, per_image_thresholds
+from .clip_parts import check_masks, check_pixel_values, encode_prompted_text, per_image_thresholds
 from .clip_parts import upsample_and_smooth as _upsample_and_smooth
 from .configuration_clipada import PROMPT_MARKER, CLIPADAConfig
 from .decisions import apply_thresholds, normalize_scores
@@ -355,18 +355,7 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         Raises:
             ValueError: `labels` of the wrong shape, with NaN, or with values outside [0, 1] (e.g. 0/255 masks).
         """
-        labels = labels.to(stage_logits[0].device)
-        if labels.ndim == 4 and labels.shape[1] == 1:
-            labels = labels[:, 0]
-        if labels.ndim != 3 or labels.shape[0] != stage_logits[0].shape[0]:
-            raise ValueError(f"`labels` must be (batch, H, W) or (batch, 1, H, W) masks, got {tuple(labels.shape)}.")
-        labels = labels.float()
-        low, high = (value.item() for value in labels.aminmax())
-        if not 0 <= low <= high <= 1:  # also catches NaN, which fails every comparison
-            raise ValueError(
-                f"`labels` must be masks with values in [0, 1] (1 = anomalous), got values from {low} to {high} "
-                "(divide 0/255 masks by 255)."
-            )
+        labels = check_masks(labels, stage_logits[0].shape[0], stage_logits[0].device)
         targets = F.interpolate(labels[:, None], size=stage_logits[0].shape[-2:], mode="area")[:, 0]
         losses = [F.binary_cross_entropy_with_logits(logits, targets) for logits in stage_logits]
         return losses[0] + self.config.refinement_loss_weight * sum(losses[1:])
