@@ -276,3 +276,11 @@ def test_f1_max_thresholds_are_the_scores_where_f1_max_is_reached(seed):
         assert f1 == pytest.approx(results[f"{prefix}_f1_max"], abs=1e-12)
         assert threshold in set(scores[labels].tolist())
     assert set(metrics.compute()) == set(METRIC_NAMES)
+
+
+def test_nan_in_a_mask_is_an_error_not_a_normal_pixel():
+    maps, masks, image_scores, image_labels = random_case(0)
+    masks = masks.astype(np.float32)
+    masks[1, 2, 3] = np.nan
+    with pytest.raises(ValueError, match="masks must be finite"):
+        compute_anomaly_metrics(maps, masks, image_scores, image_labels)

@@ -61,10 +61,13 @@ def split_pixels(anomaly_maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarra
         `1 / |region|` (aligned with `anomalous_scores`), and the number of regions.
 
     Raises:
-        ValueError: If the shapes differ, are not 3-D, or a score is NaN or infinite.
+        ValueError: If the shapes differ, are not 3-D, or a score or a mask value is NaN or infinite.
     """
     maps = np.asarray(anomaly_maps, dtype=np.float32)
-    anomalous = np.asarray(masks) > 0.5
+    masks = np.asarray(masks)
+    if np.issubdtype(masks.dtype, np.floating) and not np.isfinite(masks).all():
+        raise ValueError("masks must be finite; found NaN or infinite values (a NaN pixel is neither normal nor not)")
+    anomalous = masks > 0.5
     if maps.ndim == 4 and maps.shape[1] == 1:
         maps = maps[:, 0]
     if anomalous.ndim == 4 and anomalous.shape[1] == 1:
