@@ -153,8 +153,8 @@ def run(args: argparse.Namespace) -> dict:
     class RecordingMetrics(AnomalyMetrics):
         """`AnomalyMetrics` that reads the process memory after every batch it receives."""
 
-        def update(self, anomaly_maps, masks, image_scores, image_labels) -> None:
-            super().update(anomaly_maps, masks, image_scores, image_labels)
+        def update(self, anomaly_maps, masks, image_scores, *args, **kwargs) -> None:
+            super().update(anomaly_maps, masks, image_scores, *args, **kwargs)
             state["seen"] += len(image_scores)
             point = {"images": state["seen"], "metric_buffers_mib": round(self.nbytes / MIB, 1), **memory_status()}
             point["rss_anon_minus_buffers_mib"] = round(point["RssAnon"] - point["metric_buffers_mib"], 1)
