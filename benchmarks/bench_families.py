@@ -1,4 +1,4 @@
-"""Images/s of every model family's inference at its published setting in one run; ours vs the official AnomalyCLIP.
+"""Images/s of every model family's inference at its published setting in one run; ours vs official implementations.
 
 Each family runs its forward (eval, no grad: maps, scores, post-processing) on a CLIP of its published shape with
 random weights (no download): CLIP-ADA on ViT-B/16 at 224 px with R = 1, AnomalyCLIP on ViT-L/14@336 at 518 px.
@@ -6,18 +6,20 @@ All callables of one batch size are timed together in interleaved rounds (`measu
 taken round by round and reported as median [min-max] over the rounds. Precisions: fp32, and bf16 (the model cast
 to bfloat16).
 
-`--official PATH` (a local copy of github.com/zqhang/AnomalyCLIP; never a dependency) adds the official AnomalyCLIP
-at batch 1 in fp32, on the same random weights (converted by `tests/fixtures/make_anomalyclip_reference.py`), the
-same prompts and the same input. It first checks that both give the same anomaly map (max abs diff <= 1e-4), then
-times the official per-image path of its `test.py` (`encode_image` with DPAM, similarity maps, scipy's Gaussian;
-the text features computed once before, as `test.py` does) in the same rounds; the ratio ours / official is taken
-round by round.
+`--official PATH` (a local copy of github.com/zqhang/AnomalyCLIP) and `--official_adaclip PATH` (one of
+github.com/caoyunkang/AdaCLIP), never dependencies, add the official model at batch 1 in fp32, on the same random
+weights (converted as `tests/fixtures/make_*_reference.py` do, see `official_models.py`), the same prompts and the
+same input. Each is first checked to give the same anomaly map as ours (max abs diff <= 1e-4), then the official
+per-image path of its `test.py` (AnomalyCLIP: `encode_image` with DPAM and the similarity maps, the text features
+computed once before as `test.py` does; AdaCLIP: the whole `model(image, [class_name])`, text and k-means
+included; both with scipy's Gaussian) is timed in the same rounds; the ratio ours / official is taken round by round.
 
 A new family is one entry of `SETTINGS`: its `training.families` name, CLIP shape, input size and head fields.
 
 Example:
     ```bash
     python benchmarks/bench_families.py --threads 2 --official /tmp/AnomalyCLIP   # -> results/families.{json,md}
+    python benchmarks/bench_families.py --families adaclip --precisions float32 --official_adaclip /tmp/AdaCLIP
     python benchmarks/bench_families.py --tiny --output_dir /tmp/bench           # the tiny CLIP, every code path
     ```
 """
@@ -25,8 +27,8 @@ Example:
 import argparse
 import copy
 import dataclasses
+import functools
 import gzip
-import importlib.util
 import json
 import os
 import sys
@@ -44,13 +46,13 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from measure import environment, time_in_rounds, tune_glibc_malloc
+from official_models import official_adaclip, official_anomalyclip
 from report import spread
 
 from training.families import FAMILIES
 from training.smoke_clip import TINY_CLIP_SIZES, smoke_clip_config, write_character_tokenizer
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
-FIXTURE_SCRIPT = REPOSITORY_ROOT / "tests" / "fixtures" / "make_anomalyclip_reference.py"
 DEFAULT_CLIP_BPE = REPOSITORY_ROOT.parent / "shared" / "clip-bpe" / "bpe_simple_vocab_16e6.txt.gz"
 PARITY_TOLERANCE = 1e-4
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -104,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--official", type=Path, default=None, help="local copy of github.com/zqhang/AnomalyCLIP")
     parser.add_argument("--official_commit", default=None, help="the copy's commit, when it is no git checkout")
+    parser.add_argument("--official_adaclip", type=Path, default=None, help="local copy of caoyunkang/AdaCLIP")
+    parser.add_argument("--official_adaclip_commit", default=None, help="its commit, when it is no git checkout")
     parser.add_argument("--clip_bpe", type=Path, default=DEFAULT_CLIP_BPE, help="CLIP's bpe_simple_vocab_16e6.txt.gz")
     parser.add_argument("--families", nargs="+", choices=[s.family for s in SETTINGS], default=None)
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1])
@@ -122,12 +126,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.name = args.name or ("families-tiny" if args.tiny else "families")
     if not args.tiny and not args.clip_bpe.is_file():
         parser.error(f"--clip_bpe {args.clip_bpe}: no such file (CLIP's BPE vocabulary, e.g. the official copy's)")
-    if args.official is not None:
-        if not (args.official / "AnomalyCLIP_lib").is_dir():
-            parser.error(f"--official {args.official}: no AnomalyCLIP_lib folder (not a copy of zqhang/AnomalyCLIP)")
-        families = args.families or [setting.family for setting in SETTINGS]
-        if args.tiny or "anomalyclip" not in families or 1 not in args.batch_sizes or "float32" not in args.precisions:
-            parser.error("--official needs anomalyclip, batch size 1 and float32, and no --tiny")
+    families = args.families or [setting.family for setting in SETTINGS]
+    for flag, family, marker, kind, repository in (
+        ("official", "anomalyclip", "AnomalyCLIP_lib", "folder", "zqhang/AnomalyCLIP"),
+        ("official_adaclip", "adaclip", "method/adaclip.py", "file", "caoyunkang/AdaCLIP"),
+    ):
+        folder = getattr(args, flag)
+        if folder is None:
+            continue
+        if not (folder / marker).exists():
+            parser.error(f"--{flag} {folder}: no {marker} {kind} (not a copy of {repository})")
+        if args.tiny or family not in families or 1 not in args.batch_sizes or "float32" not in args.precisions:
+            parser.error(f"--{flag} needs {family}, batch size 1 and float32, and no --tiny")
     if min(args.batch_sizes) < 1 or args.repeats < 1 or args.threads < 1:
         parser.error("--batch_sizes, --repeats and --threads must be >= 1")
     return args
@@ -167,83 +177,6 @@ def forward_call(model, pixel_values: torch.Tensor):
     return call
 
 
-# ---------------------------------------------------------------------------------------------- the official code
-
-
-def load_fixture_script():
-    """`tests/fixtures/make_anomalyclip_reference.py` as a module: the conversion to the official layout."""
-    spec = importlib.util.spec_from_file_location("make_anomalyclip_reference", FIXTURE_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def official_anomalyclip(ours, official_dir: Path, commit: str | None) -> tuple[object, str]:
-    """The official AnomalyCLIP with our model's weights and prompts, and a call running its `test.py` path.
-
-    Our prompts are rounded to float16 values first (the official text layers cast the deep tokens to float16).
-
-    Returns:
-        `(call, commit)`: `call(pixel_values)` gives `(anomaly_map (B, H, W), pred_score (B,))` as `test.py` does.
-    """
-    fixture = load_fixture_script()
-    commit = fixture._commit(official_dir, commit)
-    fixture._stand_in_modules()
-    sys.path.insert(0, str(official_dir))
-    import AnomalyCLIP_lib
-    from AnomalyCLIP_lib.AnomalyCLIP import AnomalyCLIP
-    from prompt_ensemble import AnomalyCLIP_PromptLearner, tokenize
-    from scipy.ndimage import gaussian_filter
-
-    config, clip = ours.config, ours.clip
-    vision, text = config.vision_config, config.text_config
-    n = config.num_prompt_vectors
-    official_ids = tokenize([" ".join(["X"] * n) + " object.", " ".join(["X"] * n) + " damaged object."]).tolist()
-    kept = [row[:1] + row[1 + n : row.index(49407) + 1] for row in official_ids]
-    if kept != [config.normal_prompt_token_ids, config.abnormal_prompt_token_ids]:
-        ours_ids = [config.normal_prompt_token_ids, config.abnormal_prompt_token_ids]
-        raise SystemExit(f"error: prompt token ids differ: official {kept}, ours {ours_ids} (check --clip_bpe)")
-    design = {"Prompt_length": n, "learnabel_text_embedding_depth": config.deep_prompt_depth,
-              "learnabel_text_embedding_length": config.deep_prompt_length}  # fmt: skip
-    model = AnomalyCLIP(
-        config.projection_dim, vision.image_size, vision.num_hidden_layers, vision.hidden_size, vision.patch_size,
-        text.max_position_embeddings, text.vocab_size, text.hidden_size, text.num_attention_heads,
-        text.num_hidden_layers, design_details=design,
-    )  # fmt: skip
-    model.load_state_dict(fixture._openai_layout(clip, clip.text_model.embeddings.token_embedding.weight))
-    model.eval().float()
-    learner = AnomalyCLIP_PromptLearner(model, design)
-    with torch.no_grad():
-        for parameter in (ours.normal_prompt_vectors, ours.abnormal_prompt_vectors, ours.deep_prompts):
-            parameter.copy_(parameter.half().float())
-        learner.ctx_pos.copy_(ours.normal_prompt_vectors[None, None])
-        learner.ctx_neg.copy_(ours.abnormal_prompt_vectors[None, None])
-        for index, parameter in enumerate(learner.compound_prompts_text):
-            parameter.copy_(ours.deep_prompts[index])
-        model.visual.DAPM_replace(DPAM_layer=vision.num_hidden_layers - config.dpam_start_layer + 2)
-        prompts, tokenized_prompts, compound_prompts = learner(cls_id=None)
-        text_features = model.encode_text_learn(prompts, tokenized_prompts, compound_prompts).float()
-        text_features = torch.stack(torch.chunk(text_features, dim=0, chunks=2), dim=1)
-        text_features = text_features / text_features.norm(dim=-1, keepdim=True)
-
-    def call(pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():  # test.py, per batch
-            image_features, patch_features = model.encode_image(pixel_values, config.feature_layers, DPAM_layer=20)
-            image_features = image_features / image_features.norm(dim=-1, keepdim=True)
-            pred_score = ((image_features @ text_features.permute(0, 2, 1)) / 0.07).softmax(-1)[:, 0, 1]
-            maps = []
-            for patch_feature in patch_features:
-                patch_feature = patch_feature / patch_feature.norm(dim=-1, keepdim=True)
-                similarity, _ = AnomalyCLIP_lib.compute_similarity(patch_feature, text_features[0])
-                similarity_map = AnomalyCLIP_lib.get_similarity_map(similarity[:, 1:, :], pixel_values.shape[-1])
-                maps.append((similarity_map[..., 1] + 1 - similarity_map[..., 0]) / 2.0)
-            anomaly_map = torch.stack(maps).sum(dim=0)
-            smoothed = [torch.from_numpy(gaussian_filter(m, sigma=ours.config.smoothing_sigma)) for m in anomaly_map]
-            return torch.stack(smoothed), pred_score
-
-    return call, commit
-
-
 def parity(ours, official_call, pixel_values: torch.Tensor) -> dict:
     """Max abs differences of the anomaly map and the image score, ours against the official code's, fp32."""
     with torch.no_grad():
@@ -263,7 +196,7 @@ def parity(ours, official_call, pixel_values: torch.Tensor) -> dict:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    """Builds the models, checks parity with the official code (with `--official`), times every batch size."""
+    """Builds the models, checks parity with the official code (`--official*`), times every batch size."""
     settings = [s for s in SETTINGS if args.families is None or s.family in args.families]
     sizes = {s.family: TINY_IMAGE_SIZE if args.tiny else s.image_size for s in settings}
     with tempfile.TemporaryDirectory() as folder:
@@ -277,29 +210,38 @@ def measure(args: argparse.Namespace) -> dict:
     generator = torch.Generator().manual_seed(args.seed)
     pixels = {(family, b): torch.randn(b, 3, size, size, generator=generator) for family, size in sizes.items()
               for b in args.batch_sizes}  # fmt: skip
-    official, results = None, {"records": []}
+    officials, results = {}, {"records": []}
     if args.official is not None:
-        ours = models["anomalyclip", "float32"]
-        official, commit = official_anomalyclip(ours, args.official, args.official_commit)
-        results["official"] = {"repository": "https://github.com/zqhang/AnomalyCLIP", "commit": commit}
-        results["parity"] = parity(ours, official, pixels["anomalyclip", 1])
-        print(f"parity with the official code: {results['parity']}", flush=True)
-        if not results["parity"]["same"]:
-            raise SystemExit(f"error: ours and the official anomaly map differ: {results['parity']}")
+        officials["anomalyclip"] = official_anomalyclip(models["anomalyclip", "float32"], args.official,
+                                                        args.official_commit)  # fmt: skip
+    if args.official_adaclip is not None:
+        officials["adaclip"] = official_adaclip(
+            models["adaclip", "float32"], args.official_adaclip, args.official_adaclip_commit, args.clip_bpe,
+            sizes["adaclip"],
+        )  # fmt: skip
+    for family, official in officials.items():
+        check = parity(models[family, "float32"], official.parity_call, pixels[family, 1])
+        results.setdefault("official", {})[family] = {"repository": official.repository, "commit": official.commit,
+                                                      "parity": check}  # fmt: skip
+        print(f"{family}: parity with the official code: {check}", flush=True)
+        if not check["same"]:
+            raise SystemExit(f"error: ours and the official {family} anomaly map differ: {check}")
     for batch_size in args.batch_sizes:
         entries = [
             ({"family": family, "precision": precision, "batch_size": batch_size, "image_size": sizes[family]},
              forward_call(model, pixels[family, batch_size].to(DTYPES[precision])))
             for (family, precision), model in models.items()
         ]  # fmt: skip
-        if official is not None and batch_size == 1:
-            fields = {"family": "anomalyclip_official", "precision": "float32", "batch_size": 1}
-            entries.append(({**fields, "image_size": sizes["anomalyclip"]}, lambda: official(pixels["anomalyclip", 1])))
+        for family, official in officials.items():
+            if batch_size == 1:
+                fields = {"family": f"{family}_official", "precision": "float32", "batch_size": 1}
+                call = functools.partial(official.call, pixels[family, 1])
+                entries.append(({**fields, "image_size": sizes[family]}, call))
         results["records"] += time_entries(entries, args.repeats, args.min_run_time)
-    if official is not None:
-        fp32 = {r["family"]: r for r in results["records"] if (r["precision"], r["batch_size"]) == ("float32", 1)}
-        ours, theirs = fp32["anomalyclip"]["samples_ms"], fp32["anomalyclip_official"]["samples_ms"]
-        results["official"]["time_ratio_ours_to_official"] = spread([o / t for o, t in zip(ours, theirs)])
+    fp32 = {r["family"]: r for r in results["records"] if (r["precision"], r["batch_size"]) == ("float32", 1)}
+    for family in officials:
+        ours, theirs = fp32[family]["samples_ms"], fp32[f"{family}_official"]["samples_ms"]
+        results["official"][family]["time_ratio_ours_to_official"] = spread([o / t for o, t in zip(ours, theirs)])
     return results
 
 
@@ -319,7 +261,7 @@ def to_markdown(results: dict) -> str:
     """The images/s table, the official comparison and the parity check."""
     env, settings = results["environment"], results["settings"]
     shapes = {s.family: f"{'tiny CLIP' if settings['tiny'] else s.clip_shape}" for s in SETTINGS}
-    shapes["anomalyclip_official"] = shapes["anomalyclip"] + " (official code)"
+    shapes |= {f"{family}_official": f"{shape} (official code)" for family, shape in shapes.items()}
     lines = [
         f"# Model families at their published settings: {env.get('gpu') or env['cpu']}",
         "",
@@ -338,12 +280,12 @@ def to_markdown(results: dict) -> str:
             f"{rate['median']:.3g} [{rate['min']:.3g}-{rate['max']:.3g}] | {ms['median']:.1f} [{ms['min']:.1f}-"
             f"{ms['max']:.1f}] |"
         )
-    if "official" in results:
-        official, check = results["official"], results["parity"]
-        ratio = official["time_ratio_ours_to_official"]
+    for official in results.get("official", {}).values():
+        check, ratio = official["parity"], official["time_ratio_ours_to_official"]
+        name = official["repository"].rsplit("/", 1)[1]
         lines += [
             "",
-            f"Ours / official AnomalyCLIP ({official['repository']} at {official['commit'][:7]}), time per image, "
+            f"Ours / official {name} ({official['repository']} at {official['commit'][:7]}), time per image, "
             f"fp32, batch 1, round by round: **{ratio['median']:.3f}** [{ratio['min']:.3f}-{ratio['max']:.3f}].",
             f"Same input, same weights: anomaly map max abs diff {check['anomaly_map_max_abs_diff']:.2e} (tolerance "
             f"{check['tolerance']:g}; maps in [{check['anomaly_map_range'][0]:.4f}, "
@@ -376,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-__all__ = ["CLIP_SHAPES", "SETTINGS", "PublishedSetting", "build_model", "main", "official_anomalyclip", "parity"]
+__all__ = ["CLIP_SHAPES", "SETTINGS", "PublishedSetting", "build_model", "main", "parity"]
 
 
 if __name__ == "__main__":
