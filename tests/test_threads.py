@@ -45,6 +45,14 @@ def test_training_uses_the_given_number_of_threads(workspace, trained_run, tmp_p
     assert "threads=1 " in caplog.text
 
 
+@pytest.mark.parametrize("module", [train, evaluation, calibrate, demo, prepare_dataset, predict, export, runners])
+def test_every_command_refuses_fewer_than_one_thread(module, capsys):
+    parse = module.cli if module is runners else module.parse_args
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["--num_threads", "0"])
+    assert exit_info.value.code == 2 and "--num_threads: must be at least 1" in capsys.readouterr().err
+
+
 def test_the_torch_free_runner_takes_num_threads(capsys):
     with pytest.raises(SystemExit) as exit_info:
         runners.cli(["--help"])

@@ -277,7 +277,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--lr_milestones": all(m >= 1 for m in args.lr_milestones),
         "--num_heatmaps": args.num_heatmaps >= 0,
         "--dataloader_num_workers": args.dataloader_num_workers >= 0,
-        "--num_threads": args.num_threads is None or args.num_threads >= 1,
         "--calibration_fraction": 0 <= args.calibration_fraction < 1,
         "--target_fpr": 0 < args.target_fpr < 1,
         "--target_pixel_fpr": 0 < args.target_pixel_fpr < 1,

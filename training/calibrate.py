@@ -103,8 +103,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     add_num_threads_argument(parser)
     args = parser.parse_args(argv)
-    if args.num_threads is not None and args.num_threads < 1:
-        parser.error("--num_threads must be at least 1")
     for flag in ("target_fpr", "target_pixel_fpr"):
         if not 0 < getattr(args, flag) < 1:
             parser.error(f"--{flag} must be in (0, 1)")

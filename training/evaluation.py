@@ -252,7 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_num_threads_argument(parser)
     args = parser.parse_args(argv)
     check_inference_mode_arguments(parser, args)
-    for flag in ("per_device_eval_batch_size", "image_size", "num_threads"):
+    for flag in ("per_device_eval_batch_size", "image_size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1")
     return args

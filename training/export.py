@@ -60,8 +60,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output_dir")
     add_num_threads_argument(parser)
     args = parser.parse_args(argv)
-    if args.num_threads is not None and args.num_threads < 1:
-        parser.error("--num_threads must be at least 1")
     return args
 
 

@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     check_inference_mode_arguments(parser, args)
-    for flag in ("batch_size", "num_threads", "image_size"):
+    for flag in ("batch_size", "image_size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     for flag in ("image_threshold", "pixel_threshold"):

@@ -80,8 +80,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.push_to_hub and not args.hub_dataset_id:
         parser.error("--push_to_hub needs --hub_dataset_id")
-    if args.num_threads is not None and args.num_threads < 1:
-        parser.error("--num_threads must be at least 1")
     return args
 
 

@@ -52,11 +52,18 @@ def configure_threads(num_threads: int | None) -> int:
     return num_threads
 
 
+def _at_least_one(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
 def add_num_threads_argument(parser: argparse.ArgumentParser) -> None:
-    """Adds `--num_threads` to a command line."""
+    """Adds `--num_threads` (at least 1; argparse refuses anything else with a usage error) to a command line."""
     parser.add_argument(
         "--num_threads",
-        type=int,
+        type=_at_least_one,
         default=None,
         help="CPU threads for PyTorch. Default: the available cores minus those other processes keep busy "
         "(1-minute load average). On a shared machine set it to the cores you may use.",

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from processing import CLIPADAImageProcessor
-from training.threads import default_num_threads
+from training.threads import add_num_threads_argument, default_num_threads
 
 EXPORT_CONFIG_NAME = "clipada_export.json"
 MODEL_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
@@ -222,16 +222,9 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", choices=sorted(BACKEND_FORMATS), default=None)
     parser.add_argument("--precision", choices=OPENVINO_PRECISIONS, default="f32", help="OpenVINO only")
     parser.add_argument("--category", default=None, help="apply this category's calibrated thresholds")
-    parser.add_argument(
-        "--num_threads",
-        type=int,
-        default=None,
-        help="Runtime threads. Default: the available cores minus those other processes keep busy.",
-    )
+    add_num_threads_argument(parser)
     parser.add_argument("images", nargs="+")
     args = parser.parse_args(argv)
-    if args.num_threads is not None and args.num_threads < 1:
-        parser.error("--num_threads must be at least 1")
     try:
         num_threads = args.num_threads or default_num_threads()
         model = ExportedCLIPADA(args.model_dir, backend=args.backend, num_threads=num_threads, precision=args.precision)
