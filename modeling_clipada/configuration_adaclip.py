@@ -9,8 +9,6 @@ Example:
     ```
 """
 
-import math
-
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig
 
@@ -166,10 +164,7 @@ class AdaCLIPConfig(DecisionConfigMixin, CLIPConfig):
         Raises:
             AdaCLIPConfigError: A `ValueError` naming the first invalid field.
         """
-        for name in self.head_field_names():
-            value = getattr(self, name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise AdaCLIPConfigError(f"`{name}` must be a finite number, got {value}.")
+        self._validate_finite_head_fields()
         vision_layers = self.vision_config.num_hidden_layers
         text_layers = self.text_config.num_hidden_layers
         depth_limit = min(vision_layers, text_layers)

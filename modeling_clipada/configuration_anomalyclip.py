@@ -9,8 +9,6 @@ Example:
     ```
 """
 
-import math
-
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig
 
@@ -129,10 +127,7 @@ class AnomalyCLIPConfig(DecisionConfigMixin, CLIPConfig):
         Raises:
             AnomalyCLIPConfigError: A `ValueError` naming the first invalid field.
         """
-        for name in self.head_field_names():
-            value = getattr(self, name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise AnomalyCLIPConfigError(f"`{name}` must be a finite number, got {value}.")
+        self._validate_finite_head_fields()
         vision_layers = self.vision_config.num_hidden_layers
         text_layers = self.text_config.num_hidden_layers
         checks = [

@@ -9,8 +9,6 @@ Example:
     ```
 """
 
-import math
-
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig
 
@@ -125,10 +123,7 @@ class CLIPADAConfig(DecisionConfigMixin, CLIPConfig):
         Raises:
             CLIPADAConfigError: A `ValueError` naming the first invalid field.
         """
-        for name in self.head_field_names():
-            value = getattr(self, name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise CLIPADAConfigError(f"`{name}` must be a finite number, got {value}.")
+        self._validate_finite_head_fields()
         num_layers = self.vision_config.num_hidden_layers
         if self.feature_layer is not None and not 1 <= self.feature_layer <= num_layers:
             raise CLIPADAConfigError(

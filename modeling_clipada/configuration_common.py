@@ -60,6 +60,13 @@ class DecisionConfigMixin:
         excluded = {field.name for field in dataclasses.fields(CLIPConfig)} | set(DECISION_FIELDS)
         return tuple(field.name for field in dataclasses.fields(cls) if field.name not in excluded)
 
+    def _validate_finite_head_fields(self) -> None:
+        """Every float head field is a finite number; raises `config_error` naming the first that is not."""
+        for name in self.head_field_names():
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise type(self).config_error(f"`{name}` must be a finite number, got {value}.")
+
     @property
     def has_thresholds(self) -> bool:
         """Whether calibrated image and pixel thresholds are set (the model then returns decisions)."""
