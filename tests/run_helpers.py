@@ -1,6 +1,28 @@
-"""Command lines of the tiny training runs the tests make."""
+"""Command lines of the tiny training runs the tests make, and scripts run where this project cannot be imported."""
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
+
+# Put first in a script: importing the project's packages then fails, as where only a checkpoint is at hand.
+_BLOCK_PROJECT = """
+import importlib.abc, sys
+class BlockProject(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("modeling_clipada", "processing", "training"):
+            raise ImportError(f"{name} is blocked: the checkpoint must not need this project")
+sys.meta_path.insert(0, BlockProject())
+"""
+
+
+def run_without_project(script: str, workdir: Path) -> subprocess.CompletedProcess:
+    """Runs `script` (dedented) in a fresh Python where modeling_clipada, processing and training cannot be imported,
+    offline, with its own transformers module cache under `workdir`."""
+    env = {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(workdir / "modules")}
+    code = _BLOCK_PROJECT + textwrap.dedent(script)
+    return subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True)
 
 
 def training_args(workspace: Path, output_dir: Path, *extra: str) -> list[str]:

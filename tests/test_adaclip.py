@@ -1,15 +1,13 @@
 """Tests of AdaCLIPConfig and AdaCLIPForAnomalySegmentation: parity with the official code, and the model."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from run_helpers import run_without_project
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tiny_clip import IMAGE_SIZE, PATCH_SIZE, make_tiny_clip, tiny_clip_config
@@ -420,12 +418,6 @@ def test_saved_checkpoint_loads_with_trust_remote_code_where_the_project_is_not_
         torch.save(model(pixel_values, categories=tester.categories).anomaly_map, tmp_path / "expected.pt")
     script = textwrap.dedent(
         f"""
-        import importlib.abc, sys
-        class BlockProject(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("modeling_clipada", "processing", "training"):
-                    raise ImportError(f"{{name}} is blocked: the checkpoint must not need this project")
-        sys.meta_path.insert(0, BlockProject())
         import torch
         from transformers import AutoModel
         model = AutoModel.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True).eval()
@@ -437,7 +429,6 @@ def test_saved_checkpoint_loads_with_trust_remote_code_where_the_project_is_not_
         assert difference <= 1e-5, difference
         """
     )
-    env = {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    result = run_without_project(script, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "AdaCLIPForAnomalySegmentation" in result.stdout

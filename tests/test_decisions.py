@@ -1,12 +1,10 @@
 """Calibrated decisions in the model: OK/NG labels, masks and normalised scores, carried by the checkpoint."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+from run_helpers import run_without_project
 from tiny_clip import IMAGE_SIZE, make_tiny_clip
 
 from modeling_clipada import CLIPADAConfigError, CLIPADAForAnomalySegmentation
@@ -92,12 +90,6 @@ def test_thresholds_survive_save_load_and_remote_code(tmp_path):
         expected = model(pixels, categories=["disc", None, None]).pred_label.tolist()
     script = textwrap.dedent(
         f"""
-        import importlib.abc, sys
-        class BlockProject(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("modeling_clipada", "processing", "training"):
-                    raise ImportError(name)
-        sys.meta_path.insert(0, BlockProject())
         import torch
         from transformers import AutoModel
         model = AutoModel.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True).eval()
@@ -106,7 +98,6 @@ def test_thresholds_survive_save_load_and_remote_code(tmp_path):
         print(outputs.pred_label.tolist(), model.config.category_thresholds["disc"]["pixel_threshold"])
         """
     )
-    env = {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    result = run_without_project(script, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == f"{expected} 0.6"

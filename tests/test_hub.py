@@ -1,13 +1,11 @@
 """Tests of the Hub path: save/load round trip, remote code in a fresh process, push_to_hub contents."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
+from run_helpers import run_without_project
 from safetensors.torch import load_file, save_file
 from tiny_clip import IMAGE_SIZE, make_tiny_clip
 
@@ -91,12 +89,6 @@ def test_saved_checkpoint_loads_with_trust_remote_code_where_the_project_is_not_
         torch.save(model(pixel_values).anomaly_map, tmp_path / "expected.pt")
     script = textwrap.dedent(
         f"""
-        import importlib.abc, sys
-        class BlockProject(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("modeling_clipada", "processing", "training"):
-                    raise ImportError(f"{{name}} is blocked: the checkpoint must not need this project")
-        sys.meta_path.insert(0, BlockProject())
         import torch
         from transformers import AutoImageProcessor, AutoModel
         try:
@@ -114,8 +106,7 @@ def test_saved_checkpoint_loads_with_trust_remote_code_where_the_project_is_not_
         assert difference <= 1e-5, difference
         """
     )
-    env = {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    result = run_without_project(script, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "CLIPADAForAnomalySegmentation CLIPADAImageProcessor" in result.stdout
 

@@ -1,15 +1,13 @@
 """The `image-anomaly-detection` pipeline: results per image, carried by every saved checkpoint, remote code alone."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from run_helpers import run_without_project
 from tiny_clip import IMAGE_SIZE, make_tiny_clip
 from transformers import pipeline
 
@@ -103,12 +101,6 @@ def test_pipeline_loads_as_remote_code_where_the_project_is_blocked(tmp_path):
     expected_score, _, expected_label = _expected(model, processor, image)
     script = textwrap.dedent(
         f"""
-        import importlib.abc, sys
-        class BlockProject(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("modeling_clipada", "processing", "training"):
-                    raise ImportError(f"{{name}} is blocked: the checkpoint must not need this project")
-        sys.meta_path.insert(0, BlockProject())
         from PIL import Image
         from transformers import pipeline
         detector = pipeline("image-anomaly-detection", model={str(tmp_path / "ckpt")!r}, trust_remote_code=True)
@@ -119,8 +111,7 @@ def test_pipeline_loads_as_remote_code_where_the_project_is_blocked(tmp_path):
         print(type(detector).__module__, single["score"], single["label"])
         """
     )
-    env = {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    result = run_without_project(script, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     module, score, label = result.stdout.split()
     assert module.startswith("transformers_modules.") and module.endswith(".pipeline_clipada")
