@@ -27,7 +27,7 @@ from pathlib import Path
 import datasets
 
 from .build import build_dataset_dict
-from .mvtec import MASK_SUFFIX, _list_images, _mvtec_sample, _reject_orphan_masks  # same pairing rules
+from .mvtec import MASK_SUFFIX, list_images, mvtec_sample, reject_orphan_masks
 from .schema import NORMAL_DEFECT_TYPE, DatasetFormatError, Sample, existing_dir, select_categories, subdirs
 
 _LAYOUT_HINT = "expected train/good/ (one category) or <category>/train/good/ (several)"
@@ -78,8 +78,8 @@ def _folder_category_samples(root: Path, category: str) -> list[Sample]:
     train_dir = root / category / "train" / "good"
     if not train_dir.is_dir():
         raise DatasetFormatError(f"{train_dir}: folder not found; every category needs train/good/ (normal images)")
-    images = _list_images(train_dir).values()
-    train = [_mvtec_sample(root, "train", category, NORMAL_DEFECT_TYPE, image, None) for image in images]
+    images = list_images(train_dir).values()
+    train = [mvtec_sample(root, "train", category, NORMAL_DEFECT_TYPE, image, None) for image in images]
     if not train:
         raise DatasetFormatError(f"{train_dir}: empty train split (no images)")
     return train + _folder_test_samples(root, category)
@@ -89,7 +89,7 @@ def _folder_test_samples(root: Path, category: str) -> list[Sample]:
     """Pair ``test/<defect>/<stem>.*`` with an optional mask in ``ground_truth/<defect>/``; none without test/."""
     test_dir, truth_dir = root / category / "test", root / category / "ground_truth"
     defects = [d.name for d in subdirs(test_dir)]
-    loose = list(_list_images(test_dir).values())
+    loose = list(list_images(test_dir).values())
     if loose:
         raise DatasetFormatError(
             f"{loose[0]}: image directly in test/; put normal test images in test/good/ and anomalous ones in "
@@ -97,13 +97,13 @@ def _folder_test_samples(root: Path, category: str) -> list[Sample]:
         )
     samples = []
     for defect in defects:
-        images = _list_images(test_dir / defect)
+        images = list_images(test_dir / defect)
         masks = {} if defect == NORMAL_DEFECT_TYPE else _list_folder_masks(truth_dir / defect)
         for stem, image in images.items():
-            samples.append(_mvtec_sample(root, "test", category, defect, image, masks.get(stem)))
-        _reject_orphan_masks(masks, images, test_dir / defect)
+            samples.append(mvtec_sample(root, "test", category, defect, image, masks.get(stem)))
+        reject_orphan_masks(masks, images, test_dir / defect)
     for defect in sorted({d.name for d in subdirs(truth_dir)} - set(defects) | {NORMAL_DEFECT_TYPE}):
-        _reject_orphan_masks(_list_folder_masks(truth_dir / defect), {}, test_dir / defect)
+        reject_orphan_masks(_list_folder_masks(truth_dir / defect), {}, test_dir / defect)
     if test_dir.is_dir() and not samples:
         raise DatasetFormatError(f"{test_dir}: empty test split (no images); remove it for a train-only dataset")
     return samples
@@ -112,7 +112,7 @@ def _folder_test_samples(root: Path, category: str) -> list[Sample]:
 def _list_folder_masks(folder: Path) -> dict[str, Path]:
     """Map image stem to mask path for ``<stem>_mask.*`` or ``<stem>.*`` files in ``folder``; never two per stem."""
     masks: dict[str, Path] = {}
-    for stem, path in _list_images(folder).items():
+    for stem, path in list_images(folder).items():
         image_stem = stem.removesuffix(MASK_SUFFIX)
         if image_stem in masks:
             raise DatasetFormatError(

@@ -70,7 +70,7 @@ def _mvtec_category_samples(root: Path, category: str) -> list[Sample]:
     train_dir, test_dir = category_dir / "train" / "good", category_dir / "test"
     if not train_dir.is_dir():
         raise DatasetFormatError(f"{train_dir}: folder not found; an MVTec-AD category needs train/good/")
-    train = [_mvtec_sample(root, "train", category, "good", image, None) for image in _list_images(train_dir).values()]
+    train = [mvtec_sample(root, "train", category, "good", image, None) for image in list_images(train_dir).values()]
     if not train:
         raise DatasetFormatError(f"{train_dir}: empty train split (no images)")
     if not test_dir.is_dir():
@@ -90,7 +90,7 @@ def _mvtec_test_samples(root: Path, category: str) -> list[Sample]:
     defects = [d.name for d in subdirs(test_dir)]
     samples = []
     for defect in defects:
-        images = _list_images(test_dir / defect)
+        images = list_images(test_dir / defect)
         masks = {} if defect == NORMAL_DEFECT_TYPE else _list_masks(truth_dir / defect)
         for stem, image in images.items():
             if defect != NORMAL_DEFECT_TYPE and stem not in masks:
@@ -98,15 +98,15 @@ def _mvtec_test_samples(root: Path, category: str) -> list[Sample]:
                 raise DatasetFormatError(
                     f"{image}: anomalous image without its mask (expected {expected}); {_FOLDER_HINT}"
                 )
-            samples.append(_mvtec_sample(root, "test", category, defect, image, masks.get(stem)))
-        _reject_orphan_masks(masks, images, test_dir / defect)
+            samples.append(mvtec_sample(root, "test", category, defect, image, masks.get(stem)))
+        reject_orphan_masks(masks, images, test_dir / defect)
     without_images = {d.name for d in subdirs(truth_dir)} - set(defects)
     for defect in sorted(without_images | {NORMAL_DEFECT_TYPE}):  # masks of missing folders or of normal images
-        _reject_orphan_masks(_list_masks(truth_dir / defect), {}, test_dir / defect)
+        reject_orphan_masks(_list_masks(truth_dir / defect), {}, test_dir / defect)
     return samples
 
 
-def _reject_orphan_masks(masks: dict[str, Path], images: dict[str, Path], image_dir: Path) -> None:
+def reject_orphan_masks(masks: dict[str, Path], images: dict[str, Path], image_dir: Path) -> None:
     """Raise for the first mask whose stem has no image in ``image_dir``."""
     for stem, mask in masks.items():
         if stem not in images:
@@ -115,14 +115,14 @@ def _reject_orphan_masks(masks: dict[str, Path], images: dict[str, Path], image_
             raise DatasetFormatError(f"{mask}: mask without its image (expected {image_dir / stem}.png)")
 
 
-def _mvtec_sample(root: Path, split: str, category: str, defect: str, image: Path, mask: Path | None) -> Sample:
+def mvtec_sample(root: Path, split: str, category: str, defect: str, image: Path, mask: Path | None) -> Sample:
     """Describe one MVTec-AD image."""
     label = 0 if defect == NORMAL_DEFECT_TYPE else 1
     relative = image.relative_to(root).as_posix()
     return Sample(split, image, mask, label, category, defect, relative)
 
 
-def _list_images(folder: Path) -> dict[str, Path]:
+def list_images(folder: Path) -> dict[str, Path]:
     """Map file stem to image path for the image files directly in ``folder`` (sorted, strays ignored)."""
     images: dict[str, Path] = {}
     if not folder.is_dir():
@@ -140,8 +140,8 @@ def _list_masks(folder: Path) -> dict[str, Path]:
     """Map image stem to mask path for ``<stem>_mask.*`` files in ``folder`` (a missing folder is empty)."""
     return {
         (stem[: -len(MASK_SUFFIX)] if stem.endswith(MASK_SUFFIX) else stem): path
-        for stem, path in _list_images(folder).items()
+        for stem, path in list_images(folder).items()
     }
 
 
-__all__ = ["MASK_SUFFIX", "build_mvtec_ad"]
+__all__ = ["MASK_SUFFIX", "build_mvtec_ad", "list_images", "mvtec_sample", "reject_orphan_masks"]
