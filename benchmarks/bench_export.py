@@ -5,7 +5,7 @@ batch 1 and 8: images/s of PyTorch fp32 and bf16, ONNX Runtime fp32, OpenVINO fp
 `INFERENCE_PRECISION_HINT`, where the CPU has bf16), each as a ratio to the ideal `(1 + R) * (l / L) * t_bare` of
 `benchmark.py` (the bare `CLIPVisionModel` in the same precision, timed in the same interleaved rounds); the file
 sizes (OpenVINO also with FP16 weights) and the cold start of each runner (load + first image, in this process,
-libraries already imported). Every model goes through the real `training.export.export`.
+libraries already imported). Every model goes through the real `inference.deploy.export.export`.
 
 Example:
     ```bash
@@ -32,10 +32,10 @@ from benchmark import bare_tower, clipada_config
 from measure import environment, time_in_rounds
 from report import spread
 
+from inference.deploy.export import export
+from inference.deploy.runners import ExportedCLIPADA
 from modeling_clipada import CLIPADAForAnomalySegmentation
 from processing import CLIPADAImageProcessor
-from training.deploy.runners import ExportedCLIPADA
-from training.export import export
 
 # runner -> (precision of its bare-tower reference, how it is built)
 RUNNERS = {

@@ -14,7 +14,7 @@ per-image path of its `test.py` (AnomalyCLIP: `encode_image` with DPAM and the s
 computed once before as `test.py` does; AdaCLIP: the whole `model(image, [class_name])`, text and k-means
 included; both with scipy's Gaussian) is timed in the same rounds; the ratio ours / official is taken round by round.
 
-A new family is one entry of `SETTINGS`: its `training.families` name, CLIP shape, input size and head fields.
+A new family is one entry of `SETTINGS`: its `inference.families` name, CLIP shape, input size and head fields.
 
 Example:
     ```bash
@@ -49,7 +49,7 @@ from measure import environment, time_in_rounds, tune_glibc_malloc
 from official_models import official_adaclip, official_anomalyclip
 from report import spread
 
-from training.families import FAMILIES
+from inference.families import FAMILIES
 from training.smoke_clip import TINY_CLIP_SIZES, smoke_clip_config, write_character_tokenizer
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ class PublishedSetting:
     """One family's published inference setting, and its tiny stand-in for tests.
 
     Attributes:
-        family: Its name in `training.families.FAMILIES`.
+        family: Its name in `inference.families.FAMILIES`.
         clip_shape: A key of `CLIP_SHAPES`.
         image_size: The published input side in pixels.
         head: Arguments of the family's `from_clip` (head fields, class names).

@@ -1,11 +1,11 @@
-"""Predict benchmark: images/s of `training.predict` against the model's forward alone, and its peak memory.
+"""Predict benchmark: images/s of `inference.predict` against the model's forward alone, and its peak memory.
 
 A random-weight smoke CLIP-ADA (96 px input, R = 1, calibrated thresholds set by hand) scores generated PNGs
 (`training.demo_data` discs and weaves, `--image_size` px, so every image is resized as real inputs are). Each
 measurement runs in its own Python process, so that its RSS high-water mark (`ru_maxrss`) is its own:
 
 - `forward`: the model alone on pixel values prepared beforehand (no reading, resizing, drawing or writing);
-- `predict`: `training.predict.main` on the folder (reading, preprocessing, forward, original-size maps, rows,
+- `predict`: `inference.predict.main` on the folder (reading, preprocessing, forward, original-size maps, rows,
   overlays), with and without `--no-overlays`.
 
 Images/s count the scoring loop only (model loading excluded). Flat memory means the peak RSS at 5,000 images is
@@ -41,14 +41,14 @@ MIB = 2**20
 _CHILD = """
 import json, resource, sys, time
 import torch
-from training import predict
+from inference import predict
 torch.set_num_threads({threads})
 mode, checkpoint, folder, output_dir, count, batch_size = {args!r}
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if mode == "forward":
     from processing import CLIPADAImageProcessor
-    from training.backends import TorchBackend
-    from training.predict_inputs import collect_inputs
+    from inference.backends import TorchBackend
+    from inference.predict.inputs import collect_inputs
     backend = TorchBackend(checkpoint)
     processor = CLIPADAImageProcessor.from_pretrained(checkpoint)
     paths = [str(path) for path in collect_inputs([folder])][:count]
@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--image_size", type=int, default=128, help="side of the generated PNGs")
-    parser.add_argument("--batch_size", type=int, default=8, help="training.predict's default")
+    parser.add_argument("--batch_size", type=int, default=8, help="inference.predict's default")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work_dir", help="where images, checkpoint and outputs go (default: a temporary folder)")
     parser.add_argument("--output_dir", default=str(Path(__file__).resolve().parent / "results"))

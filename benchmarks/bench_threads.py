@@ -45,7 +45,7 @@ def run_job(workdir: Path, num_threads: int | None, max_train_steps: int) -> flo
 
 
 def default_threads_now() -> int:
-    code = "from training.threads import default_num_threads; print(default_num_threads())"
+    code = "from inference.devices import default_num_threads; print(default_num_threads())"
     return int(subprocess.check_output([sys.executable, "-c", code], cwd=REPO, text=True))
 
 

@@ -16,11 +16,9 @@ from packaging.utils import canonicalize_name
 from PIL import Image
 from tiny_clip import IMAGE_SIZE, make_tiny_clip
 
-from modeling_clipada import CLIPADAForAnomalySegmentation
-from processing import CLIPADAImageProcessor
-from training import app
-from training.app_model import checkpoint_examples, load_served_model
-from training.app_results import (
+from inference import app
+from inference.app.model import checkpoint_examples, load_served_model
+from inference.app.results import (
     DEFAULT_THRESHOLD,
     UploadError,
     check_upload,
@@ -31,9 +29,11 @@ from training.app_results import (
     slider_thresholds,
     write_predictions_csv,
 )
-from training.app_space import import_statements, local_module_files, third_party_imports, write_space
-from training.overlays import colour_table, draw_overlay
-from training.predict_rows import COLUMNS, Thresholds, prediction_row
+from inference.app.space import import_statements, local_module_files, third_party_imports, write_space
+from inference.overlays import colour_table, draw_overlay
+from inference.predict.rows import COLUMNS, Thresholds, prediction_row
+from modeling_clipada import CLIPADAForAnomalySegmentation
+from processing import CLIPADAImageProcessor
 
 THRESHOLDS = {"image_threshold": 0.6, "pixel_threshold": 0.5}
 PER_CATEGORY = {"bottle": {"image_threshold": 0.3, "pixel_threshold": 0.7}}
@@ -108,7 +108,7 @@ def test_redrawing_at_other_thresholds_never_runs_the_model_and_matches_predict(
     assert backend.calls == 1
     assert rendered_low[0].row["decision"] == "NG" and rendered_high[0].row["decision"] == "OK"
     assert rendered_low[0].row["anomalous_area"] == 1.0 and rendered_high[0].row["boxes"] == []
-    # the same row and the same drawing as training.predict (which draws from float pixels in [0, 1])
+    # the same row and the same drawing as inference.predict (which draws from float pixels in [0, 1])
     pixels = served.processor.process_image(str(uploads[0]))
     row, pred_mask = prediction_row("a.png", None, results[0].anomaly_map, score, low)
     assert rendered_low[0].row == row
@@ -179,7 +179,7 @@ def test_the_space_folder_is_complete_and_imports_only_what_it_installs(tmp_path
         assert field in header
     assert 'MODEL_ID = "user/clipada-mvtec"' in (space / "app.py").read_text()
     assert [path.name for path in (space / "examples").iterdir()] == ["000_plate.png"]
-    for name in ("training/app_ui.py", "training/app_results.py", "training/overlays.py", "processing/__init__.py"):
+    for name in ("inference/app/ui.py", "inference/app/results.py", "inference/overlays.py", "processing/__init__.py"):
         assert (space / name).is_file(), name
     assert not (space / "training" / "evaluation.py").exists()  # only what the page imports
     requirements = {Requirement(line).name for line in (space / "requirements.txt").read_text().splitlines()}
@@ -189,7 +189,7 @@ def test_the_space_folder_is_complete_and_imports_only_what_it_installs(tmp_path
         assert canonicalize_name(distributions[name][0]) in requirements, name
     for file in python_files:  # every project import that runs resolves inside the Space folder
         for node in import_statements(file):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module.split(".")[0] == "training":
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module.split(".")[0] in ("training", "inference"):
                 assert (space / (node.module.replace(".", "/") + ".py")).is_file(), (file, node.module)
     assert {"gradio", "torch", "transformers"} <= requirements and "onnxruntime" not in requirements
 
@@ -205,9 +205,9 @@ def test_the_space_writer_refuses_a_used_folder_and_a_local_model(tmp_path, serv
 
 
 def test_space_modules_are_found_by_following_imports():
-    names = {path.name for path in local_module_files(("training.app_results",))}
-    assert {"app_results.py", "predict_rows.py", "overlays.py", "decisions.py", "__init__.py"} <= names
-    assert "train.py" not in names and "app_ui.py" not in names
+    names = {path.name for path in local_module_files(("inference.app.results",))}
+    assert {"results.py", "rows.py", "overlays.py", "decisions.py", "__init__.py"} <= names
+    assert "train.py" not in names and "ui.py" not in names
 
 
 @pytest.mark.parametrize(
@@ -237,7 +237,7 @@ def test_the_command_writes_a_space(tmp_path, capsys):
 
 def test_the_page_is_built_for_a_checkpoint_with_categories(served):
     gradio = pytest.importorskip("gradio")
-    from training.app_ui import build_demo
+    from inference.app.ui import build_demo
 
     demo = build_demo(served, examples=checkpoint_examples(served.name))
     assert isinstance(demo, gradio.Blocks)
@@ -247,7 +247,7 @@ def test_the_page_is_built_for_a_checkpoint_with_categories(served):
 
 def test_the_verdict_says_where_the_image_threshold_came_from(served, uploads):
     pytest.importorskip("gradio")
-    from training.app_ui import _verdict
+    from inference.app.ui import _verdict
 
     results = score_uploads(uploads[:2], served.backend, served.processor)
     for source, words in [("global", "(calibrated)"), ("category", "(calibrated for the category)"),
@@ -265,8 +265,8 @@ def test_the_space_app_runs_from_its_own_folder(tmp_path, served):
     app_file = space / "app.py"
     app_file.write_text(app_file.read_text().replace('"user/model"', repr(served.name)))  # offline: a local copy
     check = (
-        "import os, sys; here = os.getcwd(); sys.path.insert(0, here); import app, training, modeling_clipada; "
-        "import processing; outside = [module.__file__ for module in (training, modeling_clipada, processing) "
+        "import os, sys; here = os.getcwd(); sys.path.insert(0, here); import app, inference, modeling_clipada; "
+        "import processing; outside = [module.__file__ for module in (inference, modeling_clipada, processing) "
         "if not module.__file__.startswith(here)]; assert not outside, outside; print(type(app.demo).__name__)"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}

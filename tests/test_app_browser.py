@@ -1,4 +1,4 @@
-"""The inspection app in a real browser: `python -m training.app` on 127.0.0.1, driven by Debian's headless Chromium.
+"""The inspection app in a real browser: `python -m inference.app` on 127.0.0.1, driven by Debian's headless Chromium.
 
 Skips when Gradio, Selenium, `chromium` or `chromedriver` is missing (`.ci/run` installs the browser with apt).
 Screenshots are saved in the test's temporary folder (`pytest --basetemp DIR` keeps them where you want them).
@@ -51,9 +51,9 @@ def free_port() -> int:
 
 
 def start_app(checkpoint: Path, port: int, log_file: Path) -> subprocess.Popen:
-    """Starts `python -m training.app` and waits until it answers; fails with its log when it dies first."""
+    """Starts `python -m inference.app` and waits until it answers; fails with its log when it dies first."""
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "training.app", "--model_name_or_path", str(checkpoint)]
+    command = [sys.executable, "-m", "inference.app", "--model_name_or_path", str(checkpoint)]
     command += ["--port", str(port), "--num_threads", "1"]
     with open(log_file, "w") as log:
         server = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -156,7 +156,7 @@ def test_the_page_shows_the_decision_overlay_and_map_and_the_slider_redraws_it(c
         WebDriverWait(browser, 30).until(lambda page: shown_image_width(page, "overlay") > 0)
         browser.save_screenshot(str(folder / "01_defect_NG.png"))
         assert "defect.png" in verdict and f"score {score:.3f}" in verdict and "(calibrated)" in verdict
-        assert shown_image_width(browser, "overlay") >= 480  # the overlay as training.predict draws it
+        assert shown_image_width(browser, "overlay") >= 480  # the overlay as inference.predict draws it
         assert shown_image_width(browser, "anomaly-map") == 160  # the raw map at the image's own size
         assert "defect.png" in browser.find_element(By.ID, "results").text
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from training.atomic import atomic_dir, replace_dir, staging_dir
+from inference.atomic import atomic_dir, replace_dir, staging_dir
 
 
 def tree(folder: Path) -> dict[str, str]:

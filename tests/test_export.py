@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from tiny_clip import make_tiny_clip
 
+from inference.deploy.export import ExportError, check_request, export, main
+from inference.deploy.runners import EXPORT_CONFIG_NAME, ExportedCLIPADA, ExportedModelError
 from modeling_clipada import CLIPADAForAnomalySegmentation
 from processing import CLIPADAImageProcessor
-from training.deploy.runners import EXPORT_CONFIG_NAME, ExportedCLIPADA, ExportedModelError
-from training.export import ExportError, check_request, export, main
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 32
@@ -162,7 +162,7 @@ def test_onnx_runner_runs_where_torch_cannot_be_imported(exports, tmp_path):
         "import runpy, sys\n"
         "sys.modules['torch'] = None  # `import torch` raises ImportError from here on\n"
         "sys.argv = ['runners', '--model_dir', sys.argv[1], sys.argv[2], '--category', 'screw']\n"
-        "runpy.run_module('training.deploy.runners', run_name='__main__')\n"
+        "runpy.run_module('inference.deploy.runners', run_name='__main__')\n"
         "assert sys.modules['torch'] is None and 'torch.nn' not in sys.modules\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -240,7 +240,7 @@ def test_inputs_of_the_wrong_size_are_refused_at_run_time(exports, tmp_path, cap
     CLIPADAImageProcessor(size=48).save_pretrained(folder)  # a processor that no longer fits the graph
     image_file = tmp_path / "part.png"
     Image.fromarray(sample_images()[0]).save(image_file)
-    from training.deploy.runners import cli
+    from inference.deploy.runners import cli
 
     with pytest.raises(SystemExit) as exit_info:
         cli(["--model_dir", str(folder), str(image_file)])
@@ -253,7 +253,7 @@ def test_inputs_of_the_wrong_size_are_refused_at_run_time(exports, tmp_path, cap
 @pytest.mark.slow
 @pytest.mark.parametrize("backend_name", ["onnxruntime", "openvino"])
 def test_predict_backends_run_the_export_folder(checkpoints, exports, backend_name):
-    from training.backends import load_backend
+    from inference.backends import load_backend
 
     folder = exports(1, "onnx" if backend_name == "onnxruntime" else "openvino")
     backend = load_backend(backend_name, str(folder))
@@ -269,7 +269,7 @@ def test_predict_backends_run_the_export_folder(checkpoints, exports, backend_na
 
 @pytest.mark.slow
 def test_clipada_predict_with_the_onnxruntime_backend_decides_like_torch(checkpoints, exports, tmp_path):
-    from training import predict
+    from inference import predict
 
     for index, image in enumerate(sample_images()):
         Image.fromarray(image).save(tmp_path / f"{index}.png")

@@ -1,4 +1,4 @@
-"""`training.predict`: rows, decisions, overlays, maps and exit codes on folders of good, bad and broken files."""
+"""`inference.predict`: rows, decisions, overlays, maps and exit codes on folders of good, bad and broken files."""
 
 import csv
 import json
@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 from tiny_clip import IMAGE_SIZE, make_tiny_clip
 
+from inference import predict
+from inference.backends import BackendOutput
+from inference.overlays import DECISION_COLOURS, draw_overlay
+from inference.predict.inputs import collect_inputs, output_names
+from inference.predict.rows import Thresholds, anomalous_regions, choose_thresholds
 from modeling_clipada import CLIPADAForAnomalySegmentation
 from processing import CLIPADAImageProcessor
-from training import predict
-from training.backends import BackendOutput
-from training.overlays import DECISION_COLOURS, draw_overlay
-from training.predict_inputs import collect_inputs, output_names
-from training.predict_rows import Thresholds, anomalous_regions, choose_thresholds
 
 
 def _save_checkpoint(folder: Path, **thresholds) -> Path:

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from training import calibrate, demo, evaluation, export, predict, prepare_dataset, train
-from training.deploy import runners
-from training.threads import configure_threads, default_num_threads
+from inference import predict
+from inference.deploy import export, runners
+from inference.devices import configure_threads, default_num_threads
+from training import calibrate, demo, evaluation, prepare_dataset, train
 
 
 @pytest.fixture(autouse=True)

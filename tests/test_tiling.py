@@ -10,6 +10,7 @@ from fake_trees import write_mvtec_tree
 from PIL import Image
 from tiny_clip import IMAGE_SIZE, make_tiny_clip
 
+from inference import predict
 from modeling_clipada import CLIPADAForAnomalySegmentation
 from processing import CLIPADAImageProcessor
 from processing.tiling import (
@@ -22,7 +23,7 @@ from processing.tiling import (
     tile_layout,
     top_k_score,
 )
-from training import evaluation, predict
+from training import evaluation
 from training.calibration import collect_normal_scores
 from training.evaluation import save_category_predictions
 from training.metrics import compute_anomaly_metrics
@@ -309,7 +310,7 @@ def test_the_pipeline_merges_tiles_and_crops_letterbox_as_predict_does(tmp_path,
 
 
 def test_the_app_scores_tiles_and_names_the_category_like_predict(tmp_path):
-    from training.app_results import score_uploads
+    from inference.app.results import score_uploads
 
     clip, tokenizer = make_tiny_clip()
     model = CLIPADAForAnomalySegmentation.from_clip(clip, tokenizer, feature_layer=2).eval()
@@ -356,7 +357,7 @@ def test_calibration_names_the_category_of_every_tile():
 
 
 def test_overriding_the_checkpoints_mode_warns_that_thresholds_do_not_carry_over(capsys):
-    from training.inference_mode import with_inference_mode
+    from inference.modes import with_inference_mode
 
     processor = CLIPADAImageProcessor(size=IMAGE_SIZE)
     assert with_inference_mode(processor, resize_mode="squash").to_dict() == processor.to_dict()

@@ -8,7 +8,8 @@ import torch
 from run_helpers import training_args
 from transformers import AutoModel, pipeline
 
-from training import calibrate, evaluation, predict, train
+from inference import predict
+from training import calibrate, evaluation, train
 from training.arguments import parse_args
 
 pytestmark = pytest.mark.slow

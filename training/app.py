@@ -1,93 +1,11 @@
-"""The inspection web app (Gradio) for a checkpoint, or a ready-to-push Hub Space folder that runs it.
+"""Deprecated alias of `inference.app` (moved in 0.2); goes away in the next release."""
 
-Example:
-    ```bash
-    python -m training.app --model_name_or_path outputs/run --examples line3/ --port 7860
-    python -m training.app --write_space space/ --model_id user/clipada-mvtec --examples line3/
-    ```
-"""
+from training.moved import warn_moved
 
-import argparse
-import sys
-from pathlib import Path
+warn_moved("training.app", "inference.app", "app")
 
-import torch
-
-from training.app_model import checkpoint_examples, folder_examples, load_served_model
-from training.app_results import MAX_IMAGE_PIXELS
-from training.app_space import write_space
-from training.backends import DTYPES
-from training.evaluation import resolve_device
-from training.models import ModelLoadError
-from training.predict_inputs import InputError
-from training.threads import add_num_threads_argument, configure_threads
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Anomaly inspection web app for a checkpoint, or a Hub Space folder.")
-    parser.add_argument("--model_name_or_path", help="A checkpoint folder or Hub id of this library (any family).")
-    parser.add_argument("--examples", help="A folder of example images offered in the page (and copied to a Space).")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
-    add_num_threads_argument(parser)
-    parser.add_argument("--host", default="127.0.0.1", help="Address to serve on (0.0.0.0 for the whole network).")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument(
-        "--max_image_pixels", type=int, default=MAX_IMAGE_PIXELS, help="Refuse larger uploads (width x height)."
-    )
-    parser.add_argument("--write_space", metavar="OUT", help="Write a Hub Space folder for --model_id and exit.")
-    parser.add_argument("--model_id", help="With --write_space: the checkpoint's Hub id (user/name) the Space loads.")
-    args = parser.parse_args(argv)
-    if args.write_space is None and args.model_name_or_path is None:
-        parser.error("--model_name_or_path is required (or --write_space OUT --model_id user/name)")
-    if args.write_space is not None and args.model_id is None:
-        parser.error("--write_space needs --model_id user/name: the Hub checkpoint the Space loads")
-    if not 0 < args.port < 65536:
-        parser.error(f"--port must lie in 1..65535, got {args.port}")
-    if args.max_image_pixels < 1:
-        parser.error(f"--max_image_pixels must be at least 1, got {args.max_image_pixels}")
-    return args
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Writes the Space folder, or serves the app until interrupted."""
-    args = parse_args(argv)
-    try:
-        examples = folder_examples(args.examples) if args.examples else []
-        if args.write_space is not None:
-            write_space(Path(args.write_space), args.model_id, examples)
-            print(
-                f"Space for {args.model_id} written to {args.write_space}: push it with `hf upload --repo-type space`"
-            )
-            return
-        configure_threads(args.num_threads)
-        device = resolve_device(args.device)
-        served = load_served_model(args.model_name_or_path, device=str(device), dtype=args.dtype)
-        examples = checkpoint_examples(args.model_name_or_path) + examples
-    except (InputError, ModelLoadError, OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from error
-    try:
-        from training.app_ui import build_demo, launch_options  # Gradio is needed for serving only
-    except ModuleNotFoundError as error:
-        print(f"error: the app needs {error.name}: pip install 'clipada[demo]'", file=sys.stderr)
-        raise SystemExit(2) from error
-
-    demo = build_demo(served, examples=examples, max_pixels=args.max_image_pixels)
-    try:
-        demo.launch(
-            server_name=args.host, server_port=args.port, allowed_paths=sorted({str(p.parent) for p in examples}),
-            **launch_options(),
-        )  # fmt: skip
-    except OSError as error:  # the port is taken or the address is not this machine's
-        print(f"error: cannot serve on {args.host}:{args.port}: {error}", file=sys.stderr)
-        raise SystemExit(2) from error
-
-
-def cli() -> None:
-    """Console script `clipada-app` and `python -m training.app`."""
-    main()
-
+from inference.app import *  # noqa: E402,F403
+from inference.app import cli  # noqa: E402,F401
 
 if __name__ == "__main__":
     cli()

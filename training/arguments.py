@@ -17,8 +17,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from training.families import FAMILIES
-from training.threads import add_num_threads_argument
+from inference.devices import add_num_threads_argument
+from inference.families import FAMILIES
 
 # The papers' schedules. CLIP-ADA (METHOD.md): epochs, batch size and the epochs where the learning rate is x0.2.
 # AnomalyCLIP (its official scripts, the same in both directions): trained on one dataset's labelled test split,

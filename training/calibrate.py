@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
+from inference.devices import add_num_threads_argument, configure_threads, resolve_device
+from inference.loading import ModelLoadError, add_class_names, load_clipada_model, load_processor
 from processing import CLIPADAImageProcessor
 from training.calibration import CalibrationResult, calibrate, collect_normal_scores
 from training.data import DatasetFormatError, load_anomaly_dataset
-from training.evaluation import evaluate_model, resolve_device
-from training.models import ModelLoadError, add_class_names, load_clipada_model, load_processor
-from training.threads import add_num_threads_argument, configure_threads
+from training.evaluation import evaluate_model
 
 CALIBRATION_FILE = "calibration.json"
 

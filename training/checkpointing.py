@@ -36,7 +36,7 @@ from accelerate import Accelerator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from training.atomic import replace_dir
+from inference.atomic import replace_dir
 
 CHECKPOINTS_DIR = "checkpoints"
 TRAINABLE_WEIGHTS = "trainable_weights.safetensors"

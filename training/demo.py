@@ -13,10 +13,11 @@ import argparse
 import time
 from pathlib import Path
 
-from training import predict, train
+from inference import predict
+from inference.devices import add_num_threads_argument
+from training import train
 from training.demo_data import make_demo_dataset
 from training.smoke_clip import build_smoke_clip
-from training.threads import add_num_threads_argument
 
 BANNER = """\
 ==========================================================================================

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from training.atomic import atomic_dir
+from inference.atomic import atomic_dir
 
 CATEGORY_KINDS = {"disc": "object", "weave": "texture"}
 DEFECT_TYPES = {"disc": ("scratch", "spot", "stain"), "weave": ("cut", "hole", "stain")}
@@ -48,7 +48,7 @@ def make_demo_dataset(
 ) -> Path:
     """Write the demo dataset in the MVTec-AD layout.
 
-    The tree is written beside ``root`` and moved into place when complete (`training.atomic.atomic_dir`).
+    The tree is written beside ``root`` and moved into place when complete (`inference.atomic.atomic_dir`).
     A non-empty ``root`` is replaced only when it is an earlier demo dataset (its ``readme.txt`` says so)
     and ``overwrite`` is set.
 

@@ -26,15 +26,15 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 
+from inference.devices import add_num_threads_argument, configure_threads, resolve_device
+from inference.heatmaps import save_heatmap
+from inference.loading import ModelLoadError, add_class_names, load_clipada_model, load_processor
+from inference.modes import add_inference_mode_arguments, check_inference_mode_arguments, with_inference_mode
 from processing import CLIPADAImageProcessor
 from processing.tiling import DEFAULT_IMAGE_SCORE_TOP_K
 from training.data import DATASET_NAMES, DatasetFormatError, has_ground_truth, load_anomaly_dataset
-from training.heatmaps import save_heatmap
-from training.inference_mode import add_inference_mode_arguments, check_inference_mode_arguments, with_inference_mode
 from training.metrics import AnomalyMetrics, format_metrics_table, mean_metrics
 from training.metrics.report import pixel_metrics_notes
-from training.models import ModelLoadError, add_class_names, load_clipada_model, load_processor
-from training.threads import add_num_threads_argument, configure_threads
 
 
 def evaluate_model(
@@ -256,17 +256,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1")
     return args
-
-
-def resolve_device(name: str) -> torch.device:
-    """`--device`: refuses a CUDA device on a machine without one (instead of a deep CUDA error)."""
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, ...)") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA GPU is available on this machine; use --device cpu")
-    return device
 
 
 def main(argv: list[str] | None = None) -> dict:

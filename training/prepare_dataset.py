@@ -29,6 +29,7 @@ from pathlib import Path
 import datasets
 import pyarrow.compute as pc
 
+from inference.devices import add_num_threads_argument, configure_threads
 from training.data import (
     DATASET_NAMES,
     DatasetFormatError,
@@ -36,7 +37,6 @@ from training.data import (
     load_anomaly_dataset,
     save_dataset_atomically,
 )
-from training.threads import add_num_threads_argument, configure_threads
 
 logger = logging.getLogger(__name__)
 

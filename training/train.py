@@ -26,15 +26,15 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 
+from inference.devices import configure_threads, default_num_threads
+from inference.loading import ModelLoadError
 from training.arguments import parse_args
 from training.checkpointing import CHECKPOINTS_DIR, CheckpointError
 from training.data import DatasetFormatError
 from training.finish import finish
 from training.loop import train_loop
-from training.models import ModelLoadError
 from training.preparation import set_up
 from training.run_dir import OutputDirError, RunDirectory
-from training.threads import configure_threads, default_num_threads
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as a process killed by it
 # Errors a user can fix (bad input, a folder in use, a damaged checkpoint): one line and exit code 2.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import datasets
 
-from training.atomic import atomic_dir
+from inference.atomic import atomic_dir
 
 from .schema import DatasetFormatError
 
@@ -62,7 +62,7 @@ def save_dataset_atomically(
     """Save a `DatasetDict` with `save_to_disk` so that ``output_dir`` is either complete or untouched.
 
     The dataset and its marker file are written to a staging folder beside ``output_dir`` and swapped into
-    place (`training.atomic.atomic_dir`). An existing ``output_dir`` is replaced only when it is empty, or
+    place (`inference.atomic.atomic_dir`). An existing ``output_dir`` is replaced only when it is empty, or
     a dataset saved earlier by this function and ``overwrite`` is set, so a re-run never wipes a folder
     (or files a user added) by accident.
 

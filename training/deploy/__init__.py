@@ -1,13 +1,1 @@
-"""Deployment of CLIP-ADA without PyTorch: the exportable graph (`graph`, needs torch) and its runners (`runners`,
-numpy, Pillow, transformers and ONNX Runtime or OpenVINO only). Import the submodule you need; this file imports
-nothing, so `training.deploy.runners` loads where torch is not installed.
-
-Example:
-    ```python
-    >>> from training.deploy.runners import ExportedCLIPADA
-    >>> model = ExportedCLIPADA("outputs/run-onnx")
-    >>> outputs = model.predict(["part.png"])     # anomaly_map, pred_score (+ pred_label, pred_mask)
-    ```
-"""
-
-__all__: list[str] = []
+"""Deprecated alias of `inference.deploy` (moved in 0.2); goes away in the next release."""

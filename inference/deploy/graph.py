@@ -5,7 +5,7 @@ top-k score, thresholds) with everything that does not depend on the image froze
 (the text tower is not in the graph) and the upsampling+smoothing matrices of the fixed input size. Nothing on
 its path reads caches, storage pointers or tensor versions, so `torch.export` traces it as it is. Thresholds are
 graph inputs, one per image, so they change after export without exporting again (the runners read them from
-the export's JSON; see `training.deploy.runners`).
+the export's JSON; see `inference.deploy.runners`).
 
 Example:
     ```python

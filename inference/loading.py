@@ -19,8 +19,8 @@ from safetensors import SafetensorError
 from transformers import CLIPModel, CLIPTokenizer, PreTrainedModel
 from transformers.image_utils import SizeDict
 
+from inference.families import FAMILIES, family_titles
 from processing import CLIPADAImageProcessor
-from training.families import FAMILIES, family_titles
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 

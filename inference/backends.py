@@ -1,4 +1,4 @@
-"""Inference backends for `training.predict`: CLIP-normalised pixels in, anomaly maps and image scores out.
+"""Inference backends for `inference.predict`: CLIP-normalised pixels in, anomaly maps and image scores out.
 
 A backend only runs the model. Thresholds, decisions, drawing and writing live elsewhere and never depend on which
 backend produced the maps, so an ONNX Runtime or OpenVINO backend is one class here and one entry in `BACKENDS`.
@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from training.models import add_class_names, load_clipada_model
+from inference.loading import add_class_names, load_clipada_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -86,7 +86,7 @@ class TorchBackend:
 
 
 class ExportedBackend:
-    """A `clipada-export` folder run by ONNX Runtime or OpenVINO (`training.deploy.runners`), on the CPU in float32.
+    """A `clipada-export` folder run by ONNX Runtime or OpenVINO (`inference.deploy.runners`), on the CPU in float32.
 
     Args:
         model_name_or_path: The export folder; its format must match the backend.
@@ -101,7 +101,7 @@ class ExportedBackend:
     name = "exported"
 
     def __init__(self, model_name_or_path: str, device: str = "cpu", dtype: str = "float32"):
-        from training.deploy.runners import ExportedCLIPADA
+        from inference.deploy.runners import ExportedCLIPADA
 
         if device != "cpu" or dtype != "float32":
             raise ValueError(

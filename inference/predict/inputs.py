@@ -1,4 +1,4 @@
-"""The images `training.predict` scores: files, folders (recursive), globs and list files -> paths and output names.
+"""The images `inference.predict` scores: files, folders (recursive), globs and list files -> paths and output names.
 
 Example:
     ```python
@@ -35,7 +35,7 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
     - a path that does not exist is kept, so that it gets an ERROR row.
 
     Args:
-        inputs: The positional arguments of `training.predict`.
+        inputs: The positional arguments of `inference.predict`.
 
     Returns:
         Paths, each once (the first occurrence wins).

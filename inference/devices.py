@@ -1,4 +1,5 @@
-"""CPU threads for every command (`--num_threads`): a default that does not collapse on a busy machine.
+"""Devices and CPU threads for every command: `--device` checked up front, and a `--num_threads` default that does
+not collapse on a busy machine.
 
 PyTorch uses one thread per core by default. When other processes keep some of those cores busy, its threads
 wait for each other at every parallel region (the slowest, preempted thread sets the pace) and a job can run
@@ -70,4 +71,17 @@ def add_num_threads_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-__all__ = ["add_num_threads_argument", "available_cores", "configure_threads", "default_num_threads"]
+def resolve_device(name: str):
+    """`--device` as a `torch.device`: refuses a CUDA device on a machine without one (instead of a deep CUDA error)."""
+    import torch  # here: the torch-free runners import this module too
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, ...)") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is available on this machine; use --device cpu")
+    return device
+
+
+__all__ = ["add_num_threads_argument", "available_cores", "configure_threads", "default_num_threads", "resolve_device"]

@@ -5,7 +5,7 @@ on any error the staging folder is removed and the target is left as it was.
 
 Example:
     >>> from pathlib import Path
-    >>> from training.atomic import atomic_dir
+    >>> from inference.atomic import atomic_dir
     >>> with atomic_dir(Path("/data/out")) as staging:
     ...     (staging / "result.txt").write_text("done")
 """

@@ -1,8 +1,8 @@
 """What the inspection app shows, without Gradio: uploads scored once, then rows, overlays and maps at any threshold.
 
 The model runs once per upload ([`score_uploads`]); moving a threshold only calls [`render_results`] again on the
-kept maps. Rows, decisions and drawings come from `training.predict_rows` and `training.overlays`, so the page shows
-exactly what `training.predict` writes.
+kept maps. Rows, decisions and drawings come from `inference.predict.rows` and `inference.overlays`, so the page shows
+exactly what `inference.predict` writes.
 
 Example:
     ```python
@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from inference.backends import AnomalyBackend
+from inference.overlays import colour_table, draw_overlay
+from inference.predict.rows import Thresholds, choose_thresholds, error_row, prediction_row
+from inference.predict.writers import PredictionWriter
 from processing import CLIPADAImageProcessor
-from training.backends import AnomalyBackend
-from training.overlays import colour_table, draw_overlay
-from training.predict_rows import Thresholds, choose_thresholds, error_row, prediction_row
-from training.predict_writers import PredictionWriter
 
 MAX_IMAGE_PIXELS = 4096 * 4096
 DEFAULT_THRESHOLD = 0.5  # where the sliders start for a checkpoint without calibrated thresholds
@@ -64,8 +64,8 @@ class RenderedImage:
     """One upload drawn at the current thresholds.
 
     Attributes:
-        row: Its `predictions.csv` row (keys `training.predict_rows.COLUMNS`).
-        overlay: The overlay picture (as `training.predict` draws it), None for a file that failed.
+        row: Its `predictions.csv` row (keys `inference.predict.rows.COLUMNS`).
+        overlay: The overlay picture (as `inference.predict` draws it), None for a file that failed.
         anomaly_map: The raw map coloured on the fixed 0..1 scale, `(W, H)` like the image; None on error.
     """
 
@@ -213,7 +213,7 @@ def colour_map_picture(anomaly_map: np.ndarray, colormap: str = "inferno") -> Im
 
 
 def write_predictions_csv(rows: list[dict], output_dir: Path) -> Path:
-    """Writes `predictions.csv` (and `.jsonl`) with `training.predict`'s columns; returns the CSV's path."""
+    """Writes `predictions.csv` (and `.jsonl`) with `inference.predict`'s columns; returns the CSV's path."""
     output_dir.mkdir(parents=True, exist_ok=True)
     with PredictionWriter(output_dir) as writer:
         for row in rows:

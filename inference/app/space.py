@@ -1,7 +1,7 @@
 """A ready-to-push Hugging Face Space for one checkpoint: app.py, requirements.txt, README.md and the app's code.
 
-The Space runs the same page as `python -m training.app`. Its folder holds the project modules the page imports
-(found by following the imports of `training.app_model` and `training.app_ui`), and requirements.txt installs
+The Space runs the same page as `python -m inference.app`. Its folder holds the project modules the page imports
+(found by following the imports of `inference.app.model` and `inference.app.ui`), and requirements.txt installs
 exactly the third-party packages those modules import, with this project's version bounds.
 
 Example:
@@ -21,11 +21,11 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from training.atomic import atomic_dir
+from inference.atomic import atomic_dir
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-LOCAL_PACKAGES = ("modeling_clipada", "processing", "training")
-SPACE_ENTRY_MODULES = ("training.app_model", "training.app_ui")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+LOCAL_PACKAGES = ("modeling_clipada", "processing", "inference", "training")
+SPACE_ENTRY_MODULES = ("inference.app.model", "inference.app.ui")
 SPACE_README = """---
 title: Anomaly inspection
 emoji: 🔍
@@ -47,18 +47,18 @@ Drop one or several images: the page shows the overlay, the raw anomaly map, the
 with the checkpoint's calibrated threshold and the anomalous regions' boxes. The sliders redraw masks and decisions
 without running the model again; the results table downloads as CSV (the columns of `clipada-predict`).
 
-Written by `python -m training.app --write_space` of the clipada project; the folders `modeling_clipada/`,
+Written by `python -m inference.app --write_space` of the clipada project; the folders `modeling_clipada/`,
 `processing/` and `training/` hold the project code the page runs. Run it locally with
 `pip install -r requirements.txt && python app.py`.
 """
-SPACE_APP = '''"""Hub Space: anomaly inspection with {model_id} (written by `python -m training.app --write_space`)."""
+SPACE_APP = '''"""Hub Space: anomaly inspection with {model_id} (written by `python -m inference.app --write_space`)."""
 
 from pathlib import Path
 
 import torch
 
-from training.app_model import checkpoint_examples, folder_examples, load_served_model
-from training.app_ui import build_demo, launch_options
+from inference.app.model import checkpoint_examples, folder_examples, load_served_model
+from inference.app.ui import build_demo, launch_options
 
 MODEL_ID = "{model_id}"
 EXAMPLES = Path(__file__).resolve().parent / "examples"

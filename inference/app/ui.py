@@ -19,8 +19,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from training.app_model import ServedModel
-from training.app_results import (
+from inference.app.model import ServedModel
+from inference.app.results import (
     MAX_IMAGE_PIXELS,
     SLIDER_STEP,
     calibrated_thresholds,
@@ -30,7 +30,7 @@ from training.app_results import (
     slider_thresholds,
     write_predictions_csv,
 )
-from training.predict_rows import COLUMNS
+from inference.predict.rows import COLUMNS
 
 GLOBAL_CATEGORY = "(all categories: global thresholds)"
 # the page's table: predict's columns that say something here (the CSV has them all)

@@ -1,11 +1,11 @@
-"""What `training.predict` writes as it goes: `predictions.csv`, `predictions.jsonl`, and raw maps on request.
+"""What `inference.predict` writes as it goes: `predictions.csv`, `predictions.jsonl`, and raw maps on request.
 
 Rows are flushed after every batch, so an interrupted run keeps every row it wrote.
 
 Example:
     ```python
     >>> with PredictionWriter(Path("out")) as writer:
-    ...     writer.write(row)                   # keys: training.predict_rows.COLUMNS
+    ...     writer.write(row)                   # keys: inference.predict.rows.COLUMNS
     >>> save_map(Path("out/maps/000"), anomaly_map, "png16")   # -> out/maps/000.png, 0..65535 = 0..1
     ```
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.predict_rows import COLUMNS
+from inference.predict.rows import COLUMNS
 
 MAP_FORMATS = ("png16", "npz")
 

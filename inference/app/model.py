@@ -16,11 +16,11 @@ from pathlib import Path
 from huggingface_hub import snapshot_download
 from transformers import PretrainedConfig
 
+from inference.backends import AnomalyBackend, load_backend
+from inference.families import FAMILIES
+from inference.loading import check_model_location, load_processor, saved_model_type
+from inference.predict.inputs import InputError, collect_inputs
 from processing import CLIPADAImageProcessor
-from training.backends import AnomalyBackend, load_backend
-from training.families import FAMILIES
-from training.models import check_model_location, load_processor, saved_model_type
-from training.predict_inputs import InputError, collect_inputs
 
 EXAMPLES_FOLDER = "examples"
 
@@ -58,10 +58,10 @@ def load_served_model(
         model_name_or_path: The checkpoint.
         device: A device the backend understands (`cpu`, `cuda`).
         dtype: `float32` or `bfloat16`.
-        backend: A key of `training.backends.BACKENDS`.
+        backend: A key of `inference.backends.BACKENDS`.
 
     Raises:
-        training.models.ModelLoadError: A folder or Hub id that holds no checkpoint of ours, naming it.
+        inference.loading.ModelLoadError: A folder or Hub id that holds no checkpoint of ours, naming it.
     """
     check_model_location(model_name_or_path)
     family = FAMILIES.get(saved_model_type(model_name_or_path), FAMILIES["clipada"])

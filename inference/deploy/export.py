@@ -1,0 +1,264 @@
+"""Export a CLIP-ADA checkpoint for deployment without PyTorch: ONNX (ONNX Runtime) or OpenVINO IR (clipada-export).
+
+The output folder holds the graph (`model.onnx`, or `model.xml` + `model.bin`), the checkpoint's
+`preprocessor_config.json`, and `clipada_export.json`: input size, opset, graph inputs and outputs, the thresholds
+(editable: the runners feed them to the graph, see `inference.deploy.runners`), the source checkpoint's SHA-256 and
+the parity with PyTorch measured on the written file. The graph is `inference.deploy.graph.CLIPADAExportGraph`:
+the text embedding is a constant, layers after `feature_layer` are absent, the batch size is dynamic.
+
+Example:
+    ```bash
+    clipada-export --model_name_or_path outputs/run --output_dir outputs/run-onnx --format onnx
+    clipada-export --model_name_or_path outputs/run --output_dir outputs/run-ov --format openvino --fp16
+    ```
+"""
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+
+from inference.atomic import atomic_dir
+from inference.deploy.graph import CLIPADAExportGraph, export_program, write_onnx, write_openvino
+from inference.deploy.runners import EXPORT_CONFIG_NAME, MODEL_FILES, ExportedCLIPADA, ExportedModelError
+from inference.devices import add_num_threads_argument, configure_threads
+from inference.loading import ModelLoadError, check_model_location, load_clipada_model, load_processor, saved_model_type
+from modeling_clipada import CLIPADAConfig
+from modeling_clipada.decisions import DECISION_FIELDS
+
+FORMATS = tuple(MODEL_FILES)
+DEFAULT_OPSET = 20
+# 18: the oldest opset torch's dynamo exporter writes; 23: the newest ONNX Runtime 1.2x runs throughout.
+SUPPORTED_OPSETS = range(18, 24)
+PARITY_BATCH_SIZE = 4
+
+
+class ExportError(ValueError):
+    """A request the exporter refuses; the message names the flag or the folder."""
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = _OneLineParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model_name_or_path", required=True, help="a trained CLIP-ADA checkpoint folder or Hub id")
+    parser.add_argument("--output_dir", required=True, help="the export folder (refused when it exists)")
+    parser.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset, 18 to 23 (default 20)")
+    parser.add_argument("--fp16", action="store_true", help="OpenVINO only: store the weights as float16")
+    parser.add_argument("--image_size", type=int, default=None, help="input side; default the checkpoint processor's")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output_dir")
+    add_num_threads_argument(parser)
+    args = parser.parse_args(argv)
+    return args
+
+
+# What each format needs beyond torch (the `onnx` and `openvino` install extras).
+_RUNTIME_MODULES = {"onnx": ("onnx", "onnxscript", "onnxruntime", "onnx_ir"), "openvino": ("openvino",)}
+
+
+def check_request(export_format: str, opset: int, fp16: bool, output_dir: Path, overwrite: bool) -> None:
+    """Refuses what cannot be exported before anything is loaded.
+
+    Raises:
+        ExportError: An unknown format, an opset outside 18..23, `--fp16` with ONNX, an existing output folder
+            without `--overwrite`.
+    """
+    if export_format not in FORMATS:
+        raise ExportError(f"--format {export_format!r} is not supported; choose one of {', '.join(FORMATS)}")
+    if opset not in SUPPORTED_OPSETS:
+        raise ExportError(
+            f"--opset {opset} is not supported; choose {SUPPORTED_OPSETS.start} to {SUPPORTED_OPSETS.stop - 1}"
+        )
+    if fp16 and export_format != "openvino":
+        raise ExportError("--fp16 stores OpenVINO weights as float16; ONNX exports are float32 (drop --fp16)")
+    if output_dir.exists() and not overwrite:
+        raise ExportError(f"--output_dir {output_dir} exists; pass --overwrite to replace it")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ExportError(f"--output_dir {output_dir} is a file")
+    missing = [name for name in _RUNTIME_MODULES[export_format] if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ExportError(
+            f"--format {export_format} needs {', '.join(missing)}: pip install 'clipada[{export_format}]'"
+        )
+
+
+def checkpoint_hashes(model_name_or_path: str) -> dict[str, str]:
+    """SHA-256 of the checkpoint's `config.json` and weight files (local folders; a Hub id records its name only)."""
+    folder = Path(model_name_or_path)
+    if not folder.is_dir():
+        return {}
+    files = [folder / "config.json", *sorted(folder.glob("*.safetensors"))]
+    return {path.name: _sha256(path) for path in files if path.is_file()}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def measure_parity(model, exported: ExportedCLIPADA, seed: int = 0) -> dict:
+    """Largest differences between the exported graph and the PyTorch model on a seeded batch of random pixels.
+
+    Args:
+        model: The float32 CLIP-ADA model the graph came from.
+        exported: The export, loaded by its runner.
+        seed: Seed of the `(PARITY_BATCH_SIZE, 3, H, W)` standard-normal pixels.
+
+    Returns:
+        `anomaly_map_max_abs_diff`, `pred_score_max_abs_diff`, and with thresholds the share of identical
+        `pred_label` and `pred_mask` values.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(PARITY_BATCH_SIZE, 3, *exported.input_size, generator=generator)
+    with torch.no_grad():
+        reference = model(pixel_values)
+    outputs = exported(pixel_values.numpy())
+    parity = {
+        "images": PARITY_BATCH_SIZE,
+        "inputs": f"standard-normal pixels, seed {seed}",
+        "anomaly_map_max_abs_diff": float(np.abs(outputs["anomaly_map"] - reference.anomaly_map.numpy()).max()),
+        "pred_score_max_abs_diff": float(np.abs(outputs["pred_score"] - reference.pred_score.numpy()).max()),
+    }
+    if reference.pred_label is not None:
+        parity["pred_label_agreement"] = float((outputs["pred_label"] == reference.pred_label.numpy()).mean())
+        parity["pred_mask_agreement"] = float((outputs["pred_mask"] == reference.pred_mask.numpy()).mean())
+    return parity
+
+
+def export(
+    model_name_or_path: str,
+    output_dir: str | Path,
+    export_format: str,
+    opset: int = DEFAULT_OPSET,
+    fp16: bool = False,
+    image_size: int | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Writes the export folder (atomically: an existing folder is replaced only once the new one is complete).
+
+    Returns:
+        The content of `clipada_export.json`.
+
+    Raises:
+        ExportError, ModelLoadError: A refused request, or a checkpoint that is missing, damaged or not CLIP-ADA,
+            naming the flag or folder.
+    """
+    output_dir = Path(output_dir)
+    check_request(export_format, opset, fp16, output_dir, overwrite)
+    check_model_location(model_name_or_path)
+    model_type = saved_model_type(model_name_or_path)
+    if model_type != CLIPADAConfig.model_type:
+        raise ExportError(
+            f"--model_name_or_path {model_name_or_path} is a {model_type!r} checkpoint; clipada-export exports "
+            f"trained CLIP-ADA ({CLIPADAConfig.model_type!r}) checkpoints only"
+        )
+    model = load_clipada_model(model_name_or_path, dtype=torch.float32).eval()
+    processor = load_processor(model_name_or_path, image_size)
+    if processor.tile_size or processor.resize_mode != "squash":
+        raise ExportError(
+            f"{model_name_or_path} uses resize_mode={processor.resize_mode!r}, tile_size={processor.tile_size}: the "
+            "exported runners take whole images (squash) only; export with a preprocessor_config.json without tiles "
+            "or letterbox"
+        )
+    size = (processor.size["height"], processor.size["width"])
+    patch = model.config.vision_config.patch_size
+    if size[0] % patch or size[1] % patch:
+        raise ExportError(f"the input size {size} is not a multiple of the patch size {patch}; pass --image_size")
+    graph = CLIPADAExportGraph(model, size, with_thresholds=model.config.has_thresholds)
+    program = export_program(graph)
+    with atomic_dir(output_dir) as staging:
+        model_file = staging / MODEL_FILES[export_format]
+        if export_format == "onnx":
+            write_onnx(program, model_file, opset, graph)
+        else:
+            write_openvino(program, model_file, graph, fp16)
+        processor.save_pretrained(staging)
+        metadata = {
+            "format": export_format,
+            "file": model_file.name,
+            "file_mib": round(sum(p.stat().st_size for p in staging.glob("model.*")) / 2**20, 2),
+            "opset": opset if export_format == "onnx" else None,
+            "weights": "float16" if fp16 else "float32",
+            "input_size": list(size),
+            "batch_size": "dynamic",
+            "graph_inputs": list(graph.input_names),
+            "graph_outputs": list(graph.output_names),
+            "thresholds": {field: getattr(model.config, field) for field in DECISION_FIELDS}
+            if model.config.has_thresholds
+            else None,
+            "model": {
+                field: getattr(model.config, field)
+                for field in ("num_refinements", "feature_layer", "image_score_top_k", "smoothing_sigma")
+            },
+            "source": {"model_name_or_path": str(model_name_or_path), "sha256": checkpoint_hashes(model_name_or_path)},
+            "versions": _versions(export_format),
+        }
+        (staging / EXPORT_CONFIG_NAME).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        metadata["parity"] = measure_parity(model, ExportedCLIPADA(staging))
+        (staging / EXPORT_CONFIG_NAME).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    return metadata
+
+
+def _versions(export_format: str) -> dict[str, str]:
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    if export_format == "onnx":
+        import onnx
+        import onnxruntime
+
+        versions.update(onnx=onnx.__version__, onnxruntime=onnxruntime.__version__)
+    else:
+        import openvino
+
+        versions["openvino"] = openvino.__version__
+    return versions
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parses the command line and exports; a refused request prints one line `error: ...` and exits 2."""
+    args = parse_args(argv)
+    configure_threads(args.num_threads)
+    try:
+        metadata = export(
+            args.model_name_or_path,
+            args.output_dir,
+            args.format,
+            opset=args.opset,
+            fp16=args.fp16,
+            image_size=args.image_size,
+            overwrite=args.overwrite,
+        )
+    except (ExportError, ExportedModelError, ModelLoadError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
+    parity = metadata["parity"]
+    print(
+        f"wrote {args.output_dir} ({metadata['file']}, {metadata['file_mib']} MiB); parity with PyTorch: "
+        f"anomaly_map {parity['anomaly_map_max_abs_diff']:.2e}, pred_score {parity['pred_score_max_abs_diff']:.2e}"
+    )
+    return metadata
+
+
+def cli() -> None:
+    """Console script `clipada-export` and `python -m inference.deploy.export`."""
+    main()
+
+
+__all__ = ["ExportError", "check_request", "checkpoint_hashes", "export", "main", "measure_parity", "parse_args"]
+
+
+if __name__ == "__main__":
+    cli()

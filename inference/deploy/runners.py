@@ -1,0 +1,257 @@
+"""Runners of exported CLIP-ADA folders on ONNX Runtime or OpenVINO: numpy, Pillow and transformers only, no torch.
+
+An export folder (`clipada-export`) holds the graph (`model.onnx`, or `model.xml` + `model.bin`),
+`preprocessor_config.json` (read by the project's own image processor, on its numpy path) and `clipada_export.json`.
+The graph takes the thresholds as inputs, one per image; the runner fills them from the JSON's `thresholds`
+(global, or per category), so editing that file, or setting `image_threshold` / `pixel_threshold` /
+`category_thresholds` on the runner, changes the decisions without exporting again.
+
+Example:
+    ```python
+    >>> model = ExportedCLIPADA("outputs/run-onnx")                  # the folder's format picks the runtime
+    >>> outputs = model.predict(["part.png"], categories=["bottle"])
+    >>> outputs["anomaly_map"].shape, outputs["pred_score"], outputs["pred_label"]
+    ((1, 224, 224), array([0.61], dtype=float32), array([ True]))
+    >>> model.image_threshold = 0.7                                  # a new operating point, same file
+    ```
+    ```bash
+    python -m inference.deploy.runners --model_dir outputs/run-onnx part.png other.png
+    ```
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from inference.devices import add_num_threads_argument, default_num_threads
+from processing import CLIPADAImageProcessor
+
+EXPORT_CONFIG_NAME = "clipada_export.json"
+MODEL_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
+BACKEND_FORMATS = {"onnxruntime": "onnx", "openvino": "openvino"}
+OPENVINO_PRECISIONS = ("f32", "bf16", "f16")
+
+
+class ExportedModelError(ValueError):
+    """An export folder that cannot be run, or inputs it cannot take; the message names the file or the input."""
+
+
+def read_export_config(folder: str | Path) -> dict:
+    """The `clipada_export.json` of an export folder, checked for the fields the runners use.
+
+    Raises:
+        ExportedModelError: The folder, the file or a field is missing, or the file is not JSON.
+    """
+    path = Path(folder) / EXPORT_CONFIG_NAME
+    if not path.is_file():
+        raise ExportedModelError(f"{folder} has no {EXPORT_CONFIG_NAME}: not a clipada-export folder")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ExportedModelError(f"{path} is not valid JSON ({error})") from error
+    for field in ("format", "input_size", "thresholds"):
+        if field not in config:
+            raise ExportedModelError(f"{path} lacks the field {field!r}")
+    if config["format"] not in MODEL_FILES:
+        raise ExportedModelError(f"{path}: unknown format {config['format']!r}; expected one of {sorted(MODEL_FILES)}")
+    return config
+
+
+class OnnxRuntimeSession:
+    """An ONNX Runtime session on the CPU: `feeds` in, `{output name: array}` out.
+
+    Args:
+        model_file: The `.onnx` file.
+        num_threads: Intra-op threads (None: ONNX Runtime's default, one per core).
+    """
+
+    def __init__(self, model_file: Path, num_threads: int | None = None):
+        try:
+            import onnxruntime
+        except ImportError as error:
+            raise ExportedModelError("ONNX Runtime is not installed: pip install 'clipada[onnx]'") from error
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        if num_threads:
+            options.intra_op_num_threads, options.inter_op_num_threads = num_threads, 1
+        self.session = onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        self.output_names = [output.name for output in self.session.get_outputs()]
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+
+class OpenVINOSession:
+    """An OpenVINO model compiled for the CPU: `feeds` in, `{output name: array}` out.
+
+    Args:
+        model_file: The `.xml` file (its `.bin` beside it).
+        num_threads: Inference threads (None: OpenVINO's default).
+        precision: `INFERENCE_PRECISION_HINT`: `f32` (the default here, for parity with PyTorch), or `bf16` / `f16`
+            where the CPU has them (OpenVINO's own default on CPUs with AVX512_BF16 or AMX is `bf16`).
+    """
+
+    def __init__(self, model_file: Path, num_threads: int | None = None, precision: str = "f32"):
+        try:
+            import openvino
+        except ImportError as error:
+            raise ExportedModelError("OpenVINO is not installed: pip install 'clipada[openvino]'") from error
+        if precision not in OPENVINO_PRECISIONS:
+            raise ExportedModelError(f"--precision {precision!r}: choose one of {', '.join(OPENVINO_PRECISIONS)}")
+        config = {"INFERENCE_PRECISION_HINT": precision}
+        if num_threads:
+            config["INFERENCE_NUM_THREADS"] = num_threads
+        self.compiled = openvino.Core().compile_model(str(model_file), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self.request.infer(feeds)
+        # copies: the request reuses its output buffers on the next call
+        return {port.get_any_name(): np.array(results[port]) for port in self.compiled.outputs}
+
+
+class ExportedCLIPADA:
+    """An export folder ready to run: preprocessing, the graph, and thresholds that can change after export.
+
+    Args:
+        folder: The `clipada-export` output folder.
+        backend: `onnxruntime` or `openvino`; None picks the folder's format. It must match the folder.
+        num_threads: Runtime threads (None: the runtime's default).
+        precision: OpenVINO's inference precision (`f32`, `bf16`, `f16`); ONNX Runtime runs float32.
+
+    Attributes:
+        image_threshold, pixel_threshold, category_thresholds: The decision thresholds, from the JSON; None
+            without calibration (then only `anomaly_map` and `pred_score` come out).
+    """
+
+    def __init__(
+        self, folder: str | Path, backend: str | None = None, num_threads: int | None = None, precision: str = "f32"
+    ):
+        self.folder = Path(folder)
+        self.config = read_export_config(self.folder)
+        export_format = self.config["format"]
+        if backend is not None and BACKEND_FORMATS.get(backend) != export_format:
+            raise ExportedModelError(
+                f"--backend {backend} cannot run {self.folder}, a {export_format} export; choose --backend "
+                f"{next(name for name, fmt in BACKEND_FORMATS.items() if fmt == export_format)}"
+            )
+        model_file = self.folder / MODEL_FILES[export_format]
+        if not model_file.is_file():
+            raise ExportedModelError(f"{model_file} is missing")
+        thresholds = self.config["thresholds"] or {}
+        self.image_threshold = thresholds.get("image_threshold")
+        self.pixel_threshold = thresholds.get("pixel_threshold")
+        self.category_thresholds = thresholds.get("category_thresholds") or {}
+        self.has_thresholds = self.config.get("graph_inputs", ["pixel_values"]) != ["pixel_values"]
+        self.input_size = tuple(self.config["input_size"])
+        try:
+            self.processor = CLIPADAImageProcessor.from_pretrained(self.folder)
+        except (OSError, ValueError) as error:
+            raise ExportedModelError(f"{self.folder}: cannot load preprocessor_config.json ({error})") from error
+        if export_format == "onnx":
+            self.session = OnnxRuntimeSession(model_file, num_threads)
+        else:
+            self.session = OpenVINOSession(model_file, num_threads, precision)
+
+    def thresholds_for(self, categories: Sequence[str | None] | None, batch_size: int) -> tuple[np.ndarray, ...]:
+        """Each image's thresholds: its category's when calibrated, else the global ones.
+
+        Returns:
+            `(image_thresholds, pixel_thresholds)`, float32 `(batch_size,)` each.
+
+        Raises:
+            ExportedModelError: No thresholds at all, or `categories` not one per image.
+        """
+        categories = [None] * batch_size if categories is None else list(categories)
+        if len(categories) != batch_size:
+            raise ExportedModelError(f"categories: one per image ({batch_size}) expected, got {len(categories)}")
+        chosen = [self.category_thresholds.get(category, {}) for category in categories]
+        image = [entry.get("image_threshold", self.image_threshold) for entry in chosen]
+        pixel = [entry.get("pixel_threshold", self.pixel_threshold) for entry in chosen]
+        if None in image or None in pixel:
+            raise ExportedModelError(f"{self.folder / EXPORT_CONFIG_NAME} has no image and pixel thresholds to apply")
+        return np.asarray(image, dtype=np.float32), np.asarray(pixel, dtype=np.float32)
+
+    def __call__(self, pixel_values: np.ndarray, categories: Sequence[str | None] | None = None) -> dict:
+        """Runs the graph on CLIP-normalised pixels.
+
+        Args:
+            pixel_values: `(batch_size, 3, H, W)` at the export's input size.
+            categories: One category name (or None) per image, for per-category thresholds.
+
+        Returns:
+            `anomaly_map` `(batch_size, H, W)` float32, `pred_score` `(batch_size,)` float32, and with thresholds
+            `pred_label` `(batch_size,)` bool and `pred_mask` `(batch_size, H, W)` bool.
+
+        Raises:
+            ExportedModelError: `pixel_values` of another shape than `(batch, 3, H, W)` at the input size.
+        """
+        pixel_values = np.asarray(pixel_values)
+        height, width = self.input_size
+        if pixel_values.ndim != 4 or pixel_values.shape[1:] != (3, height, width) or len(pixel_values) == 0:
+            raise ExportedModelError(
+                f"pixel_values has shape {tuple(pixel_values.shape)}; this export takes (batch, 3, {height}, {width})"
+            )
+        feeds = {"pixel_values": np.ascontiguousarray(pixel_values, dtype=np.float32)}
+        if self.has_thresholds:
+            feeds["image_threshold"], feeds["pixel_threshold"] = self.thresholds_for(categories, len(pixel_values))
+        return self.session(feeds)
+
+    def predict(self, images: Sequence, categories: Sequence[str | None] | None = None) -> dict:
+        """Preprocesses images with the export's own processor (numpy path), then runs the graph.
+
+        Args:
+            images: PIL images, arrays or image paths (anything `CLIPADAImageProcessor` reads).
+            categories: One category name (or None) per image.
+
+        Returns:
+            As [`__call__`].
+        """
+        pixel_values = self.processor(images=images, return_tensors="np")["pixel_values"]
+        return self(pixel_values, categories)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """`python -m inference.deploy.runners --model_dir OUT IMAGE...`: one JSON line per image; errors exit 2."""
+    parser = argparse.ArgumentParser(description="Run an exported CLIP-ADA folder on images (no torch needed).")
+    parser.add_argument("--model_dir", required=True, help="a clipada-export output folder")
+    parser.add_argument("--backend", choices=sorted(BACKEND_FORMATS), default=None)
+    parser.add_argument("--precision", choices=OPENVINO_PRECISIONS, default="f32", help="OpenVINO only")
+    parser.add_argument("--category", default=None, help="apply this category's calibrated thresholds")
+    add_num_threads_argument(parser)
+    parser.add_argument("images", nargs="+")
+    args = parser.parse_args(argv)
+    try:
+        num_threads = args.num_threads or default_num_threads()
+        model = ExportedCLIPADA(args.model_dir, backend=args.backend, num_threads=num_threads, precision=args.precision)
+        outputs = model.predict(args.images, categories=[args.category] * len(args.images))
+    except (ExportedModelError, ValueError, TypeError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
+    for index, image in enumerate(args.images):
+        line = {"image": image, "pred_score": float(outputs["pred_score"][index])}
+        if "pred_label" in outputs:
+            line["pred_label"] = bool(outputs["pred_label"][index])
+            line["anomalous_pixels"] = int(outputs["pred_mask"][index].sum())
+        print(json.dumps(line))
+
+
+__all__ = [
+    "BACKEND_FORMATS",
+    "EXPORT_CONFIG_NAME",
+    "MODEL_FILES",
+    "ExportedCLIPADA",
+    "ExportedModelError",
+    "OnnxRuntimeSession",
+    "OpenVINOSession",
+    "cli",
+    "read_export_config",
+]
+
+
+if __name__ == "__main__":
+    cli()
