@@ -71,10 +71,13 @@ def add_num_threads_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def resolve_device(name: str):
-    """`--device` as a `torch.device`: refuses a CUDA device on a machine without one (instead of a deep CUDA error)."""
+def resolve_device(name: str | None = None):
+    """`--device` as a `torch.device`; None: `cuda` when a GPU is available, else `cpu`. A CUDA device on a machine
+    without one is refused here, with the flag named, instead of failing deep inside CUDA."""
     import torch  # here: the torch-free runners import this module too
 
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as error:

@@ -7,33 +7,44 @@ Example:
     ```
 """
 
-from transformers import AutoConfig, AutoModel
-from transformers.pipelines import PIPELINE_REGISTRY
+from transformers import AutoConfig
+from transformers.utils import is_torch_available
 
 from .configuration_adaclip import AdaCLIPConfig, AdaCLIPConfigError
 from .configuration_anomalyclip import AnomalyCLIPConfig, AnomalyCLIPConfigError
 from .configuration_clipada import CLIPADAConfig, CLIPADAConfigError
-from .modeling_adaclip import AdaCLIPForAnomalySegmentation, AdaCLIPOutput, AdaCLIPPreTrainedModel
-from .modeling_anomalyclip import AnomalyCLIPForAnomalySegmentation, AnomalyCLIPOutput, AnomalyCLIPPreTrainedModel
-from .modeling_clipada import CLIPADAForAnomalySegmentation, CLIPADAOutput, CLIPADAPreTrainedModel
-from .pipeline_clipada import PIPELINE_TASK, ImageAnomalyDetectionPipeline
 
-AutoConfig.register(CLIPADAConfig.model_type, CLIPADAConfig, exist_ok=True)
-AutoModel.register(CLIPADAConfig, CLIPADAForAnomalySegmentation, exist_ok=True)
-# save_pretrained then copies the code files next to the weights and writes `auto_map` into config.json.
-CLIPADAConfig.register_for_auto_class()
-CLIPADAForAnomalySegmentation.register_for_auto_class("AutoModel")
-AutoConfig.register(AnomalyCLIPConfig.model_type, AnomalyCLIPConfig, exist_ok=True)
-AutoModel.register(AnomalyCLIPConfig, AnomalyCLIPForAnomalySegmentation, exist_ok=True)
-AnomalyCLIPConfig.register_for_auto_class()
-AnomalyCLIPForAnomalySegmentation.register_for_auto_class("AutoModel")
-AutoConfig.register(AdaCLIPConfig.model_type, AdaCLIPConfig, exist_ok=True)
-AutoModel.register(AdaCLIPConfig, AdaCLIPForAnomalySegmentation, exist_ok=True)
-AdaCLIPConfig.register_for_auto_class()
-AdaCLIPForAnomalySegmentation.register_for_auto_class("AutoModel")
-# pipeline(PIPELINE_TASK, model=...) in this project; saved checkpoints carry the pipeline themselves (save_pretrained).
-if PIPELINE_TASK not in PIPELINE_REGISTRY.supported_tasks:
-    PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=ImageAnomalyDetectionPipeline, pt_model=AutoModel)
+for _config_class in (CLIPADAConfig, AnomalyCLIPConfig, AdaCLIPConfig):
+    AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
+    # save_pretrained then copies the code files next to the weights and writes `auto_map` into config.json.
+    _config_class.register_for_auto_class()
+
+# The configs and `decisions` serve without torch (the runners of exported models); the models need it.
+if is_torch_available():
+    from transformers import AutoModel
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    from .modeling_adaclip import AdaCLIPForAnomalySegmentation, AdaCLIPOutput, AdaCLIPPreTrainedModel
+    from .modeling_anomalyclip import (
+        AnomalyCLIPForAnomalySegmentation,
+        AnomalyCLIPOutput,
+        AnomalyCLIPPreTrainedModel,
+    )
+    from .modeling_clipada import CLIPADAForAnomalySegmentation, CLIPADAOutput, CLIPADAPreTrainedModel
+    from .pipeline_clipada import PIPELINE_TASK, ImageAnomalyDetectionPipeline
+
+    for _config_class, _model_class in (
+        (CLIPADAConfig, CLIPADAForAnomalySegmentation),
+        (AnomalyCLIPConfig, AnomalyCLIPForAnomalySegmentation),
+        (AdaCLIPConfig, AdaCLIPForAnomalySegmentation),
+    ):
+        AutoModel.register(_config_class, _model_class, exist_ok=True)
+        _model_class.register_for_auto_class("AutoModel")
+    # pipeline(PIPELINE_TASK, model=...) in this project; saved checkpoints carry the pipeline (save_pretrained).
+    if PIPELINE_TASK not in PIPELINE_REGISTRY.supported_tasks:
+        PIPELINE_REGISTRY.register_pipeline(
+            PIPELINE_TASK, pipeline_class=ImageAnomalyDetectionPipeline, pt_model=AutoModel
+        )
 
 __all__ = [
     "AdaCLIPConfig",

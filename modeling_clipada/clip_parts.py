@@ -123,39 +123,6 @@ def binary_masks(labels: torch.Tensor, batch_size: int, device: torch.device) ->
     return (check_masks(labels, batch_size, device) > 0.5).float()
 
 
-def per_image_thresholds(
-    image_threshold: float,
-    pixel_threshold: float,
-    category_thresholds: dict[str, dict[str, float]] | None,
-    categories: list[str | None] | None,
-    batch_size: int,
-) -> tuple[list[float], list[float]]:
-    """The image and pixel thresholds of each image: its category's when calibrated, else the global ones.
-
-    Args:
-        image_threshold: The global image threshold.
-        pixel_threshold: The global pixel threshold.
-        category_thresholds: `{category: {"image_threshold": ..., "pixel_threshold": ...}}` or None.
-        categories: One name (or None) per image, or None for all global.
-        batch_size: The number of images.
-
-    Returns:
-        `(image_thresholds, pixel_thresholds)`, one number per image each.
-
-    Raises:
-        ValueError: `categories` does not hold one entry per image.
-    """
-    if categories is None:
-        categories = [None] * batch_size
-    if len(categories) != batch_size:
-        raise ValueError(f"`categories` must hold one entry per image ({batch_size}), got {len(categories)}.")
-    chosen = [(category_thresholds or {}).get(category, {}) for category in categories]
-    return (
-        [c.get("image_threshold", image_threshold) for c in chosen],
-        [c.get("pixel_threshold", pixel_threshold) for c in chosen],
-    )
-
-
 def upsample_and_smooth(maps: torch.Tensor, size: tuple[int, int], sigma: float, border: str) -> torch.Tensor:
     """Bilinear upsampling (`align_corners=False`) of patch-grid maps, then Gaussian smoothing.
 
@@ -272,7 +239,6 @@ __all__ = [
     "check_pixel_values",
     "encode_prompted_text",
     "gaussian_kernel",
-    "per_image_thresholds",
     "smooth_maps",
     "upsample_and_smooth",
     "upsample_and_smooth_matrices",

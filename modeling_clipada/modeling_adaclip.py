@@ -37,9 +37,9 @@ from transformers.utils import ModelOutput
 from .adaclip_fusion import hybrid_semantic_fusion
 from .adaclip_loss import adaclip_loss
 from .adaclip_prompts import hybrid_prompts, prompt_sentences, state_ensemble_embeddings, tokenize_sentences
-from .clip_parts import binary_masks, check_pixel_values, per_image_thresholds, smooth_maps
+from .clip_parts import binary_masks, check_pixel_values, smooth_maps
 from .configuration_adaclip import AdaCLIPConfig
-from .decisions import apply_thresholds, normalize_scores
+from .decisions import apply_thresholds, normalize_scores, per_image_thresholds
 from .pretrained import AnomalyDetectionPreTrainedModel
 
 
@@ -346,9 +346,7 @@ class AdaCLIPForAnomalySegmentation(AdaCLIPPreTrainedModel):
             loss=loss, logits=logits, layer_logits=layer_logits, anomaly_map=anomaly_map, pred_score=pred_score
         )
         if config.has_thresholds:
-            image_threshold, pixel_threshold = per_image_thresholds(
-                config.image_threshold, config.pixel_threshold, config.category_thresholds, categories, batch_size
-            )
+            image_threshold, pixel_threshold = per_image_thresholds(self.config, categories, batch_size)
             outputs.pred_label, outputs.pred_mask = apply_thresholds(
                 anomaly_map, pred_score, image_threshold, pixel_threshold
             )

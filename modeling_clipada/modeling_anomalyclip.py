@@ -38,11 +38,10 @@ from .clip_parts import (
     binary_masks,
     check_pixel_values,
     encode_prompted_text,
-    per_image_thresholds,
     upsample_and_smooth,
 )
 from .configuration_anomalyclip import AnomalyCLIPConfig
-from .decisions import apply_thresholds, normalize_scores
+from .decisions import apply_thresholds, normalize_scores, per_image_thresholds
 from .pretrained import AnomalyDetectionPreTrainedModel
 
 
@@ -302,9 +301,7 @@ class AnomalyCLIPForAnomalySegmentation(AnomalyCLIPPreTrainedModel):
             loss=loss, logits=logits, layer_logits=layer_logits, anomaly_map=anomaly_map, pred_score=pred_score
         )
         if config.has_thresholds:
-            image_threshold, pixel_threshold = per_image_thresholds(
-                config.image_threshold, config.pixel_threshold, config.category_thresholds, categories, batch_size
-            )
+            image_threshold, pixel_threshold = per_image_thresholds(self.config, categories, batch_size)
             outputs.pred_label, outputs.pred_mask = apply_thresholds(
                 anomaly_map, pred_score, image_threshold, pixel_threshold
             )

@@ -30,10 +30,10 @@ from transformers import CLIPModel, CLIPTokenizer
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .clip_parts import check_masks, check_pixel_values, encode_prompted_text, per_image_thresholds
+from .clip_parts import check_masks, check_pixel_values, encode_prompted_text
 from .clip_parts import upsample_and_smooth as _upsample_and_smooth
 from .configuration_clipada import PROMPT_MARKER, CLIPADAConfig
-from .decisions import apply_thresholds, normalize_scores
+from .decisions import apply_thresholds, normalize_scores, per_image_thresholds
 from .pretrained import AnomalyDetectionPreTrainedModel
 
 
@@ -313,10 +313,7 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
             pred_score=pred_score,
         )
         if self.config.has_thresholds:
-            config = self.config
-            image_threshold, pixel_threshold = per_image_thresholds(
-                config.image_threshold, config.pixel_threshold, config.category_thresholds, categories, batch_size
-            )
+            image_threshold, pixel_threshold = per_image_thresholds(self.config, categories, batch_size)
             outputs.pred_label, outputs.pred_mask = apply_thresholds(
                 anomaly_map, pred_score, image_threshold, pixel_threshold
             )

@@ -22,8 +22,7 @@ from PIL import Image, ImageOps
 from transformers import Pipeline
 from transformers.image_utils import load_image
 
-from .clip_parts import per_image_thresholds
-from .decisions import apply_thresholds, normalize_scores
+from .decisions import apply_thresholds, normalize_scores, resolve_thresholds
 
 PIPELINE_TASK = "image-anomaly-detection"
 
@@ -99,12 +98,8 @@ class ImageAnomalyDetectionPipeline(Pipeline):
             "predicted_anomaly_map": anomaly_map,
             "mask": None,
         }
-        config = self.model.config
-        if getattr(config, "has_thresholds", False):
-            (image_threshold,), (pixel_threshold,) = per_image_thresholds(
-                config.image_threshold, config.pixel_threshold, config.category_thresholds,
-                [model_outputs["category"]], 1,
-            )  # fmt: skip
+        if getattr(self.model.config, "has_thresholds", False):
+            image_threshold, pixel_threshold, *_ = resolve_thresholds(self.model.config, model_outputs["category"])
             label, mask = apply_thresholds(anomaly_map[None], score, image_threshold, pixel_threshold)
             result["label"] = "NG" if bool(label) else "OK"
             result["normalized_score"] = float(normalize_scores(score, image_threshold))

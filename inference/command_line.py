@@ -1,0 +1,112 @@
+"""What every `clipada` command line shares: argument types, parent parsers, and one way to fail on bad input.
+
+Usage errors (a bad flag value, a missing file, a folder that is not a checkpoint) print one line, `error: ...`, on
+stderr and exit with status 2, as argparse does for its own errors; nothing else is printed, no traceback.
+
+Example:
+    ```python
+    >>> parser = argparse.ArgumentParser(parents=[device_arguments(), overwrite_argument()])
+    >>> parser.add_argument("--batch_size", type=positive_int, default=8)
+    >>> with usage_errors():
+    ...     model = load_model(args.model_name_or_path)     # a ModelLoadError becomes "error: ..." and exit 2
+    ```
+"""
+
+import argparse
+import contextlib
+import math
+import sys
+from collections.abc import Iterator
+
+from .devices import default_num_threads
+
+DTYPE_NAMES = ("float32", "bfloat16")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer of at least 0."""
+    number = int(text)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {number}")
+    return number
+
+
+def open_unit_interval(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1 (a probability threshold, a rate)."""
+    number = float(text)
+    if not 0.0 < number < 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
+    return number
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return number
+
+
+def device_arguments(backend_note: bool = False) -> argparse.ArgumentParser:
+    """The parent parser of `--device`, `--dtype` and `--num_threads`.
+
+    `--device` defaults to None, which [`devices.resolve_device`] turns into `cuda` when a GPU is available and
+    `cpu` otherwise (exported models always run on the CPU).
+
+    Args:
+        backend_note: Say in the help that exported backends run on the CPU.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    note = "; exported models (--backend onnxruntime|openvino) run on the cpu" if backend_note else ""
+    parser.add_argument("--device", default=None, help=f"cpu, cuda, cuda:1, ... Default: cuda when available{note}.")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="The model's precision.")
+    parser.add_argument(
+        "--num_threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads. Default: the available cores minus those other processes keep busy "
+        f"(now {default_num_threads()}). On a shared machine set it to the cores you may use.",
+    )
+    return parser
+
+
+def overwrite_argument(what: str = "an earlier run's results") -> argparse.ArgumentParser:
+    """The parent parser of `--overwrite_output_dir` (one name for every command that writes a folder)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--overwrite_output_dir", action="store_true", help=f"Replace {what} in --output_dir.")
+    return parser
+
+
+@contextlib.contextmanager
+def usage_errors(*error_types: type[BaseException]) -> Iterator[None]:
+    """Turns the errors raised inside into `error: <message>` on stderr and exit status 2.
+
+    Args:
+        *error_types: The exception classes that mean bad input; default `ValueError` (every named error of this
+            project derives from it: `ModelLoadError`, `InputError`, `DatasetFormatError`, ...) and `OSError`.
+    """
+    try:
+        yield
+    except error_types or (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
+
+
+__all__ = [
+    "DTYPE_NAMES",
+    "device_arguments",
+    "finite_float",
+    "non_negative_int",
+    "open_unit_interval",
+    "overwrite_argument",
+    "positive_int",
+    "usage_errors",
+]
