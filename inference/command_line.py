@@ -93,9 +93,10 @@ def usage_errors(*error_types: type[BaseException]) -> Iterator[None]:
         *error_types: The exception classes that mean bad input; default `ValueError` (every named error of this
             project derives from it: `ModelLoadError`, `InputError`, `DatasetFormatError`, ...) and `OSError`.
     """
+    caught = error_types or (ValueError, OSError)
     try:
         yield
-    except error_types or (ValueError, OSError) as error:
+    except caught as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from error
 
