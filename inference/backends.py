@@ -1,27 +1,32 @@
-"""Inference backends for `inference.predict`: CLIP-normalised pixels in, anomaly maps and image scores out.
+"""Inference backends: CLIP-normalised pixels in, anomaly maps and image scores out, for any checkpoint or export.
 
 A backend only runs the model. Thresholds, decisions, drawing and writing live elsewhere and never depend on which
-backend produced the maps, so an ONNX Runtime or OpenVINO backend is one class here and one entry in `BACKENDS`.
+backend produced the maps. `torch` runs a checkpoint of any family (`inference.torch_backend`, which imports torch);
+`onnxruntime` and `openvino` run a `clipada export` folder without torch. [`load_backend`] recognises an export
+folder by its `clipada_export.json` and picks its runtime by itself.
 
 Example:
     ```python
-    >>> backend = load_backend("torch", "outputs/run", device="cpu", dtype="float32")
-    >>> result = backend(pixel_values)           # (B, 3, H, W) float32, numpy or torch
+    >>> backend = load_backend(None, "outputs/run-onnx")             # an export folder: onnxruntime
+    >>> result = backend(pixel_values, categories=["bottle"] * 4)   # (4, 3, H, W) float32, numpy or torch
     >>> result.anomaly_map.shape, result.pred_score.shape
-    ((B, H, W), (B,))
+    ((4, H, W), (4,))
+    >>> backend.decision_config.image_threshold                     # the thresholds the model was calibrated with
     ```
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
-import torch
 
-from inference.loading import add_class_names, load_clipada_model
+from inference.deploy.runners import BACKEND_FORMATS, EXPORT_CONFIG_NAME, ExportedCLIPADA
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+BACKENDS = ("torch", *BACKEND_FORMATS)
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -38,127 +43,97 @@ class BackendOutput:
 
 
 class AnomalyBackend(Protocol):
-    """The interface of an inference backend: a callable on a batch of CLIP-normalised pixels."""
+    """The interface of an inference backend.
+
+    Attributes:
+        name: `torch`, `onnxruntime` or `openvino`.
+        decision_config: The calibrated decision fields (`image_threshold`, `pixel_threshold`,
+            `category_thresholds`) and `image_score_top_k`: a checkpoint's config, or an export's JSON.
+    """
 
     name: str
+    decision_config: Any
 
-    def __call__(self, pixel_values: np.ndarray | torch.Tensor, category: str | None = None) -> BackendOutput:
-        """Anomaly maps and scores of `(batch_size, 3, H, W)` CLIP-normalised float32 pixels of one category (named
-        in the prompts of families that name categories; None for their default)."""
+    def __call__(self, pixel_values, categories: Sequence[str | None] | None = None) -> BackendOutput:
+        """Anomaly maps and scores of `(batch_size, 3, H, W)` CLIP-normalised pixels (numpy or torch), with one
+        category (or None) per input for the families whose prompts name it."""
         ...
 
 
-class TorchBackend:
-    """The PyTorch model of a CLIP-ADA checkpoint, in eval mode without gradients.
-
-    Args:
-        model_name_or_path: A CLIP-ADA checkpoint folder or Hub id.
-        device: A torch device name (`cpu`, `cuda`, `cuda:1`).
-        dtype: `float32` or `bfloat16` (the weights' and the computation's precision; outputs are float32).
-    """
-
-    name = "torch"
-
-    def __init__(self, model_name_or_path: str, device: str = "cpu", dtype: str = "float32"):
-        self.device = torch.device(device)
-        self.model_name_or_path = model_name_or_path
-        self.model = load_clipada_model(model_name_or_path, dtype=DTYPES[dtype]).to(self.device).eval()
-
-    @torch.inference_mode()
-    def __call__(self, pixel_values: np.ndarray | torch.Tensor, category: str | None = None) -> BackendOutput:
-        """Runs the model.
-
-        Args:
-            pixel_values: `(batch_size, 3, H, W)`, CLIP-normalised.
-            category: The images' category: AdaCLIP names it in its prompts (None: its default class name).
-
-        Returns:
-            [`BackendOutput`] with `anomaly_map` `(batch_size, H, W)` and `pred_score` `(batch_size,)`.
-        """
-        pixel_values = torch.as_tensor(pixel_values).to(self.device)
-        if category is not None:
-            add_class_names(self.model, [category], self.model_name_or_path)
-        outputs = self.model(pixel_values, categories=[category] * len(pixel_values))
-        return BackendOutput(
-            anomaly_map=outputs.anomaly_map.float().cpu().numpy(),
-            pred_score=outputs.pred_score.float().cpu().numpy(),
-        )
+def is_export_folder(model_name_or_path: str | Path) -> bool:
+    """Whether `model_name_or_path` is a local `clipada export` folder (it holds `clipada_export.json`)."""
+    return (Path(model_name_or_path) / EXPORT_CONFIG_NAME).is_file()
 
 
 class ExportedBackend:
-    """A `clipada-export` folder run by ONNX Runtime or OpenVINO (`inference.deploy.runners`), on the CPU in float32.
+    """A `clipada export` folder run by ONNX Runtime or OpenVINO (`inference.deploy.runners`), on the CPU in float32.
 
     Args:
-        model_name_or_path: The export folder; its format must match the backend.
-        device: `cpu` only.
-        dtype: `float32` only (the graph's precision).
-
-    Attributes:
-        decision_config: The export's thresholds (`image_threshold`, `pixel_threshold`, `category_thresholds`) from
-            its `clipada_export.json`, where a checkpoint has them in `config.json`.
+        model_name_or_path: The export folder; its format must match `name`.
+        name: `onnxruntime` or `openvino`.
+        num_threads: Runtime threads (None: the runtime's default).
     """
 
-    name = "exported"
-
-    def __init__(self, model_name_or_path: str, device: str = "cpu", dtype: str = "float32"):
-        from inference.deploy.runners import ExportedCLIPADA
-
-        if device != "cpu" or dtype != "float32":
-            raise ValueError(
-                f"--backend {self.name} runs on the CPU in float32; drop --device {device} --dtype {dtype}"
-            )
-        # as many runtime threads as torch was given (`--num_threads`, or its default)
-        self.runner = ExportedCLIPADA(model_name_or_path, backend=self.name, num_threads=torch.get_num_threads())
+    def __init__(self, model_name_or_path: str, name: str, num_threads: int | None = None):
+        self.name = name
+        self.runner = ExportedCLIPADA(model_name_or_path, backend=name, num_threads=num_threads)
         thresholds = self.runner.config["thresholds"] or {}
         self.decision_config = SimpleNamespace(
             image_threshold=thresholds.get("image_threshold"),
             pixel_threshold=thresholds.get("pixel_threshold"),
             category_thresholds=thresholds.get("category_thresholds"),
+            image_score_top_k=(self.runner.config.get("model") or {}).get("image_score_top_k"),
         )
 
-    def __call__(self, pixel_values: np.ndarray | torch.Tensor, category: str | None = None) -> BackendOutput:
+    def __call__(self, pixel_values, categories: Sequence[str | None] | None = None) -> BackendOutput:
         """Runs the graph on `(batch_size, 3, H, W)` CLIP-normalised pixels at the export's input size (exported
-        CLIP-ADA names no category: `category` is not used)."""
-        pixel_values = pixel_values.numpy() if isinstance(pixel_values, torch.Tensor) else pixel_values
-        outputs = self.runner(pixel_values)
+        CLIP-ADA names no category: `categories` is not used)."""
+        outputs = self.runner(np.asarray(pixel_values, dtype=np.float32))
         return BackendOutput(anomaly_map=outputs["anomaly_map"], pred_score=outputs["pred_score"])
 
 
-class OnnxRuntimeBackend(ExportedBackend):
-    """An ONNX export (`clipada-export --format onnx`) on ONNX Runtime."""
-
-    name = "onnxruntime"
-
-
-class OpenVINOBackend(ExportedBackend):
-    """An OpenVINO export (`clipada-export --format openvino`) on OpenVINO."""
-
-    name = "openvino"
-
-
-BACKENDS: dict[str, type] = {"torch": TorchBackend, "onnxruntime": OnnxRuntimeBackend, "openvino": OpenVINOBackend}
-
-
-def load_backend(name: str, model_name_or_path: str, device: str = "cpu", dtype: str = "float32") -> AnomalyBackend:
-    """The backend called `name`, loaded from a checkpoint.
+def load_backend(
+    name: str | None,
+    model_name_or_path: str,
+    device: str | None = None,
+    dtype: str = "float32",
+    num_threads: int | None = None,
+) -> AnomalyBackend:
+    """The backend that runs `model_name_or_path`.
 
     Args:
-        name: A key of `BACKENDS` (`--backend`).
-        model_name_or_path: The checkpoint folder or Hub id.
-        device: A device name the backend understands.
-        dtype: `float32` or `bfloat16`.
+        name: `torch`, `onnxruntime` or `openvino` (`--backend`); None: the export folder's own runtime for an
+            export folder, else `torch`.
+        model_name_or_path: A checkpoint folder or Hub id (torch), or an export folder.
+        device: torch only: a device name; None picks cuda when available. Exports run on the cpu.
+        dtype: `float32` or `bfloat16` (torch only).
+        num_threads: CPU threads of the runtime (exports; torch's are set by `devices.configure_threads`).
 
     Returns:
         A ready [`AnomalyBackend`].
 
     Raises:
-        ValueError: An unknown backend or dtype, naming the flag.
+        ValueError: An unknown backend or dtype, a backend that cannot run the folder, naming the flag.
     """
+    exported = is_export_folder(model_name_or_path)
+    if name is None:
+        name = ExportedCLIPADA.runtime_of(model_name_or_path) if exported else "torch"
     if name not in BACKENDS:
-        raise ValueError(f"--backend {name!r} is not available; choose one of {', '.join(sorted(BACKENDS))}")
+        raise ValueError(f"--backend {name!r} is not available; choose one of {', '.join(BACKENDS)}")
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
-    return BACKENDS[name](model_name_or_path, device=device, dtype=dtype)
+    if name == "torch":
+        if exported:
+            raise ValueError(
+                f"{model_name_or_path} is an exported model: run it with --backend "
+                f"{ExportedCLIPADA.runtime_of(model_name_or_path)} (or leave --backend out)"
+            )
+        from inference.torch_backend import TorchBackend  # the only place a backend imports torch
+
+        return TorchBackend.from_pretrained(model_name_or_path, device=device, dtype=dtype)
+    if device not in (None, "cpu") or dtype != "float32":
+        raise ValueError(f"--backend {name} runs on the CPU in float32; drop --device {device} --dtype {dtype}")
+    return ExportedBackend(model_name_or_path, name, num_threads=num_threads)
 
 
 __all__ = [
@@ -167,8 +142,6 @@ __all__ = [
     "AnomalyBackend",
     "BackendOutput",
     "ExportedBackend",
-    "OnnxRuntimeBackend",
-    "OpenVINOBackend",
-    "TorchBackend",
+    "is_export_folder",
     "load_backend",
 ]

@@ -1,9 +1,11 @@
 """Loading the model and processor a command names, with errors that say which folder or Hub id is wrong.
 
+Only `load_clipada_model` and `add_class_names` need torch (imported when called), so the torch-free path of
+exported models loads processors and checks locations from here too.
+
 Example:
     ```python
-    >>> model = build_model("openai/clip-vit-base-patch16", {"num_refinements": 1})  # a fresh head on CLIP
-    >>> model = load_clipada_model("outputs/run")  # a trained CLIP-ADA checkpoint
+    >>> model = load_clipada_model("outputs/run")  # a trained checkpoint of any family
     >>> processor = load_processor("outputs/run")
     ```
 """
@@ -11,15 +13,10 @@ Example:
 import json
 import re
 from pathlib import Path
-from typing import Any
 
-import torch
 from huggingface_hub import hf_hub_download
-from safetensors import SafetensorError
-from transformers import CLIPModel, CLIPTokenizer, PreTrainedModel
 from transformers.image_utils import SizeDict
 
-from inference.families import FAMILIES, family_titles
 from processing import CLIPADAImageProcessor
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -51,7 +48,7 @@ def saved_model_type(name_or_path: str) -> str | None:
             config_file = Path(hf_hub_download(name_or_path, "config.json"))
         except Exception as error:  # offline, unknown repository, no config.json, no access: all say the same
             raise ModelLoadError(
-                f"cannot read config.json of {name_or_path} on the Hub: {_first_line(error)}"
+                f"cannot read config.json of {name_or_path} on the Hub: {first_line(error)}"
             ) from error
     try:
         return json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
@@ -59,44 +56,16 @@ def saved_model_type(name_or_path: str) -> str | None:
         raise ModelLoadError(f"{config_file} is not a valid config.json ({error})") from error
 
 
-def build_model(
-    name_or_path: str, overrides: dict[str, Any], model_type: str = "clipada", class_names: list[str] | None = None
-) -> PreTrainedModel:
-    """A checkpoint of one of our families is continued as is; any other CLIP gets a fresh `model_type` head.
-
-    Args:
-        name_or_path: A CLIP checkpoint, or a checkpoint of this library.
-        overrides: Head config fields.
-        model_type: The family of a fresh head.
-        class_names: The categories the model will see (families whose prompts name them tokenise them now).
-
-    Raises:
-        ModelLoadError: Naming the folder, or the head fields that cannot change when continuing a checkpoint.
-    """
-    check_model_location(name_or_path)
-    saved_type = saved_model_type(name_or_path)
-    if saved_type in FAMILIES:
-        family = FAMILIES[saved_type]
-        frozen_shape = family.shape_fields & set(overrides)
-        if frozen_shape:
-            raise ModelLoadError(
-                f"{sorted(frozen_shape)} cannot change when continuing {family.title} checkpoint {name_or_path}; "
-                "start from a CLIP checkpoint instead"
-            )
-        model = _load(family.model_class.from_pretrained, name_or_path, **overrides)
-        return add_class_names(model, class_names or [], name_or_path)
-    family = FAMILIES[model_type]
-    if family.needs_class_names:
-        overrides = {**overrides, "class_names": sorted(set(class_names or []))}
-    return _load(family.model_class.from_clip, name_or_path, **overrides)
-
-
-def add_class_names(model: PreTrainedModel, class_names: list[str], tokenizer_source: str) -> PreTrainedModel:
+def add_class_names(model, class_names: list[str], tokenizer_source: str | None):
     """Tokenises the categories a model whose prompts name them has not seen yet (AdaCLIP); others are unchanged.
 
     Raises:
         ModelLoadError: When new names need a tokenizer and `tokenizer_source` holds none.
     """
+    from transformers import CLIPTokenizer
+
+    from inference.families import FAMILIES
+
     if not FAMILIES[model.config.model_type].needs_class_names:
         return model
     known = set(model.config.prompt_token_ids or {})
@@ -107,23 +76,24 @@ def add_class_names(model: PreTrainedModel, class_names: list[str], tokenizer_so
         except (OSError, ValueError) as error:
             raise ModelLoadError(
                 f"{tokenizer_source} has no CLIP tokenizer files, which {model.config.model_type} needs to name the "
-                f"new categories {missing} in its prompts ({_first_line(error)})"
+                f"new categories {missing} in its prompts ({first_line(error)})"
             ) from error
         model.add_class_names(missing, tokenizer)
     return model
 
 
-def load_frozen_clip_weights(name_or_path: str) -> dict[str, torch.Tensor]:
-    """The frozen CLIP's fp32 weights as saved in `name_or_path` (a CLIP checkpoint or one of ours), keyed like
-    `model.clip.state_dict()`."""
-    saved_type = saved_model_type(name_or_path)
-    if saved_type in FAMILIES:
-        return _load(FAMILIES[saved_type].model_class.from_pretrained, name_or_path).clip.state_dict()
-    return _load(CLIPModel.from_pretrained, name_or_path).state_dict()
+def load_clipada_model(name_or_path: str, dtype="float32"):
+    """A trained checkpoint of any of this library's families; a plain CLIP (or any other model) is refused.
 
+    Args:
+        name_or_path: The checkpoint folder or Hub id.
+        dtype: `float32` or `bfloat16` (a name, or the `torch.dtype`).
+    """
+    import torch
 
-def load_clipada_model(name_or_path: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """A trained checkpoint of any of this library's families; a plain CLIP (or any other model) is refused."""
+    from inference.families import FAMILIES, family_titles
+
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     check_model_location(name_or_path)
     model_type = saved_model_type(name_or_path)
     if model_type not in FAMILIES:
@@ -131,7 +101,7 @@ def load_clipada_model(name_or_path: str, dtype: torch.dtype = torch.float32) ->
             f"--model_name_or_path {name_or_path} is a {model_type!r} checkpoint, not one of this library's "
             f"({family_titles()}); train it first (python -m training.train)"
         )
-    return _load(FAMILIES[model_type].model_class.from_pretrained, name_or_path, dtype=dtype)
+    return load_with_named_errors(FAMILIES[model_type].model_class.from_pretrained, name_or_path, dtype=dtype)
 
 
 def load_processor(name_or_path: str, image_size: int | None = None) -> CLIPADAImageProcessor:
@@ -143,7 +113,7 @@ def load_processor(name_or_path: str, image_size: int | None = None) -> CLIPADAI
         if image_size is not None:
             return CLIPADAImageProcessor(size=image_size)
         raise ModelLoadError(
-            f"{name_or_path} has no loadable preprocessor_config.json ({_first_line(error)}); "
+            f"{name_or_path} has no loadable preprocessor_config.json ({first_line(error)}); "
             "pass --image_size to evaluate at a size of your choice"
         ) from error
     if image_size is not None:
@@ -151,24 +121,27 @@ def load_processor(name_or_path: str, image_size: int | None = None) -> CLIPADAI
     return processor
 
 
-def _load(loader, name_or_path: str, **kwargs) -> PreTrainedModel:
+def load_with_named_errors(loader, name_or_path: str, **kwargs):
+    """`loader(name_or_path, **kwargs)` (a `from_pretrained`), with unreadable files as a `ModelLoadError`."""
+    from safetensors import SafetensorError
+
     try:
         return loader(name_or_path, **kwargs)
     except (OSError, SafetensorError) as error:
-        raise ModelLoadError(f"cannot load {name_or_path}: {_first_line(error)}") from error
+        raise ModelLoadError(f"cannot load {name_or_path}: {first_line(error)}") from error
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 __all__ = [
     "ModelLoadError",
     "add_class_names",
-    "build_model",
     "check_model_location",
+    "first_line",
     "load_clipada_model",
-    "load_frozen_clip_weights",
     "load_processor",
+    "load_with_named_errors",
     "saved_model_type",
 ]

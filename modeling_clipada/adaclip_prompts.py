@@ -14,25 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .clip_parts import encode_prompted_text
-
-# The phrase lists of the official code (WinCLIP's states, four of its templates); `{}` is the class name in a
-# state and the state in a template.
-NORMAL_STATES = (
-    "{}",
-    "flawless {}",
-    "perfect {}",
-    "unblemished {}",
-    "{} without flaw",
-    "{} without defect",
-    "{} without damage",
-)
-ABNORMAL_STATES = ("damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage")
-PROMPT_TEMPLATES = (
-    "a bad photo of a {}.",
-    "a low resolution photo of the {}.",
-    "a bad photo of the {}.",
-    "a cropped photo of the {}.",
-)
+from .configuration_adaclip import ABNORMAL_STATES, NORMAL_STATES, PROMPT_TEMPLATES  # the defaults, re-exported
 
 
 def prompt_sentences(

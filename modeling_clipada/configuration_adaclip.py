@@ -12,9 +12,27 @@ Example:
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig
 
-from .adaclip_prompts import ABNORMAL_STATES, NORMAL_STATES, PROMPT_TEMPLATES
 from .configuration_clipada import CLIPADAConfigError
 from .configuration_common import DecisionConfigMixin, type_errors_as
+
+# The phrase lists of the official code (WinCLIP's states, four of its templates); `{}` is the class name in a
+# state and the state in a template.
+NORMAL_STATES = (
+    "{}",
+    "flawless {}",
+    "perfect {}",
+    "unblemished {}",
+    "{} without flaw",
+    "{} without defect",
+    "{} without damage",
+)
+ABNORMAL_STATES = ("damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage")
+PROMPT_TEMPLATES = (
+    "a bad photo of a {}.",
+    "a low resolution photo of the {}.",
+    "a bad photo of the {}.",
+    "a cropped photo of the {}.",
+)
 
 DICE_UNITS = ("row", "image")
 

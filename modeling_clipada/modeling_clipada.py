@@ -31,7 +31,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .clip_parts import check_masks, check_pixel_values, encode_prompted_text
-from .clip_parts import upsample_and_smooth as _upsample_and_smooth
+from .clip_parts import upsample_and_smooth_matrices as _upsample_and_smooth_matrices
 from .configuration_clipada import PROMPT_MARKER, CLIPADAConfig
 from .decisions import apply_thresholds, normalize_scores, per_image_thresholds
 from .pretrained import AnomalyDetectionPreTrainedModel
@@ -211,7 +211,7 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         pooled = encode_prompted_text(text_model, self.clip.text_projection, inputs_embeds, end_position)[0]
         return F.normalize(pooled, dim=-1)
 
-    # ------------------------------------------------------------------ steps 2 and 3: the map of one stage
+    # ------------------------------------------------------------------ steps 2 and 3: coarse map and refinement
 
     def patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Patch tokens of vision layer `feature_layer`; layers after it are never run.
@@ -249,6 +249,40 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         similarity = projected @ text_embedding.to(projected.dtype)
         return similarity * self.similarity_logit_scale.exp() + self.similarity_logit_bias
 
+    def compute_stage_logits(
+        self, pixel_values: torch.Tensor, text_embedding: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """Steps 2 and 3: the coarse map's logits, then those of each of the `num_refinements` refinements.
+
+        Refinement r multiplies the sigmoid of stage r - 1, bilinearly upsampled, into the pixels and encodes them
+        again. The coarse pass never takes gradients; a refinement pass does only when grad is enabled and
+        `config.detach_refinement_input` is False, so a refined stage also trains the projections before it.
+
+        Args:
+            pixel_values: `(batch_size, 3, H, W)`, CLIP-normalised, in the head's dtype (see `_check_pixel_values`).
+            text_embedding: `(projection_dim,)`, L2-normalised, from [`text_embedding`].
+
+        Returns:
+            R + 1 tensors `(batch_size, h, w)` in float32, coarse first.
+        """
+        batch_size, _, height, width = pixel_values.shape
+        patch = self.config.vision_config.patch_size
+        grid = (height // patch, width // patch)
+        with torch.no_grad():
+            patch_tokens = self.patch_features(pixel_values)
+        logits = self.similarity_logits(patch_tokens, text_embedding, stage=0).view(batch_size, *grid)
+        all_logits = [logits]
+        for stage in range(1, self.config.num_refinements + 1):
+            previous_map = F.interpolate(
+                torch.sigmoid(logits)[:, None], size=(height, width), mode="bilinear", align_corners=False
+            )
+            track_gradient = torch.is_grad_enabled() and not self.config.detach_refinement_input
+            with torch.set_grad_enabled(track_gradient):
+                patch_tokens = self.patch_features(pixel_values * previous_map)
+            logits = self.similarity_logits(patch_tokens, text_embedding, stage=stage).view(batch_size, *grid)
+            all_logits.append(logits)
+        return tuple(logits.float() for logits in all_logits)
+
     # ------------------------------------------------------------------ forward: steps 1 to 5
 
     def forward(
@@ -276,35 +310,18 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         """
         pixel_values = self._check_pixel_values(pixel_values)
         batch_size, _, height, width = pixel_values.shape
-        patch = self.config.vision_config.patch_size
-        grid = (height // patch, width // patch)
 
         # step 1: the text embedding with the learnable prompts (cached while the weights do not change)
         text_embedding = self.text_embedding()
 
-        # step 2: the coarse map from the frozen encoder (no gradient ever flows into the encoder's input here)
-        with torch.no_grad():
-            patch_tokens = self.patch_features(pixel_values)
-        logits = self.similarity_logits(patch_tokens, text_embedding, stage=0)
-        all_logits = [logits]
-
-        # step 3: region refinement; the upsampled map, multiplied into the pixels, is encoded again
-        for stage in range(1, self.config.num_refinements + 1):
-            previous_map = torch.sigmoid(logits).view(batch_size, 1, *grid)
-            previous_map = F.interpolate(previous_map, size=(height, width), mode="bilinear", align_corners=False)
-            track_gradient = torch.is_grad_enabled() and not self.config.detach_refinement_input
-            with torch.set_grad_enabled(track_gradient):
-                patch_tokens = self.patch_features(pixel_values * previous_map)
-            logits = self.similarity_logits(patch_tokens, text_embedding, stage=stage)
-            all_logits.append(logits)
-        stage_logits = tuple(stage.float().view(batch_size, *grid) for stage in all_logits)
+        # steps 2 and 3: the coarse map, then the region refinements
+        stage_logits = self.compute_stage_logits(pixel_values, text_embedding)
 
         # step 4: the loss of every stage
         loss = None if labels is None else self.compute_loss(stage_logits, labels)
 
         # step 5: post-processing to a pixel anomaly map and an image score
-        anomaly_map = self.upsample_and_smooth(torch.sigmoid(stage_logits[-1]), (height, width))
-        pred_score = self.image_score(anomaly_map)
+        anomaly_map, pred_score = self.anomaly_map_and_score(torch.sigmoid(stage_logits[-1]), (height, width))
         outputs = CLIPADAOutput(
             loss=loss,
             logits=stage_logits[-1],
@@ -359,7 +376,31 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
 
     # ------------------------------------------------------------------ step 5: post-processing
 
-    def upsample_and_smooth(self, probabilities: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def anomaly_map_and_score(
+        self,
+        probabilities: torch.Tensor,
+        size: tuple[int, int],
+        upsample_matrices: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 5: the anomaly map at the input size ([`upsample_and_smooth`]) and its image score ([`image_score`]).
+
+        Args:
+            probabilities: `(batch_size, h, w)`, the final stage's probabilities on the patch grid.
+            size: The output size `(H, W)`.
+            upsample_matrices: `(rows, columns)` from [`upsample_and_smooth_matrices`], optional (see there).
+
+        Returns:
+            `(anomaly_map, pred_score)`: `(batch_size, H, W)` and `(batch_size,)`.
+        """
+        anomaly_map = self.upsample_and_smooth(probabilities, size, upsample_matrices)
+        return anomaly_map, self.image_score(anomaly_map)
+
+    def upsample_and_smooth(
+        self,
+        probabilities: torch.Tensor,
+        size: tuple[int, int],
+        upsample_matrices: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Bilinear upsampling of patch-grid probabilities, then Gaussian smoothing.
 
         Both steps are linear and separable, so they are applied as one `(H, h)` matrix on the rows and one
@@ -369,11 +410,35 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         Args:
             probabilities: `(batch_size, h, w)`.
             size: The output size `(H, W)`.
+            upsample_matrices: `(rows, columns)` of shapes `(H, h)` and `(W, w)`, optional: built beforehand by
+                [`upsample_and_smooth_matrices`] (an exported graph holds them as buffers, because that function's
+                cache must never see traced tensors); built here, or taken from the cache, when omitted.
 
         Returns:
             `(batch_size, H, W)`.
         """
-        return _upsample_and_smooth(probabilities, size, self.config.smoothing_sigma, border="reflect")
+        if upsample_matrices is None:
+            grid = tuple(probabilities.shape[-2:])
+            upsample_matrices = self.upsample_and_smooth_matrices(grid, size, probabilities.device, probabilities.dtype)
+        rows, columns = upsample_matrices
+        return rows @ probabilities @ columns.T
+
+    def upsample_and_smooth_matrices(
+        self, grid: tuple[int, int], size: tuple[int, int], device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The row and column matrices of [`upsample_and_smooth`]: `smoothing_sigma`, border "reflect" (cached).
+
+        Args:
+            grid: The patch grid `(h, w)`.
+            size: The output size `(H, W)`.
+            device: Where the matrices go.
+            dtype: Their dtype, that of the probabilities they multiply.
+
+        Returns:
+            `(rows, columns)` of shapes `(H, h)` and `(W, w)`, shared with the cache: clone them before changing them.
+        """
+        sigma = float(self.config.smoothing_sigma)
+        return _upsample_and_smooth_matrices(tuple(grid), tuple(size), sigma, device, dtype, "reflect")
 
     def image_score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         """Mean of the `image_score_top_k` highest pixel scores.

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from huggingface_hub.dataclasses import validate_typed_dict
 from PIL import Image
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
@@ -132,6 +133,24 @@ class CLIPADAImageProcessor(PilBackend):
         kwargs["return_tensors"] = kwargs.get("return_tensors") or "pt"
         return super().preprocess(images, segmentation_maps, **kwargs)
 
+    def model_inputs(self, pixels: Sequence[np.ndarray], **kwargs: Unpack[ImagesKwargs]) -> BatchFeature:
+        """Images already read by [`process_image`] -> model inputs, without reading them again.
+
+        Args:
+            pixels: float32 `(3, H, W)` arrays in [0, 1], one per image.
+            **kwargs: As in [`preprocess`]; `return_tensors` defaults to `"np"` here.
+
+        Returns:
+            `BatchFeature` with `pixel_values` `(N, 3, H, W)` float32 and, for letterbox and tiles, `image_layouts`.
+        """
+        kwargs["return_tensors"] = kwargs.get("return_tensors") or "np"
+        validate_typed_dict(self.valid_kwargs, kwargs)
+        kwargs = self._merge_and_standardize_kwargs(**kwargs)
+        self._validate_preprocess_kwargs(**kwargs)
+        return_tensors = kwargs.pop("return_tensors")
+        data, _ = self._pixel_inputs(list(pixels), kwargs)
+        return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=["image_layouts"])
+
     def _preprocess_image_like_inputs(
         self,
         images: ImageLike | Sequence[ImageLike],
@@ -146,14 +165,8 @@ class CLIPADAImageProcessor(PilBackend):
         image_list = as_list(images, "images")
         names = [item_name("images", index, image) for index, image in enumerate(image_list)]
         pixels = [self.process_image(image, name) for image, name in zip(image_list, names)]
-        modes = {key: kwargs.pop(key) for key in ("resize_mode", "tile_size", "tile_overlap")}
-        input_size = (kwargs["size"].height, kwargs["size"].width)
-        layouts = image_layouts([image.shape[-2:] for image in pixels], input_size, **modes)
-        fill = np.broadcast_to(np.asarray(kwargs["image_mean"], dtype=np.float32), (3,))  # 0 once normalised
-        inputs = pixels
-        if layouts is not None:
-            inputs, kwargs["do_resize"] = self._cut(pixels, layouts, kwargs["resample"], fill), False
-        data = {"pixel_values": self._preprocess(inputs, return_tensors=None, **kwargs)["pixel_values"]}
+        data, kwargs = self._pixel_inputs(pixels, kwargs)
+        layouts = data.get("image_layouts")
         if segmentation_maps is not None:
             mask_list = as_list(segmentation_maps, "segmentation_maps", allow_none_items=True)
             if len(mask_list) != len(image_list):
@@ -170,9 +183,23 @@ class CLIPADAImageProcessor(PilBackend):
             mask_kwargs = {**kwargs, "do_normalize": False, "resample": PILImageResampling.NEAREST}
             labels = self._preprocess(masks, return_tensors=None, **mask_kwargs)["pixel_values"]
             data["labels"] = [label[0].astype(np.int64) for label in labels]
+        return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=["image_layouts"])
+
+    def _pixel_inputs(self, pixels: list[np.ndarray], kwargs: dict[str, Any]) -> tuple[dict, dict[str, Any]]:
+        """Read images `(3, H, W)` -> `{"pixel_values": [...], "image_layouts": [...] (letterbox, tiles)}`, and the
+        settings the masks are then processed with (the layout fields taken out; no resize where inputs were cut)."""
+        kwargs = dict(kwargs)
+        modes = {key: kwargs.pop(key) for key in ("resize_mode", "tile_size", "tile_overlap")}
+        input_size = (kwargs["size"].height, kwargs["size"].width)
+        layouts = image_layouts([image.shape[-2:] for image in pixels], input_size, **modes)
+        fill = np.broadcast_to(np.asarray(kwargs["image_mean"], dtype=np.float32), (3,))  # 0 once normalised
+        inputs = pixels
+        if layouts is not None:
+            inputs, kwargs["do_resize"] = self._cut(pixels, layouts, kwargs["resample"], fill), False
+        data = {"pixel_values": self._preprocess(inputs, return_tensors=None, **kwargs)["pixel_values"]}
         if layouts is not None:
             data["image_layouts"] = layouts
-        return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=["image_layouts"])
+        return data, kwargs
 
     def _cut(self, arrays: list[np.ndarray], layouts: list, resample: int, fill: Sequence[float]) -> list[np.ndarray]:
         """Every `(C, H, W)` array -> its layout's model inputs at `size` (the backend then skips resizing)."""
@@ -304,56 +331,39 @@ class CLIPADAImageProcessor(PilBackend):
         target_sizes: Sequence[Sequence[int]] | None = None,
         image_layouts: Sequence | None = None,
         image_score_top_k: int = DEFAULT_IMAGE_SCORE_TOP_K,
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    ) -> tuple[list[np.ndarray | torch.Tensor], np.ndarray | torch.Tensor | None]:
         """Model outputs -> one anomaly map per image at its original size, and one image score per image.
 
         Args:
-            outputs: anything with `anomaly_map` `(N, H, W)` and `pred_score` `(N,)`, N inputs (tiles) of B images.
-            target_sizes: squash only: `(height, width)` per image, as in [`post_process_anomaly_maps`].
+            outputs: anything with `anomaly_map` `(N, H, W)` and `pred_score` `(N,)` (torch tensors or numpy
+                arrays), N inputs (tiles) of B images.
+            target_sizes: squash only: `(height, width)` per image (e.g. `pil_image.size[::-1]`); `None` keeps the
+                model's input size.
             image_layouts: the preprocessing's `image_layouts` (letterbox, tiles); `None` for squash.
             image_score_top_k: letterbox and tiles: pixels averaged at the input size (the model's
                 `config.image_score_top_k` where it has one), scaled to the area of the content or of the tiled map.
 
         Returns:
-            `(maps, scores)`: B maps `(height_i, width_i)` and `(B,)` scores. Squash: the model's own `pred_score`
-            and bilinear maps. Letterbox and tiles: the top-k mean of the content crop or the blended map
-            (`tiling.reassemble`), whatever the family's own score rule, so thresholds calibrated in squash mode do
-            not carry over.
+            `(maps, scores)`: B maps `(height_i, width_i)` and `(B,)` scores, torch tensors for torch outputs and
+            numpy arrays otherwise. Squash: the model's own `pred_score` (None where `outputs` has none) and bilinear
+            maps (`align_corners=False`, as `F.interpolate`). Letterbox and tiles: the top-k mean of the content crop
+            or the blended map (`tiling.reassemble`), whatever the family's own score rule, so thresholds
+            calibrated in squash mode do not carry over.
         """
-        if image_layouts is None:
-            return self.post_process_anomaly_maps(outputs, target_sizes), outputs.pred_score
-        anomaly_maps = outputs.anomaly_map
-        if torch is not None and isinstance(anomaly_maps, torch.Tensor):
-            anomaly_maps = anomaly_maps.detach().float().cpu().numpy()
-        maps, scores = reassemble(np.asarray(anomaly_maps, dtype=np.float32), image_layouts, image_score_top_k)
-        if torch is None:
-            return maps, scores
-        return [torch.from_numpy(anomaly_map) for anomaly_map in maps], torch.from_numpy(scores)
-
-    def post_process_anomaly_maps(
-        self,
-        outputs: Any,
-        target_sizes: Sequence[Sequence[int]] | None = None,
-        image_layouts: Sequence | None = None,
-    ) -> list[torch.Tensor]:
-        """Model outputs -> one anomaly map per image at its original size.
-
-        Args:
-            outputs: a [`CLIPADAOutput`] (or anything with `anomaly_map` of shape `(B, H, W)`).
-            target_sizes: `(height, width)` per image (e.g. `pil_image.size[::-1]`); `None` keeps the model size.
-            image_layouts: letterbox and tiles: the preprocessing's `image_layouts`; the maps are merged back
-                ([`post_process_anomaly_detection`]) and come back at the images' own sizes.
-
-        Returns:
-            `list[torch.Tensor]` of B maps `(height_i, width_i)`, probabilities in [0, 1] (bilinear resize).
-        """
-        if image_layouts is not None:
-            return self.post_process_anomaly_detection(outputs, image_layouts=image_layouts)[0]
         anomaly_maps = getattr(outputs, "anomaly_map", None)
         if anomaly_maps is None or anomaly_maps.ndim != 3:
             raise ValueError("`outputs` must have an `anomaly_map` of shape (batch, H, W), e.g. a CLIPADAOutput.")
+        as_torch = torch is not None and isinstance(anomaly_maps, torch.Tensor)
+        if image_layouts is not None:
+            if as_torch:
+                anomaly_maps = anomaly_maps.detach().float().cpu().numpy()
+            maps, scores = reassemble(np.asarray(anomaly_maps, dtype=np.float32), image_layouts, image_score_top_k)
+            if as_torch:
+                return [torch.from_numpy(anomaly_map) for anomaly_map in maps], torch.from_numpy(scores)
+            return maps, scores
+        scores = getattr(outputs, "pred_score", None)
         if target_sizes is None:
-            return list(anomaly_maps)
+            return list(anomaly_maps), scores
         if len(target_sizes) != anomaly_maps.shape[0]:
             raise ValueError(
                 f"Got {len(target_sizes)} target_sizes for a batch of {anomaly_maps.shape[0]} anomaly maps."
@@ -363,10 +373,59 @@ class CLIPADAImageProcessor(PilBackend):
             target = tuple(int(value) for value in target_size)
             if len(target) != 2 or min(target) < 1:
                 raise ValueError(f"Each target size must be (height, width) with positive values, got {target_size}.")
-            resized.append(
-                F.interpolate(anomaly_map[None, None].float(), size=target, mode="bilinear", align_corners=False)[0, 0]
-            )
-        return resized
+            if as_torch:
+                resized.append(
+                    F.interpolate(anomaly_map[None, None].float(), size=target, mode="bilinear", align_corners=False)[
+                        0, 0
+                    ]
+                )
+            else:
+                resized.append(resize_bilinear(np.asarray(anomaly_map, dtype=np.float32), target))
+        return resized, scores
+
+    def post_process_anomaly_maps(
+        self,
+        outputs: Any,
+        target_sizes: Sequence[Sequence[int]] | None = None,
+        image_layouts: Sequence | None = None,
+    ) -> list[np.ndarray | torch.Tensor]:
+        """Model outputs -> one anomaly map per image at its original size: the maps of
+        [`post_process_anomaly_detection`].
+
+        Args:
+            outputs: a [`CLIPADAOutput`] (or anything with `anomaly_map` of shape `(B, H, W)`).
+            target_sizes: `(height, width)` per image (e.g. `pil_image.size[::-1]`); `None` keeps the model size.
+            image_layouts: letterbox and tiles: the preprocessing's `image_layouts`; the maps come back at the
+                images' own sizes.
+
+        Returns:
+            B maps `(height_i, width_i)`, probabilities in [0, 1]; torch tensors for torch outputs.
+        """
+        return self.post_process_anomaly_detection(outputs, target_sizes, image_layouts)[0]
 
 
-__all__ = ["CLIPADAImageProcessor", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD"]
+def _source_indices(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each output index: the two source indices and the weight of the second, computed in float32 exactly as
+    torch's CPU kernel of `F.interpolate(mode="bilinear", align_corners=False)` computes them."""
+    scale = np.float64(np.float32(in_size) / np.float32(out_size))
+    # one rounding of scale * (i + 0.5) - 0.5, as the kernel's fused multiply-add
+    source = np.maximum(scale * (np.arange(out_size) + 0.5) - 0.5, 0).astype(np.float32)
+    low = source.astype(np.int64)  # truncation, as the kernel's int cast
+    high = np.where(low < in_size - 1, low + 1, low)
+    return low, high, (source - low).astype(np.float32)
+
+
+def resize_bilinear(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`(h, w)` -> `(height, width)` float32 by bilinear interpolation with `align_corners=False`, with the same
+    float32 arithmetic as torch's `F.interpolate` on the CPU (so that torch and torch-free paths agree), without
+    torch."""
+    anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
+    top, bottom, row_weight = _source_indices(anomaly_map.shape[0], size[0])
+    left, right, column_weight = _source_indices(anomaly_map.shape[1], size[1])
+    column_weight, row_weight = column_weight[None, :], row_weight[:, None]
+    upper = (1 - column_weight) * anomaly_map[top][:, left] + column_weight * anomaly_map[top][:, right]
+    lower = (1 - column_weight) * anomaly_map[bottom][:, left] + column_weight * anomaly_map[bottom][:, right]
+    return ((1 - row_weight) * upper + row_weight * lower).astype(np.float32)
+
+
+__all__ = ["CLIPADAImageProcessor", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "resize_bilinear"]

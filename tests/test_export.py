@@ -13,6 +13,7 @@ from PIL import Image
 from tiny_clip import make_tiny_clip
 
 from inference.deploy.export import ExportError, check_request, export, main
+from inference.deploy.graph import CLIPADAExportGraph, export_program
 from inference.deploy.runners import EXPORT_CONFIG_NAME, ExportedCLIPADA, ExportedModelError
 from modeling_clipada import CLIPADAForAnomalySegmentation
 from processing import CLIPADAImageProcessor
@@ -87,6 +88,55 @@ def pytorch_outputs(checkpoint: Path, categories=None):
     pixel_values = CLIPADAImageProcessor.from_pretrained(checkpoint)(images=sample_images())["pixel_values"]
     with torch.no_grad():
         return model(pixel_values, categories=categories)
+
+
+# ---------------------------------------------------------------------------------------------- graph = model
+
+
+def random_model_and_pixels(num_refinements: int) -> tuple[CLIPADAForAnomalySegmentation, torch.Tensor]:
+    """A tiny random CLIP-ADA (eval) with a non-trivial head, and 3 random CLIP-normalised images."""
+    clip, tokenizer = make_tiny_clip(seed=num_refinements)
+    torch.manual_seed(num_refinements)
+    model = CLIPADAForAnomalySegmentation.from_clip(
+        clip, tokenizer, num_refinements=num_refinements, feature_layer=FEATURE_LAYER
+    ).eval()
+    pixel_values = torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+    return model, pixel_values
+
+
+def test_export_graph_and_its_program_give_the_models_forward_bit_for_bit():
+    model, pixel_values = random_model_and_pixels(num_refinements=2)
+    graph = CLIPADAExportGraph(model, (IMAGE_SIZE, IMAGE_SIZE), with_thresholds=True)
+    thresholds = (torch.full((3,), 0.5), torch.full((3,), 0.5))
+    program = export_program(graph)  # traced at batch 2, run at batch 3
+    with torch.no_grad():
+        reference = model(pixel_values)
+        eager = graph(pixel_values, *thresholds)
+        exported = program.module()(pixel_values, *thresholds)
+    assert torch.equal(eager[0], reference.anomaly_map) and torch.equal(eager[1], reference.pred_score)
+    assert torch.equal(eager[2], reference.pred_score >= 0.5) and torch.equal(eager[3], reference.anomaly_map >= 0.5)
+    # the same kernels today (equal here); a tolerance keeps a future decomposition from failing the test
+    torch.testing.assert_close(exported[0], reference.anomaly_map, rtol=0, atol=1e-6)
+    torch.testing.assert_close(exported[1], reference.pred_score, rtol=0, atol=1e-6)
+
+
+def test_export_graph_runs_the_models_own_step_methods(monkeypatch):
+    """Changing the model's step methods changes the graph (and forward) alike: the graph calls them, no copy."""
+    model, pixel_values = random_model_and_pixels(num_refinements=1)
+    graph = CLIPADAExportGraph(model, (IMAGE_SIZE, IMAGE_SIZE), with_thresholds=False)
+    with torch.no_grad():
+        before = graph(pixel_values)[0]
+    stage_logits, anomaly_map_and_score, calls = model.compute_stage_logits, model.anomaly_map_and_score, []
+    shifted = lambda *args: calls.append("steps 2-3") or tuple(logits + 1 for logits in stage_logits(*args))  # noqa: E731
+    monkeypatch.setattr(model, "compute_stage_logits", shifted)
+    monkeypatch.setattr(
+        model, "anomaly_map_and_score", lambda *args: calls.append("step 5") or anomaly_map_and_score(*args)
+    )
+    with torch.no_grad():
+        after = graph(pixel_values)[0]
+        reference = model(pixel_values).anomaly_map
+    assert calls == ["steps 2-3", "step 5"] * 2
+    assert torch.equal(after, reference) and not torch.equal(after, before)
 
 
 # ---------------------------------------------------------------------------------------------- parity
@@ -174,6 +224,50 @@ def test_onnx_runner_runs_where_torch_cannot_be_imported(exports, tmp_path):
     line = json.loads(result.stdout.strip().splitlines()[-1])
     assert line["image"] == str(image_file) and line["pred_label"] is True  # screw: image threshold 0
     assert line["anomalous_pixels"] == 0  # screw: pixel threshold 1.0
+
+
+@pytest.mark.slow
+def test_clipada_predict_scores_an_export_folder_where_torch_cannot_be_imported(checkpoints, exports, tmp_path):
+    """`clipada predict` on an export folder: the runtime is found from the folder, torch is never imported, one
+    missing file gets its ERROR row while the others are decided, and the decisions are torch's."""
+    from inference import predict
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, image in enumerate(sample_images()):
+        Image.fromarray(image).save(images / f"{index}.png")
+    (tmp_path / "list.txt").write_text("images/0.png\nimages/missing.png\n")
+    script = (
+        "import runpy, sys\n"
+        "sys.modules['torch'] = None  # `import torch` raises ImportError from here on\n"
+        "sys.argv = ['predict', *sys.argv[1:]]\n"
+        "try:\n"
+        "    runpy.run_module('inference.predict', run_name='__main__')\n"
+        "finally:\n"
+        "    assert sys.modules['torch'] is None and 'torch.nn' not in sys.modules\n"
+    )
+    args = [str(images), str(tmp_path / "list.txt"), "--model_name_or_path", str(exports(0, "onnx"))]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args, "--output_dir", str(tmp_path / "onnx")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr  # 1: one file failed, the others were scored
+    assert "4 images" not in result.stdout and "5 images: " in result.stdout
+    predict.main([*args[:2], "--model_name_or_path", str(checkpoints[0]), "--output_dir", str(tmp_path / "torch")])
+    runs = {
+        name: {row["path"]: row for row in map(json.loads, (tmp_path / name / "predictions.jsonl").open())}
+        for name in ("onnx", "torch")
+    }
+    assert runs["onnx"].keys() == runs["torch"].keys() and len(runs["onnx"]) == 5
+    for path, row in runs["onnx"].items():
+        reference = runs["torch"][path]
+        assert row["decision"] == reference["decision"] and row["decision"] in ("OK", "NG", "ERROR")
+        if row["decision"] == "ERROR":
+            assert path.endswith("missing.png") and "missing.png" in row["error"]
+        else:
+            assert abs(row["score"] - reference["score"]) <= 1e-5 and row["boxes"] == reference["boxes"]
+            assert (tmp_path / "onnx" / row["overlay"]).is_file()
 
 
 # ---------------------------------------------------------------------------------------------- bad input

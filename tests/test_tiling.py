@@ -311,6 +311,7 @@ def test_the_pipeline_merges_tiles_and_crops_letterbox_as_predict_does(tmp_path,
 
 def test_the_app_scores_tiles_and_names_the_category_like_predict(tmp_path):
     from inference.app.results import score_uploads
+    from inference.torch_backend import TorchBackend
 
     clip, tokenizer = make_tiny_clip()
     model = CLIPADAForAnomalySegmentation.from_clip(clip, tokenizer, feature_layer=2).eval()
@@ -319,18 +320,20 @@ def test_the_app_scores_tiles_and_names_the_category_like_predict(tmp_path):
     Image.fromarray(image).save(tmp_path / "wide.png")
     seen = []
 
-    def backend(pixel_values, category=None):
-        seen.append((len(pixel_values), category))
-        with torch.no_grad():
-            outputs = model(torch.as_tensor(pixel_values))
-        return SimpleNamespace(anomaly_map=outputs.anomaly_map.numpy(), pred_score=outputs.pred_score.numpy())
+    class RecordingBackend(TorchBackend):
+        def __call__(self, pixel_values, categories=None):
+            seen.append((len(pixel_values), categories))
+            return super().__call__(pixel_values, categories)
 
-    (result,) = score_uploads([tmp_path / "wide.png"], backend, processor, category="disc", image_score_top_k=500)
+    backend = RecordingBackend(model, "cpu")
+    (result,) = score_uploads([tmp_path / "wide.png"], backend, processor, category="disc")
     inputs = processor(images=[image])
     with torch.no_grad():
         outputs = model(inputs["pixel_values"])
-    maps, scores = processor.post_process_anomaly_detection(outputs, [(48, 80)], inputs["image_layouts"], 500)
-    assert seen == [(len(inputs["pixel_values"]), "disc")] and len(inputs["pixel_values"]) > 1
+    top_k = model.config.image_score_top_k
+    maps, scores = processor.post_process_anomaly_detection(outputs, [(48, 80)], inputs["image_layouts"], top_k)
+    num_tiles = len(inputs["pixel_values"])
+    assert seen == [(num_tiles, ["disc"] * num_tiles)] and num_tiles > 1
     assert result.anomaly_map.shape == (48, 80) and np.allclose(result.anomaly_map, maps[0].numpy(), atol=1e-6)
     assert result.score == pytest.approx(float(scores[0]), abs=1e-6)
 

@@ -30,10 +30,11 @@ import numpy as np
 import torch
 from scipy import stats
 from torch.utils.data import DataLoader
-from transformers import PreTrainedModel
+from transformers import BatchFeature, PreTrainedModel
 
+from inference.scoring import score_inputs
+from inference.torch_backend import TorchBackend
 from processing import CLIPADAImageProcessor
-from processing.tiling import DEFAULT_IMAGE_SCORE_TOP_K, reassemble
 
 PIXELS_PER_IMAGE = 4096
 NUM_RESAMPLES = 2000
@@ -232,21 +233,14 @@ def collect_normal_scores(
     split = split.select(np.flatnonzero(labels == 0))
     if len(split) == 0:
         raise ValueError("the split holds no normal image to calibrate on")
-    model = model.to(device).eval()
-    dtype = next(model.parameters()).dtype
+    backend = TorchBackend(model, device)
     rng = np.random.default_rng(seed)
     image_scores, pixel_samples = [], []
-    for pixel_values, categories, layouts in _normal_batches(split, processor, batch_size):
-        with torch.no_grad():
-            if layouts is not None:  # one category per model input: every tile of an image gets its category
-                categories = [c for c, layout in zip(categories, layouts) for _ in range(layout.num_inputs)]
-            outputs = model(pixel_values=pixel_values.to(device, dtype), categories=categories)
-        scores, anomaly_maps = outputs.pred_score.float().cpu().numpy(), outputs.anomaly_map.float().cpu().numpy()
-        if layouts is not None:  # letterbox or tiles: scored per image as evaluation and predict score them
-            top_k = getattr(model.config, "image_score_top_k", DEFAULT_IMAGE_SCORE_TOP_K)
-            anomaly_maps, scores = reassemble(anomaly_maps, layouts, top_k)
-        image_scores.append(scores)
-        for anomaly_map in anomaly_maps:
+    for inputs, categories in _normal_batches(split, processor, batch_size):
+        # squash maps at the input size; letterbox and tiles per image, as evaluation and predict score them
+        scored = score_inputs(backend, processor, inputs, categories)
+        image_scores.append(scored.scores)
+        for anomaly_map in scored.anomaly_maps:
             flat = anomaly_map.ravel()
             if flat.size > PIXELS_PER_IMAGE:
                 flat = flat[rng.choice(flat.size, PIXELS_PER_IMAGE, replace=False)]
@@ -256,13 +250,13 @@ def collect_normal_scores(
 
 def _normal_batches(
     split: datasets.Dataset, processor: CLIPADAImageProcessor, batch_size: int
-) -> Iterator[tuple[torch.Tensor, list[str], list | None]]:
-    """`(pixel_values (N, 3, H, W), categories, image_layouts)` batches; the layouts are None when the processor
-    squashes (N = B), else one per image (letterbox, tiles: N inputs for B images)."""
+) -> Iterator[tuple[BatchFeature, list[str]]]:
+    """`(inputs, categories)` batches: the processor's output (`pixel_values` `(N, 3, H, W)`, and `image_layouts`
+    for letterbox and tiles: N inputs for B images) and the B images' categories."""
 
-    def collate(examples: list[dict]) -> tuple[torch.Tensor, list[str], list | None]:
+    def collate(examples: list[dict]) -> tuple[BatchFeature, list[str]]:
         inputs = processor(images=[example["image"] for example in examples])
-        return inputs["pixel_values"], [example["category"] for example in examples], inputs.get("image_layouts")
+        return inputs, [example["category"] for example in examples]
 
     yield from DataLoader(split.select_columns(["image", "category"]), batch_size=batch_size, collate_fn=collate)
 

@@ -14,7 +14,7 @@ import torch
 from accelerate.logging import get_logger
 from transformers import CLIPTokenizer, PreTrainedModel
 
-from inference.loading import load_frozen_clip_weights
+from training.models import load_frozen_clip_weights
 from processing import CLIPADAImageProcessor
 from training.calibrate import calibrate_model, format_calibration, write_calibration_report
 from training.checkpointing import CHECKPOINTS_DIR

@@ -19,7 +19,7 @@ from accelerate.utils import set_seed
 from torch.optim.lr_scheduler import MultiStepLR
 from transformers import PreTrainedModel
 
-from inference.loading import build_model
+from training.models import build_model
 from processing import CLIPADAImageProcessor
 from training.arguments import head_overrides
 from training.calibration import hold_out_normal_images

@@ -2,8 +2,9 @@
 
 Example:
     ```bash
-    python -m inference.app --model_name_or_path outputs/run --examples line3/ --port 7860
-    python -m inference.app --write_space space/ --model_id user/clipada-mvtec --examples line3/
+    clipada app --model_name_or_path outputs/run --examples line3/ --port 7860
+    clipada app --model_name_or_path outputs/run-onnx          # an export: no torch needed
+    clipada app --write_space space/ --model_id user/clipada-mvtec --examples line3/
     ```
 """
 
@@ -11,28 +12,33 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from inference.app.model import checkpoint_examples, folder_examples, load_served_model
 from inference.app.results import MAX_IMAGE_PIXELS
 from inference.app.space import write_space
-from inference.backends import DTYPES
-from inference.devices import add_num_threads_argument, configure_threads, resolve_device
-from inference.loading import ModelLoadError
-from inference.predict.inputs import InputError
+from inference.backends import BACKENDS
+from inference.command_line import device_arguments, positive_int, usage_errors
+from inference.devices import configure_threads, default_num_threads
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Anomaly inspection web app for a checkpoint, or a Hub Space folder.")
-    parser.add_argument("--model_name_or_path", help="A checkpoint folder or Hub id of this library (any family).")
+    parser = argparse.ArgumentParser(
+        description="Anomaly inspection web app for a checkpoint or an export folder, or a Hub Space folder.",
+        parents=[device_arguments(backend_note=True)],
+    )
+    parser.add_argument(
+        "--model_name_or_path", help="A checkpoint folder or Hub id of this library (any family), or an export folder."
+    )
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default=None, help="Default: the export's runtime for an export, else torch."
+    )
     parser.add_argument("--examples", help="A folder of example images offered in the page (and copied to a Space).")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
-    add_num_threads_argument(parser)
     parser.add_argument("--host", default="127.0.0.1", help="Address to serve on (0.0.0.0 for the whole network).")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument(
-        "--max_image_pixels", type=int, default=MAX_IMAGE_PIXELS, help="Refuse larger uploads (width x height)."
+        "--max_image_pixels",
+        type=positive_int,
+        default=MAX_IMAGE_PIXELS,
+        help="Refuse larger uploads (width x height).",
     )
     parser.add_argument("--write_space", metavar="OUT", help="Write a Hub Space folder for --model_id and exit.")
     parser.add_argument("--model_id", help="With --write_space: the checkpoint's Hub id (user/name) the Space loads.")
@@ -43,15 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--write_space needs --model_id user/name: the Hub checkpoint the Space loads")
     if not 0 < args.port < 65536:
         parser.error(f"--port must lie in 1..65535, got {args.port}")
-    if args.max_image_pixels < 1:
-        parser.error(f"--max_image_pixels must be at least 1, got {args.max_image_pixels}")
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     """Writes the Space folder, or serves the app until interrupted."""
     args = parse_args(argv)
-    try:
+    with usage_errors():
         examples = folder_examples(args.examples) if args.examples else []
         if args.write_space is not None:
             write_space(Path(args.write_space), args.model_id, examples)
@@ -59,13 +63,11 @@ def main(argv: list[str] | None = None) -> None:
                 f"Space for {args.model_id} written to {args.write_space}: push it with `hf upload --repo-type space`"
             )
             return
-        configure_threads(args.num_threads)
-        device = resolve_device(args.device)
-        served = load_served_model(args.model_name_or_path, device=str(device), dtype=args.dtype)
+        num_threads = args.num_threads or default_num_threads()
+        served = load_served_model(args.model_name_or_path, args.device, args.dtype, args.backend, num_threads)
+        if served.backend.name == "torch":
+            configure_threads(num_threads)
         examples = checkpoint_examples(args.model_name_or_path) + examples
-    except (InputError, ModelLoadError, OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from error
     try:
         from inference.app.ui import build_demo, launch_options  # Gradio is needed for serving only
     except ModuleNotFoundError as error:
@@ -83,9 +85,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from error
 
 
-def cli() -> None:
-    """Console script `clipada-app` and `python -m inference.app`."""
-    main()
+def cli(argv: list[str] | None = None) -> None:
+    """`clipada app` (alias `clipada-app`, `python -m inference.app`)."""
+    main(argv)
 
 
 if __name__ == "__main__":

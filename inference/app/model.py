@@ -12,12 +12,12 @@ Example:
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import snapshot_download
-from transformers import PretrainedConfig
 
-from inference.backends import AnomalyBackend, load_backend
-from inference.families import FAMILIES
+from inference.backends import AnomalyBackend, is_export_folder, load_backend
+from inference.deploy.runners import read_export_config
 from inference.loading import check_model_location, load_processor, saved_model_type
 from inference.predict.inputs import InputError, collect_inputs
 from processing import CLIPADAImageProcessor
@@ -34,14 +34,14 @@ class ServedModel:
         title: The model family's name (`CLIP-ADA`, `AnomalyCLIP`).
         backend: Runs the model on CLIP-normalised pixels `(B, 3, H, W)`.
         processor: Reads, resizes and normalises images; maps anomaly maps back to each image's size.
-        config: The checkpoint's config, with its calibrated thresholds.
+        config: The calibrated decision fields: the checkpoint's config, or the export's thresholds.
     """
 
     name: str
     title: str
     backend: AnomalyBackend
     processor: CLIPADAImageProcessor
-    config: PretrainedConfig
+    config: Any
 
     @property
     def categories(self) -> list[str]:
@@ -50,25 +50,34 @@ class ServedModel:
 
 
 def load_served_model(
-    model_name_or_path: str, device: str = "cpu", dtype: str = "float32", backend: str = "torch"
+    model_name_or_path: str,
+    device: str | None = None,
+    dtype: str = "float32",
+    backend: str | None = None,
+    num_threads: int | None = None,
 ) -> ServedModel:
-    """Loads a checkpoint of any of this library's families (local folder or Hub id).
+    """Loads a checkpoint of any of this library's families (local folder or Hub id), or an export folder.
 
     Args:
-        model_name_or_path: The checkpoint.
-        device: A device the backend understands (`cpu`, `cuda`).
-        dtype: `float32` or `bfloat16`.
-        backend: A key of `inference.backends.BACKENDS`.
+        model_name_or_path: The checkpoint or export folder.
+        device: torch: a device name (None: cuda when available); exports run on the cpu.
+        dtype: `float32` or `bfloat16` (torch).
+        backend: `torch`, `onnxruntime` or `openvino`; None: the export's runtime, else torch.
+        num_threads: The export runtime's threads.
 
     Raises:
         inference.loading.ModelLoadError: A folder or Hub id that holds no checkpoint of ours, naming it.
     """
     check_model_location(model_name_or_path)
-    family = FAMILIES.get(saved_model_type(model_name_or_path), FAMILIES["clipada"])
-    loaded_backend = load_backend(backend, model_name_or_path, device=device, dtype=dtype)
-    config = family.config_class.from_pretrained(model_name_or_path)
+    if is_export_folder(model_name_or_path):
+        title = f"CLIP-ADA ({read_export_config(model_name_or_path)['format']} export)"
+    else:
+        from inference.families import FAMILIES  # torch: only for a checkpoint
+
+        title = FAMILIES.get(saved_model_type(model_name_or_path), FAMILIES["clipada"]).title
+    loaded_backend = load_backend(backend, model_name_or_path, device, dtype, num_threads)
     processor = load_processor(model_name_or_path)
-    return ServedModel(model_name_or_path, family.title, loaded_backend, processor, config)
+    return ServedModel(model_name_or_path, title, loaded_backend, processor, loaded_backend.decision_config)
 
 
 def checkpoint_examples(model_name_or_path: str) -> list[Path]:

@@ -17,16 +17,15 @@ Example:
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
-import torch
 from PIL import Image
 
 from inference.backends import AnomalyBackend
-from inference.overlays import colour_table, draw_overlay
+from inference.overlays import DEFAULT_COLOUR_MAP, colour_table, draw_overlay
 from inference.predict.rows import Thresholds, choose_thresholds, error_row, prediction_row
 from inference.predict.writers import PredictionWriter
+from inference.scoring import score_images
 from processing import CLIPADAImageProcessor
 
 MAX_IMAGE_PIXELS = 4096 * 4096
@@ -106,7 +105,6 @@ def score_uploads(
     max_pixels: int = MAX_IMAGE_PIXELS,
     batch_size: int = 8,
     category: str | None = None,
-    image_score_top_k: int | None = None,
 ) -> list[ScoredImage]:
     """Runs the model once on every readable upload; unreadable ones come back with their error.
 
@@ -119,8 +117,6 @@ def score_uploads(
         max_pixels: Larger images are refused (width x height).
         batch_size: Images per backend call.
         category: The images' category (AdaCLIP names it in its prompts).
-        image_score_top_k: Letterbox and tiles: the model's `config.image_score_top_k` (None: the processor's
-            default), as in `clipada-predict`.
 
     Returns:
         One [`ScoredImage`] per path, in order.
@@ -138,20 +134,9 @@ def score_uploads(
         readable.append((results[-1], pixels))
     for start in range(0, len(readable), batch_size):
         batch = readable[start : start + batch_size]
-        images = [pixels for _, pixels in batch]
-        inputs = processor(images=images, return_tensors="pt")  # letterbox, tiles: + image_layouts
-        output = backend(inputs["pixel_values"], category)
-        outputs = SimpleNamespace(
-            anomaly_map=torch.from_numpy(output.anomaly_map), pred_score=torch.from_numpy(output.pred_score)
-        )
-        anomaly_maps, scores = processor.post_process_anomaly_detection(
-            outputs,
-            [pixels.shape[-2:] for pixels in images],
-            inputs.get("image_layouts"),
-            **({} if image_score_top_k is None else {"image_score_top_k": image_score_top_k}),
-        )
-        for (result, _), anomaly_map, score in zip(batch, anomaly_maps, scores):
-            result.anomaly_map, result.score = anomaly_map.numpy().astype(np.float32), float(score)
+        scored = score_images(backend, processor, [pixels for _, pixels in batch], [category] * len(batch))
+        for (result, _), anomaly_map, score in zip(batch, scored.anomaly_maps, scored.scores):
+            result.anomaly_map, result.score = anomaly_map, float(score)
     return results
 
 
@@ -206,7 +191,7 @@ def render_results(
     return rendered
 
 
-def colour_map_picture(anomaly_map: np.ndarray, colormap: str = "inferno") -> Image.Image:
+def colour_map_picture(anomaly_map: np.ndarray, colormap: str = DEFAULT_COLOUR_MAP) -> Image.Image:
     """`(H, W)` probabilities -> an RGB picture on the fixed 0..1 scale of the overlays (never stretched)."""
     levels = np.round(np.clip(anomaly_map, 0.0, 1.0) * 255).astype(np.intp)
     return Image.fromarray(colour_table(colormap)[levels].round().astype(np.uint8))

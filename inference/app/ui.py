@@ -104,7 +104,6 @@ def build_demo(served: ServedModel, examples: list[Path] = (), max_pixels: int =
                 served.processor,
                 max_pixels=max_pixels,
                 category=category or None,
-                image_score_top_k=getattr(served.config, "image_score_top_k", None),
             )
             return results, 0, *view(results, 0, category, image_value, pixel_value)
         except Exception as error:  # the page shows a message and the app keeps serving

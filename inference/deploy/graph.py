@@ -1,29 +1,27 @@
 """The exportable graph of a CLIP-ADA checkpoint: normalised pixels in; anomaly maps, scores and decisions out.
 
-`CLIPADAExportGraph` runs the model's own steps (patch features to `feature_layer`, similarity logits, refinement,
-top-k score, thresholds) with everything that does not depend on the image frozen as buffers: the text embedding
-(the text tower is not in the graph) and the upsampling+smoothing matrices of the fixed input size. Nothing on
-its path reads caches, storage pointers or tensor versions, so `torch.export` traces it as it is. Thresholds are
-graph inputs, one per image, so they change after export without exporting again (the runners read them from
-the export's JSON; see `inference.deploy.runners`).
+`CLIPADAExportGraph` calls the model's own methods for steps 2, 3 and 5 (`compute_stage_logits`,
+`anomaly_map_and_score`) and the shared threshold decisions, with everything that does not depend on the image
+frozen as buffers: the text embedding (the text tower is not in the graph) and the upsampling+smoothing matrices of
+the fixed input size. Nothing on its path reads caches, storage pointers or tensor versions, so `torch.export`
+traces it as it is. Thresholds are graph inputs, one per image, so they change after export without exporting again
+(the runners read them from the export's JSON; see `inference.deploy.runners`).
 
 Example:
     ```python
-    >>> graph = CLIPADAExportGraph(model, image_size=(224, 224))
+    >>> graph = CLIPADAExportGraph(model, image_size=(224, 224), with_thresholds=True)
     >>> program = export_program(graph)                       # dynamic batch, fixed H and W
-    >>> write_onnx(program, Path("out/model.onnx"), opset=20)
-    >>> write_openvino(program, Path("out/model.xml"), image_size=(224, 224), fp16=False)
+    >>> write_onnx(program, Path("out/model.onnx"), opset=20, names=graph)
+    >>> write_openvino(program, Path("out/model.xml"), names=graph, fp16=False)
     ```
 """
 
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from modeling_clipada import CLIPADAForAnomalySegmentation
-from modeling_clipada.clip_parts import upsample_and_smooth_matrices
 from modeling_clipada.decisions import apply_thresholds
 
 ANOMALY_OUTPUTS = ("anomaly_map", "pred_score")
@@ -46,19 +44,12 @@ class CLIPADAExportGraph(nn.Module):
         self.image_size = tuple(image_size)
         self.with_thresholds = with_thresholds
         patch = model.config.vision_config.patch_size
-        self.grid = (self.image_size[0] // patch, self.image_size[1] // patch)
-        parameter = model.prompt_vectors
+        grid = (self.image_size[0] // patch, self.image_size[1] // patch)
         with torch.no_grad():  # computed once, eagerly: the cache of `text_embedding` never meets the tracer
             self.register_buffer("text_embedding", model.text_embedding().detach().clone())
-        # built eagerly here: traced, the function's lru_cache would keep the tracer's fake tensors
-        rows, columns = upsample_and_smooth_matrices(
-            self.grid,
-            self.image_size,
-            float(model.config.smoothing_sigma),
-            parameter.device,
-            parameter.dtype,
-            "reflect",
-        )
+        # built eagerly here: traced, the matrices' lru_cache would keep the tracer's fake tensors. float32, as the
+        # stage logits that `compute_stage_logits` returns.
+        rows, columns = model.upsample_and_smooth_matrices(grid, self.image_size, model.device, torch.float32)
         self.register_buffer("upsample_rows", rows.clone())  # (H, h)
         self.register_buffer("upsample_columns", columns.clone())  # (W, w)
 
@@ -76,7 +67,7 @@ class CLIPADAExportGraph(nn.Module):
         image_threshold: torch.Tensor | None = None,
         pixel_threshold: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        """The model's steps 2, 3 and 5, then the decisions.
+        """The model's steps 2, 3 and 5 (its own methods), then the decisions.
 
         Args:
             pixel_values: `(batch_size, 3, H, W)`, CLIP-normalised, at `image_size`.
@@ -87,19 +78,10 @@ class CLIPADAExportGraph(nn.Module):
             `anomaly_map` `(batch_size, H, W)`, `pred_score` `(batch_size,)`, and with thresholds `pred_label`
             `(batch_size,)` bool and `pred_mask` `(batch_size, H, W)` bool.
         """
-        model, batch_size = self.model, pixel_values.shape[0]
-        # step 2: the coarse map
-        logits = model.similarity_logits(model.patch_features(pixel_values), self.text_embedding, stage=0)
-        # step 3: region refinement, as `CLIPADAForAnomalySegmentation.forward` does it
-        for stage in range(1, model.config.num_refinements + 1):
-            previous_map = torch.sigmoid(logits).view(batch_size, 1, *self.grid)
-            previous_map = F.interpolate(previous_map, size=self.image_size, mode="bilinear", align_corners=False)
-            patch_tokens = model.patch_features(pixel_values * previous_map)
-            logits = model.similarity_logits(patch_tokens, self.text_embedding, stage=stage)
-        # step 5: upsampling and smoothing as two matrix products, then the top-k score
-        probabilities = torch.sigmoid(logits).view(batch_size, *self.grid)
-        anomaly_map = self.upsample_rows @ probabilities @ self.upsample_columns.T
-        pred_score = model.image_score(anomaly_map)
+        stage_logits = self.model.compute_stage_logits(pixel_values, self.text_embedding)
+        anomaly_map, pred_score = self.model.anomaly_map_and_score(
+            torch.sigmoid(stage_logits[-1]), self.image_size, (self.upsample_rows, self.upsample_columns)
+        )
         if not self.with_thresholds:
             return anomaly_map, pred_score
         pred_label, pred_mask = apply_thresholds(anomaly_map, pred_score, image_threshold, pixel_threshold)
@@ -108,7 +90,7 @@ class CLIPADAExportGraph(nn.Module):
 
 def example_inputs(graph: CLIPADAExportGraph, batch_size: int = 2) -> tuple[torch.Tensor, ...]:
     """Zeros of the graph's input shapes: pixels `(batch_size, 3, H, W)` and thresholds `(batch_size,)`."""
-    pixel_values = torch.zeros(batch_size, 3, *graph.image_size, dtype=graph.upsample_rows.dtype)
+    pixel_values = torch.zeros(batch_size, 3, *graph.image_size, dtype=graph.model.dtype)
     # distinct tensors with distinct values: the tracer must not take two inputs for one
     thresholds = (torch.full((batch_size,), 0.25), torch.full((batch_size,), 0.75)) if graph.with_thresholds else ()
     return (pixel_values, *thresholds)

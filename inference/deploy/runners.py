@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.devices import add_num_threads_argument, default_num_threads
+from modeling_clipada.decisions import per_image_thresholds
 from processing import CLIPADAImageProcessor
 
 EXPORT_CONFIG_NAME = "clipada_export.json"
@@ -157,8 +158,15 @@ class ExportedCLIPADA:
         else:
             self.session = OpenVINOSession(model_file, num_threads, precision)
 
+    @staticmethod
+    def runtime_of(folder: str | Path) -> str:
+        """The runtime that runs an export folder: `onnxruntime` for ONNX, `openvino` for OpenVINO."""
+        export_format = read_export_config(folder)["format"]
+        return next(name for name, fmt in BACKEND_FORMATS.items() if fmt == export_format)
+
     def thresholds_for(self, categories: Sequence[str | None] | None, batch_size: int) -> tuple[np.ndarray, ...]:
-        """Each image's thresholds: its category's when calibrated, else the global ones.
+        """Each image's thresholds ([`modeling_clipada.decisions.per_image_thresholds`]: its category's when
+        calibrated, else the global ones).
 
         Returns:
             `(image_thresholds, pixel_thresholds)`, float32 `(batch_size,)` each.
@@ -166,12 +174,10 @@ class ExportedCLIPADA:
         Raises:
             ExportedModelError: No thresholds at all, or `categories` not one per image.
         """
-        categories = [None] * batch_size if categories is None else list(categories)
-        if len(categories) != batch_size:
-            raise ExportedModelError(f"categories: one per image ({batch_size}) expected, got {len(categories)}")
-        chosen = [self.category_thresholds.get(category, {}) for category in categories]
-        image = [entry.get("image_threshold", self.image_threshold) for entry in chosen]
-        pixel = [entry.get("pixel_threshold", self.pixel_threshold) for entry in chosen]
+        try:
+            image, pixel = per_image_thresholds(self, categories, batch_size)
+        except ValueError as error:
+            raise ExportedModelError(str(error)) from error
         if None in image or None in pixel:
             raise ExportedModelError(f"{self.folder / EXPORT_CONFIG_NAME} has no image and pixel thresholds to apply")
         return np.asarray(image, dtype=np.float32), np.asarray(pixel, dtype=np.float32)

@@ -1,4 +1,5 @@
-"""Score images with a trained checkpoint (any family): OK/NG rows in predictions.csv/.jsonl and one overlay per image.
+"""Score images with a checkpoint of any family or an export folder: OK/NG rows in predictions.csv/.jsonl and one
+overlay per image. With an export folder (onnxruntime, openvino) nothing here imports torch.
 
 Streams: images are read, scored, drawn and written one batch at a time, so memory stays flat however many images
 there are. A file that cannot be read gets an `ERROR` row and the others go on; the exit code is 1 when any file
@@ -6,8 +7,9 @@ failed, 2 for a usage error, 0 otherwise.
 
 Example:
     ```bash
-    python -m inference.predict line3/ extra/*.png todo.txt --model_name_or_path outputs/run \\
+    clipada predict line3/ extra/*.png todo.txt --model_name_or_path outputs/run \\
         --category bottle --output_dir outputs/line3 --save_maps png16
+    clipada predict line3/ --model_name_or_path outputs/run-onnx --output_dir outputs/line3   # torch-free
     ```
 """
 
@@ -15,66 +17,60 @@ import argparse
 import sys
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
-import torch
 from tqdm.auto import tqdm
-from transformers import AutoConfig
 
-import modeling_clipada  # noqa: F401 (registers this library's configs with AutoConfig)
-from inference.backends import BACKENDS, DTYPES, AnomalyBackend, load_backend
-from inference.devices import add_num_threads_argument, configure_threads, resolve_device
-from inference.loading import ModelLoadError, load_processor
+from inference.backends import BACKENDS, AnomalyBackend, load_backend
+from inference.command_line import device_arguments, open_unit_interval, overwrite_argument, positive_int, usage_errors
+from inference.devices import configure_threads, default_num_threads
+from inference.loading import load_processor
 from inference.modes import add_inference_mode_arguments, check_inference_mode_arguments, with_inference_mode
 from inference.overlays import draw_overlay
 from inference.predict.inputs import InputError, collect_inputs, output_names
 from inference.predict.rows import UNCALIBRATED, Thresholds, choose_thresholds, error_row, prediction_row
 from inference.predict.writers import MAP_FORMATS, PredictionWriter, save_map
+from inference.scoring import score_images
 from processing import CLIPADAImageProcessor
-from processing.tiling import DEFAULT_IMAGE_SCORE_TOP_K
 
 OUTPUT_FILES = ("predictions.csv", "predictions.jsonl")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Score images with a CLIP-ADA checkpoint: OK/NG, overlays, maps.")
+    parser = argparse.ArgumentParser(
+        description="Score images with a checkpoint or an export folder: OK/NG, overlays, maps.",
+        parents=[device_arguments(backend_note=True), overwrite_argument("the predictions of an earlier run")],
+    )
     parser.add_argument(
         "inputs",
         nargs="+",
         help="Image files, folders (recursive), globs ('line3/**/*.png'), or .txt files listing paths.",
     )
-    parser.add_argument("--model_name_or_path", required=True, help="A CLIP-ADA checkpoint folder or Hub id.")
+    parser.add_argument(
+        "--model_name_or_path", required=True, help="A checkpoint folder or Hub id, or a `clipada export` folder."
+    )
     parser.add_argument("--output_dir", required=True, help="Where predictions.csv/.jsonl, overlays/ and maps/ go.")
     parser.add_argument("--category", help="The images' category, for per-category thresholds (else the global ones).")
-    parser.add_argument("--image_threshold", type=float, help="Decide with this image threshold instead.")
-    parser.add_argument("--pixel_threshold", type=float, help="Draw masks and boxes at this pixel threshold instead.")
-    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--image_threshold", type=open_unit_interval, help="Decide with this image threshold instead.")
     parser.add_argument(
-        "--device",
-        default=None,
-        help="Default: cuda when available for --backend torch; exported models run on the cpu.",
+        "--pixel_threshold", type=open_unit_interval, help="Draw masks and boxes at this pixel threshold instead."
     )
-    parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
-    parser.add_argument("--backend", choices=sorted(BACKENDS), default="torch")
-    add_num_threads_argument(parser)
+    parser.add_argument("--batch_size", type=positive_int, default=8)
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="Default: the export's own runtime for an export folder, else torch.",
+    )
     parser.add_argument("--save_maps", choices=MAP_FORMATS, help="Also write raw anomaly maps to maps/.")
     parser.add_argument(
         "--overlays", action=argparse.BooleanOptionalAction, default=True, help="Draw overlays/ (default: yes)."
     )
-    parser.add_argument("--image_size", type=int, help="Input size for a checkpoint without preprocessor_config.json.")
-    add_inference_mode_arguments(parser)
     parser.add_argument(
-        "--overwrite_output_dir", action="store_true", help="Replace predictions of an earlier run in --output_dir."
+        "--image_size", type=positive_int, help="Input size for a checkpoint without preprocessor_config.json."
     )
+    add_inference_mode_arguments(parser)
     args = parser.parse_args(argv)
     check_inference_mode_arguments(parser, args)
-    for flag in ("batch_size", "image_size"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    for flag in ("image_threshold", "pixel_threshold"):
-        value = getattr(args, flag)
-        if value is not None and not 0.0 < value < 1.0:
-            parser.error(f"--{flag} must lie strictly between 0 and 1 (scores are probabilities), got {value}")
     return args
 
 
@@ -88,23 +84,20 @@ def predict_images(
     batch_size: int = 8,
     draw_overlays: bool = True,
     map_format: str | None = None,
-    image_score_top_k: int = DEFAULT_IMAGE_SCORE_TOP_K,
 ) -> Counter:
     """Scores every image, one batch at a time, and writes its row, overlay and map as soon as it is scored.
 
     Args:
         paths: The images, in output order.
-        backend: Computes `anomaly_map` `(B, h, w)` and `pred_score` `(B,)` from CLIP-normalised pixels.
-        processor: Reads images (bit depth, EXIF orientation), resizes and normalises them, and maps anomaly maps
-            back to each image's own size.
+        backend: Any backend (`inference.backends`); images are scored by `inference.scoring.score_images`.
+        processor: Reads images (bit depth, EXIF orientation) once, resizes and normalises them, and maps anomaly
+            maps back to each image's own size.
         thresholds: The thresholds every image is decided with.
         output_dir: Existing folder for predictions.csv/.jsonl, `overlays/` and `maps/`.
-        category: Written in each row.
+        category: Written in each row, and named to the model (AdaCLIP's prompts).
         batch_size: Images per backend call.
         draw_overlays: Write `overlays/<name>.png`.
         map_format: `png16` or `npz` to write `maps/<name>.<suffix>`, None for no maps.
-        image_score_top_k: Letterbox and tiles: the image score's top-k at the input size (the model's
-            `config.image_score_top_k`), scaled to each merged map (`processing.tiling`).
 
     Returns:
         How many rows got each decision (`OK`, `NG`, `UNCALIBRATED`, `ERROR`).
@@ -125,17 +118,8 @@ def predict_images(
                     writer.write(error_row(str(path), category, str(error)))
                     counts["ERROR"] += 1
             if images:
-                inputs = processor(images=images, return_tensors="pt")  # letterbox, tiles: + image_layouts
-                result = backend(inputs["pixel_values"], category)  # every tile of the batch in one call
-                outputs = SimpleNamespace(
-                    anomaly_map=torch.from_numpy(result.anomaly_map), pred_score=torch.from_numpy(result.pred_score)
-                )
-                sizes = [image.shape[-2:] for image in images]
-                anomaly_maps, scores = processor.post_process_anomaly_detection(
-                    outputs, sizes, inputs.get("image_layouts"), image_score_top_k
-                )
-                for (path, name), image, anomaly_map, score in zip(batch, images, anomaly_maps, scores):
-                    anomaly_map = anomaly_map.numpy()
+                scored = score_images(backend, processor, images, [category] * len(images))
+                for (path, name), image, anomaly_map, score in zip(batch, images, scored.anomaly_maps, scored.scores):
                     row, pred_mask = prediction_row(str(path), category, anomaly_map, float(score), thresholds)
                     if draw_overlays:
                         picture = draw_overlay(
@@ -172,30 +156,23 @@ def main(argv: list[str] | None = None) -> dict:
     """Runs the command; returns `{"images": N, "OK": .., "NG": .., "UNCALIBRATED": .., "ERROR": .., ...}`."""
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
-    try:
+    with usage_errors():
         paths = collect_inputs(args.inputs)
         if not paths:
             raise InputError(f"no image files found in {' '.join(args.inputs)}")
-        device = resolve_device(
-            args.device or ("cuda" if torch.cuda.is_available() and args.backend == "torch" else "cpu")
-        )
-        configure_threads(args.num_threads)
-        backend = load_backend(args.backend, args.model_name_or_path, device=str(device), dtype=args.dtype)
-        # any family of this library; an export folder (--backend onnxruntime|openvino) has its thresholds in
-        # clipada_export.json instead of config.json
-        config = getattr(backend, "decision_config", None) or AutoConfig.from_pretrained(args.model_name_or_path)
+        num_threads = args.num_threads or default_num_threads()
+        backend = load_backend(args.backend, args.model_name_or_path, args.device, args.dtype, num_threads)
+        if backend.name == "torch":
+            configure_threads(num_threads)
         processor = load_processor(args.model_name_or_path, image_size=args.image_size)
         processor = with_inference_mode(processor, args.resize_mode, args.tile_size, args.tile_overlap)
         prepare_output_dir(output_dir, args.overwrite_output_dir)
-    except (InputError, ModelLoadError, OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from error
+    config = backend.decision_config
     thresholds = choose_thresholds(config, args.category, args.image_threshold, args.pixel_threshold)
     _print_threshold_notes(config, args.category, thresholds, args.model_name_or_path)
-    top_k = getattr(config, "image_score_top_k", None) or DEFAULT_IMAGE_SCORE_TOP_K
     counts = predict_images(
         paths, backend, processor, thresholds, output_dir, args.category, args.batch_size, args.overlays,
-        args.save_maps, image_score_top_k=top_k,
+        args.save_maps,
     )  # fmt: skip
     summary = {"images": len(paths), **{key: counts[key] for key in ("OK", "NG", UNCALIBRATED, "ERROR")}}
     print(
@@ -214,13 +191,14 @@ def _print_threshold_notes(config, category: str | None, thresholds: Thresholds,
             "normal images (python -m training.calibrate) or pass --image_threshold and --pixel_threshold",
             file=sys.stderr,
         )
-    elif category and category not in (config.category_thresholds or {}):
+    elif category and category not in (getattr(config, "category_thresholds", None) or {}):
         print(f"note: no thresholds calibrated for category {category!r}; using the global ones", file=sys.stderr)
 
 
-def cli() -> None:
-    """Console script `clipada-predict` and `python -m inference.predict`: exit code 1 when any image failed."""
-    summary = main()
+def cli(argv: list[str] | None = None) -> None:
+    """`clipada predict` (alias `clipada-predict`, `python -m inference.predict`): exit code 1 when any image
+    failed."""
+    summary = main(argv)
     if summary["ERROR"]:
         raise SystemExit(1)
 

@@ -14,10 +14,9 @@ Example:
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from scipy import ndimage
 
-from modeling_clipada.decisions import normalize_scores
+from modeling_clipada.decisions import normalize_scores, reaches, resolve_thresholds
 
 UNCALIBRATED = "UNCALIBRATED"
 MAX_BOXES = 20
@@ -62,10 +61,12 @@ def choose_thresholds(
     image_override: float | None = None,
     pixel_override: float | None = None,
 ) -> Thresholds:
-    """The thresholds for images of `category`: an override, else the category's calibrated ones, else the global.
+    """The thresholds for images of `category`: an override, else `modeling_clipada.decisions.resolve_thresholds`
+    (the category's calibrated ones, else the global ones).
 
     Args:
-        config: A CLIP-ADA config (`image_threshold`, `pixel_threshold`, `category_thresholds`).
+        config: The decision fields (`image_threshold`, `pixel_threshold`, `category_thresholds`): a checkpoint's
+            config or an export's thresholds (a backend's `decision_config`).
         category: The images' category (`--category`), or None.
         image_override: `--image_threshold`, or None.
         pixel_override: `--pixel_threshold`, or None.
@@ -73,29 +74,25 @@ def choose_thresholds(
     Returns:
         [`Thresholds`].
     """
-    per_category = (config.category_thresholds or {}).get(category, {}) if category else {}
-    chosen = {}
-    for kind, override in (("image", image_override), ("pixel", pixel_override)):
-        field = f"{kind}_threshold"
-        if override is not None:
-            chosen[kind] = (float(override), "override")
-        elif field in per_category:
-            chosen[kind] = (float(per_category[field]), "category")
-        elif getattr(config, field, None) is not None:
-            chosen[kind] = (float(getattr(config, field)), "global")
-        else:
-            chosen[kind] = (None, "none")
-    sources = {chosen["image"][1], chosen["pixel"][1]}
-    source = sources.pop() if len(sources) == 1 else f"image:{chosen['image'][1]},pixel:{chosen['pixel'][1]}"
-    return Thresholds(image=chosen["image"][0], pixel=chosen["pixel"][0], source=source)
+    resolved = resolve_thresholds(config, category)
+    image, image_source = (
+        (resolved.image, resolved.image_source) if image_override is None else (image_override, "override")
+    )
+    pixel, pixel_source = (
+        (resolved.pixel, resolved.pixel_source) if pixel_override is None else (pixel_override, "override")
+    )
+    source = image_source if image_source == pixel_source else f"image:{image_source},pixel:{pixel_source}"
+    return Thresholds(
+        image=None if image is None else float(image), pixel=None if pixel is None else float(pixel), source=source
+    )
 
 
 def decide(score: float, threshold: float | None) -> str:
-    """`NG` when the score reaches the threshold (compared in float32, as the model does), else `OK`;
-    `UNCALIBRATED` without a threshold."""
+    """`NG` when the score reaches the threshold (`modeling_clipada.decisions.reaches`), else `OK`; `UNCALIBRATED`
+    without a threshold."""
     if threshold is None:
         return UNCALIBRATED
-    return "NG" if np.float32(score) >= np.float32(threshold) else "OK"
+    return "NG" if reaches(np.float32(score), threshold) else "OK"
 
 
 def anomalous_regions(pred_mask: np.ndarray, max_boxes: int = MAX_BOXES) -> tuple[int, list[list[int]]]:
@@ -144,11 +141,10 @@ def prediction_row(
     row.update(decision=decide(score, thresholds.image), threshold_source=thresholds.source)
     row.update(image_threshold=thresholds.image, pixel_threshold=thresholds.pixel, error="")
     if thresholds.image is not None:
-        normalized = normalize_scores(torch.tensor([score], dtype=torch.float32), thresholds.image)
-        row["normalized_score"] = float(normalized[0])
+        row["normalized_score"] = float(normalize_scores(score, thresholds.image))
     pred_mask = None
     if thresholds.pixel is not None:
-        pred_mask = anomaly_map >= np.float32(thresholds.pixel)
+        pred_mask = reaches(anomaly_map, thresholds.pixel)
         row["anomalous_area"] = float(pred_mask.mean())
         row["num_regions"], row["boxes"] = anomalous_regions(pred_mask)
     return row, pred_mask
