@@ -14,7 +14,6 @@ Example:
 """
 
 import os
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -85,7 +84,7 @@ class ImageAnomalyDetectionPipeline(Pipeline):
         padding cropped, as `clipada-predict` does), the score, and the decisions at the calibrated thresholds."""
         top_k = getattr(self.model.config, "image_score_top_k", None)
         maps, scores = self.image_processor.post_process_anomaly_detection(
-            SimpleNamespace(anomaly_map=model_outputs["anomaly_map"].cpu(), pred_score=model_outputs["pred_score"]),
+            model_outputs,
             [model_outputs["target_size"]],
             model_outputs["image_layouts"],
             **({} if top_k is None else {"image_score_top_k": top_k}),

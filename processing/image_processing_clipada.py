@@ -20,7 +20,7 @@ Example:
 
 from __future__ import annotations  # annotations name torch.Tensor, which the numpy-only path never imports
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -335,8 +335,8 @@ class CLIPADAImageProcessor(PilBackend):
         """Model outputs -> one anomaly map per image at its original size, and one image score per image.
 
         Args:
-            outputs: anything with `anomaly_map` `(N, H, W)` and `pred_score` `(N,)` (torch tensors or numpy
-                arrays), N inputs (tiles) of B images.
+            outputs: model outputs, a backend's output or a dict, with `anomaly_map` `(N, H, W)` and `pred_score`
+                `(N,)` (torch tensors or numpy arrays), N inputs (tiles) of B images.
             target_sizes: squash only: `(height, width)` per image (e.g. `pil_image.size[::-1]`); `None` keeps the
                 model's input size.
             image_layouts: the preprocessing's `image_layouts` (letterbox, tiles); `None` for squash.
@@ -350,7 +350,7 @@ class CLIPADAImageProcessor(PilBackend):
             or the blended map (`tiling.reassemble`), whatever the family's own score rule, so thresholds
             calibrated in squash mode do not carry over.
         """
-        anomaly_maps = getattr(outputs, "anomaly_map", None)
+        anomaly_maps = _output_field(outputs, "anomaly_map")
         if anomaly_maps is None or anomaly_maps.ndim != 3:
             raise ValueError("`outputs` must have an `anomaly_map` of shape (batch, H, W), e.g. a CLIPADAOutput.")
         as_torch = torch is not None and isinstance(anomaly_maps, torch.Tensor)
@@ -361,7 +361,7 @@ class CLIPADAImageProcessor(PilBackend):
             if as_torch:
                 return [torch.from_numpy(anomaly_map) for anomaly_map in maps], torch.from_numpy(scores)
             return maps, scores
-        scores = getattr(outputs, "pred_score", None)
+        scores = _output_field(outputs, "pred_score")
         if target_sizes is None:
             return list(anomaly_maps), scores
         if len(target_sizes) != anomaly_maps.shape[0]:
@@ -402,6 +402,11 @@ class CLIPADAImageProcessor(PilBackend):
             B maps `(height_i, width_i)`, probabilities in [0, 1]; torch tensors for torch outputs.
         """
         return self.post_process_anomaly_detection(outputs, target_sizes, image_layouts)[0]
+
+
+def _output_field(outputs: Any, name: str) -> Any:
+    """`outputs[name]` of a dict (a `ModelOutput` is one), else the attribute; None when missing."""
+    return outputs.get(name) if isinstance(outputs, Mapping) else getattr(outputs, name, None)
 
 
 def _source_indices(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
