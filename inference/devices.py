@@ -5,17 +5,16 @@ PyTorch uses one thread per core by default. When other processes keep some of t
 wait for each other at every parallel region (the slowest, preempted thread sets the pace) and a job can run
 10-20x slower than with fewer threads. The default here is the number of cores this process may use minus the
 cores other processes already keep busy (the 1-minute load average, rounded), and at least 1. Set it explicitly
-on shared machines and in containers whose CPU quota is below the visible core count.
+on shared machines and in containers whose CPU quota is below the visible core count. The flags themselves
+(`--device`, `--num_threads`) are declared in `inference.command_line`.
 
 Example:
     ```python
-    >>> add_num_threads_argument(parser)
-    >>> args = parser.parse_args()
-    >>> configure_threads(args.num_threads)  # returns the number used
+    >>> configure_threads(None)  # `--num_threads` not given: the cores not kept busy; returns the number used
+    >>> resolve_device(None)  # `--device` not given: cuda when available
     ```
 """
 
-import argparse
 import os
 
 
@@ -53,24 +52,6 @@ def configure_threads(num_threads: int | None) -> int:
     return num_threads
 
 
-def _at_least_one(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
-
-
-def add_num_threads_argument(parser: argparse.ArgumentParser) -> None:
-    """Adds `--num_threads` (at least 1; argparse refuses anything else with a usage error) to a command line."""
-    parser.add_argument(
-        "--num_threads",
-        type=_at_least_one,
-        default=None,
-        help="CPU threads for PyTorch. Default: the available cores minus those other processes keep busy "
-        "(1-minute load average). On a shared machine set it to the cores you may use.",
-    )
-
-
 def resolve_device(name: str | None = None):
     """`--device` as a `torch.device`; None: `cuda` when a GPU is available, else `cpu`. A CUDA device on a machine
     without one is refused here, with the flag named, instead of failing deep inside CUDA."""
@@ -87,4 +68,4 @@ def resolve_device(name: str | None = None):
     return device
 
 
-__all__ = ["add_num_threads_argument", "available_cores", "configure_threads", "default_num_threads", "resolve_device"]
+__all__ = ["available_cores", "configure_threads", "default_num_threads", "resolve_device"]

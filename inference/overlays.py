@@ -1,13 +1,17 @@
-"""The overlay picture of one prediction: the image under its anomaly map, the contour, a colour bar, the verdict.
+"""The pictures of predictions: the overlay of one prediction (the image under its anomaly map, the contour, a
+colour bar, the verdict) and the evaluation's heatmap (image | ground truth | anomaly map over the image).
 
-The map is drawn on a fixed probability scale (0..1, never stretched per image), so overlays of different images
-compare; colours come from matplotlib's perceptually uniform colour maps (inferno by default).
+The map is drawn on a fixed probability scale (0..1, never stretched per image), so pictures of different images
+compare; colours come from one of matplotlib's perceptually uniform colour maps, `DEFAULT_COLOUR_MAP` for every
+picture of this project (overlays, evaluation heatmaps, the app's raw map). Nothing here needs torch: tensors are
+read through `np.asarray`.
 
 Example:
     ```python
     >>> picture = draw_overlay(image, anomaly_map, pred_mask, score=0.83, decision="NG", threshold=0.62,
     ...                        title="line3/000.png", pixel_threshold=0.55)
     >>> picture.save("overlays/000.png")
+    >>> save_heatmap(Path("heatmaps/bottle_0001.png"), image, mask, anomaly_map)  # (3, H, W), (H, W), (H, W)
     ```
 """
 
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+import numpy.typing as npt
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
@@ -27,6 +32,8 @@ BACKGROUND = (255, 255, 255)
 TEXT = (33, 33, 33)
 MUTED_TEXT = (97, 97, 97)
 MIN_DISPLAY_SIDE = 480  # smaller images are enlarged so that the text stays readable
+DEFAULT_COLOUR_MAP = "inferno"
+DEFAULT_ALPHA = 0.7
 
 
 def draw_overlay(
@@ -38,8 +45,8 @@ def draw_overlay(
     threshold: float | None,
     title: str,
     pixel_threshold: float | None = None,
-    colormap: str = "inferno",
-    alpha: float = 0.7,
+    colormap: str = DEFAULT_COLOUR_MAP,
+    alpha: float = DEFAULT_ALPHA,
 ) -> Image.Image:
     """Draws one prediction as a picture.
 
@@ -74,10 +81,7 @@ def draw_overlay(
     size = (round(width * scale), round(height * scale))
     unit = max(size) / 48  # every length of the layout derives from this, so large and small images look alike
 
-    colours = colour_table(colormap)[np.round(np.clip(anomaly_map, 0.0, 1.0) * 255).astype(np.intp)]
-    weight = alpha * np.sqrt(np.clip(anomaly_map, 0.0, 1.0))[..., None]
-    blended = np.round((1 - weight) * rgb + weight * colours).astype(np.uint8)
-    panel = Image.fromarray(blended).resize(size, Image.Resampling.BILINEAR)
+    panel = Image.fromarray(_colour_over(rgb, anomaly_map, colormap, alpha)).resize(size, Image.Resampling.BILINEAR)
     if pred_mask is not None and pred_mask.any():
         _draw_contour(panel, pred_mask, max(2, round(unit / 4)))
 
@@ -100,10 +104,51 @@ def draw_overlay(
     return canvas
 
 
+def save_heatmap(
+    path: Path,
+    image: npt.ArrayLike,
+    mask: npt.ArrayLike,
+    anomaly_map: npt.ArrayLike,
+    colormap: str = DEFAULT_COLOUR_MAP,
+    alpha: float = DEFAULT_ALPHA,
+) -> None:
+    """Writes image | ground truth | anomaly map over the image, side by side, on the fixed 0..1 scale.
+
+    Args:
+        path: The PNG to write; its folder is created.
+        image: `(3, H, W)` in [0, 1] (or any array `draw_overlay` takes): a numpy array or a CPU torch tensor.
+        mask: `(H, W)` ground truth, nonzero where anomalous.
+        anomaly_map: `(H, W)` pixel anomaly probabilities in [0, 1].
+        colormap: A matplotlib colour map name.
+        alpha: Weight of the colour map where the map is 1, as in `draw_overlay`.
+
+    Raises:
+        ValueError: `mask` or `anomaly_map` does not match the image's size.
+    """
+    rgb = _as_rgb(np.asarray(image))
+    truth, anomaly_map = np.asarray(mask), np.asarray(anomaly_map, dtype=np.float64)
+    for name, array in (("mask", truth), ("anomaly_map", anomaly_map)):
+        if array.shape != rgb.shape[:2]:
+            raise ValueError(f"{name} has shape {array.shape}, the image is {rgb.shape[:2]} (H, W)")
+    truth = np.repeat((truth > 0)[..., None], 3, axis=2).astype(np.uint8) * 255
+    overlay = _colour_over(rgb, anomaly_map, colormap, alpha)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate([rgb.round().astype(np.uint8), truth, overlay], axis=1)).save(path)
+
+
 @functools.lru_cache(maxsize=8)
 def colour_table(colormap: str) -> np.ndarray:
     """`(256, 3)` float RGB in 0..255 of a matplotlib colour map sampled at 256 evenly spaced values."""
     return colormaps[colormap](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0
+
+
+def _colour_over(rgb: np.ndarray, anomaly_map: np.ndarray, colormap: str, alpha: float) -> np.ndarray:
+    """`(H, W, 3)` 0..255 image under its coloured `(H, W)` map -> uint8; the colour's weight is
+    `alpha * sqrt(map)`, so normal regions show the image and anomalous ones the colour."""
+    values = np.clip(anomaly_map, 0.0, 1.0)
+    colours = colour_table(colormap)[np.round(values * 255).astype(np.intp)]
+    weight = alpha * np.sqrt(values)[..., None]
+    return np.round((1 - weight) * rgb + weight * colours).astype(np.uint8)
 
 
 def _as_rgb(image: Image.Image | np.ndarray) -> np.ndarray:
@@ -185,4 +230,4 @@ def _font(size: int, bold: bool) -> ImageFont.FreeTypeFont | ImageFont.ImageFont
         return ImageFont.load_default(size)
 
 
-__all__ = ["DECISION_COLOURS", "MIN_DISPLAY_SIDE", "colour_table", "draw_overlay"]
+__all__ = ["DECISION_COLOURS", "DEFAULT_COLOUR_MAP", "MIN_DISPLAY_SIDE", "colour_table", "draw_overlay", "save_heatmap"]

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from training.metrics import (
     EVALUATE_MODULE_PATH,
@@ -37,6 +36,8 @@ def random_case(seed: int, num_images: int = 6, size: int = 12, levels: int = 16
 
 def sklearn_f1_max(labels: np.ndarray, scores: np.ndarray) -> float:
     """Max F1 over the points of scikit-learn's precision-recall curve."""
+    from sklearn.metrics import precision_recall_curve
+
     precision, recall, _ = precision_recall_curve(labels, scores)
     denominator = precision + recall
     f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0)
@@ -69,6 +70,9 @@ def brute_force_aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_pixel_and_image_metrics_match_sklearn(seed):
+    pytest.importorskip("sklearn", reason="the reference metrics need scikit-learn: pip install -e '.[dev]'")
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     maps, masks, image_scores, image_labels = random_case(seed)
     results = compute_anomaly_metrics(maps, masks, image_scores, image_labels)
     labels, scores = masks.ravel(), maps.ravel()
@@ -152,6 +156,9 @@ def test_streaming_in_chunks_equals_one_shot():
 
 
 def test_streaming_accepts_torch_tensors_and_maps_of_different_sizes():
+    pytest.importorskip("sklearn", reason="the reference metrics need scikit-learn: pip install -e '.[dev]'")
+    from sklearn.metrics import roc_auc_score
+
     maps, masks, image_scores, image_labels = random_case(8, num_images=4, size=12)
     small_maps, small_masks, small_scores, small_labels = random_case(9, num_images=3, size=8)
     metrics = AnomalyMetrics()

@@ -11,13 +11,13 @@ Example:
 import argparse
 import dataclasses
 import json
-import math
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
-from inference.devices import add_num_threads_argument
+from inference.command_line import finite_float, non_negative_int, open_unit_interval, overwrite_argument, positive_int
+from inference.devices import default_num_threads
 from inference.families import FAMILIES
 
 # The papers' schedules. CLIP-ADA (METHOD.md): epochs, batch size and the epochs where the learning rate is x0.2.
@@ -125,7 +125,10 @@ def _model_type(argv: list[str] | None) -> str:
 
 def build_parser(model_type: str = "clipada") -> argparse.ArgumentParser:
     """The full command line, with the head flags of `model_type`."""
-    parser = argparse.ArgumentParser(description="Train one anomaly-detection model for all categories of a dataset.")
+    overwrite = overwrite_argument("a folder that is not a CLIP-ADA run (its README.md / config.json)")
+    parser = argparse.ArgumentParser(
+        description="Train one anomaly-detection model for all categories of a dataset.", parents=[overwrite]
+    )
     parser.add_argument(
         "--model_name_or_path",
         default="openai/clip-vit-base-patch16",
@@ -174,37 +177,37 @@ def build_parser(model_type: str = "clipada") -> argparse.ArgumentParser:
     )
     parser.add_argument("--output_dir", required=True)
     parser.add_argument(
-        "--overwrite_output_dir",
-        action="store_true",
-        help="Write into a non-empty folder that is not a CLIP-ADA run (its README.md / config.json are replaced).",
-    )
-    parser.add_argument(
         "--preset",
         choices=sorted(PRESETS),
         default=None,
         help="The paper's schedule: MVTec-AD 800 epochs, batch 16, lr x0.2 at 400 and 700; "
         "VisA 500 epochs, batch 64, lr x0.2 at 250. Explicit flags win.",
     )
-    parser.add_argument("--per_device_train_batch_size", type=int, default=None, help="Default 16.")
-    parser.add_argument("--per_device_eval_batch_size", type=int, default=16)
+    parser.add_argument("--per_device_train_batch_size", type=positive_int, default=None, help="Default 16.")
+    parser.add_argument("--per_device_eval_batch_size", type=positive_int, default=16)
     parser.add_argument(
         "--learning_rate",
-        type=float,
+        type=finite_float,
         default=None,
         help="Learning rate, default 1e-3 (CLIP-ADA's value was lost in the paper's text; 1e-3 suits the head).",
     )
     parser.add_argument("--optimizer", choices=["adamw", "adam"], default=None, help="Default adamw.")
-    parser.add_argument("--adam_beta1", type=float, default=None, help="Default 0.9.")
-    parser.add_argument("--adam_beta2", type=float, default=None, help="Default 0.999.")
-    parser.add_argument("--weight_decay", type=float, default=None, help="Default 0.")
-    parser.add_argument("--num_train_epochs", type=int, default=None, help="Default 10.")
-    parser.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs when set.")
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--adam_beta1", type=finite_float, default=None, help="Default 0.9.")
+    parser.add_argument("--adam_beta2", type=finite_float, default=None, help="Default 0.999.")
+    parser.add_argument("--weight_decay", type=finite_float, default=None, help="Default 0.")
+    parser.add_argument("--num_train_epochs", type=positive_int, default=None, help="Default 10.")
     parser.add_argument(
-        "--lr_milestones", type=int, nargs="*", default=None, help="Epochs at which the learning rate is x0.2."
+        "--max_train_steps", type=positive_int, default=None, help="Overrides --num_train_epochs when set."
+    )
+    parser.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
+    parser.add_argument(
+        "--lr_milestones", type=positive_int, nargs="*", default=None, help="Epochs at which the learning rate is x0.2."
     )
     parser.add_argument(
-        "--image_size", type=int, default=None, help="Input resolution (default: the CLIP's own, 224 for ViT-B/16)."
+        "--image_size",
+        type=positive_int,
+        default=None,
+        help="Input resolution (default: the CLIP's own, 224 for ViT-B/16).",
     )
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
     parser.add_argument("--seed", type=int, default=None, help="Default 42.")
@@ -228,22 +231,32 @@ def build_parser(model_type: str = "clipada") -> argparse.ArgumentParser:
         help="Folder of anomaly-source textures (DTD in the paper). Default: procedural textures and other images "
         "of the batch (no download).",
     )
-    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    parser.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
     parser.add_argument("--skip_evaluation", action="store_true", help="Do not evaluate on the test split at the end.")
     parser.add_argument(
         "--calibration_fraction",
-        type=float,
+        type=finite_float,
         default=None,
         help="Fraction of each category's normal training images held out (seeded, never trained on) to calibrate "
         "the OK/NG thresholds at the end of the run; 0 disables calibration. Default 0.1.",
     )
-    parser.add_argument("--target_fpr", type=float, default=0.01, help="Calibration: false-positive rate of images.")
     parser.add_argument(
-        "--target_pixel_fpr", type=float, default=0.01, help="Calibration: false-positive rate of pixels."
+        "--target_fpr", type=open_unit_interval, default=0.01, help="Calibration: false-positive rate of images."
     )
-    parser.add_argument("--num_heatmaps", type=int, default=4, help="Heatmap PNGs per category at the end.")
+    parser.add_argument(
+        "--target_pixel_fpr", type=open_unit_interval, default=0.01, help="Calibration: false-positive rate of pixels."
+    )
+    parser.add_argument(
+        "--num_heatmaps", type=non_negative_int, default=4, help="Heatmap PNGs per category at the end."
+    )
     parser.add_argument("--save_predictions", action="store_true")
-    add_num_threads_argument(parser)
+    parser.add_argument(
+        "--num_threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads per process. Default: the available cores minus those other processes keep busy "
+        f"(now {default_num_threads()}), shared among the processes of one machine.",
+    )
     title = FAMILIES[model_type].config_class.__name__
     head = parser.add_argument_group(f"{title} overrides (see the config's documentation)")
     for name, kind in overridable_head_fields(model_type).items():
@@ -263,27 +276,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, default in DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, preset.get(name, default))
+    # the flags' types refuse the rest (counts of at least 1, finite numbers, rates in (0, 1))
     checks = {
-        "--per_device_train_batch_size": args.per_device_train_batch_size >= 1,
-        "--per_device_eval_batch_size": args.per_device_eval_batch_size >= 1,
-        "--gradient_accumulation_steps": args.gradient_accumulation_steps >= 1,
-        "--num_train_epochs": args.num_train_epochs >= 1,
-        "--max_train_steps": args.max_train_steps is None or args.max_train_steps >= 1,
-        "--learning_rate": math.isfinite(args.learning_rate) and args.learning_rate > 0,
-        "--adam_beta1": 0 <= args.adam_beta1 < 1,
-        "--adam_beta2": 0 <= args.adam_beta2 < 1,
-        "--weight_decay": math.isfinite(args.weight_decay) and args.weight_decay >= 0,
-        "--image_size": args.image_size is None or args.image_size >= 1,
-        "--lr_milestones": all(m >= 1 for m in args.lr_milestones),
-        "--num_heatmaps": args.num_heatmaps >= 0,
-        "--dataloader_num_workers": args.dataloader_num_workers >= 0,
-        "--calibration_fraction": 0 <= args.calibration_fraction < 1,
-        "--target_fpr": 0 < args.target_fpr < 1,
-        "--target_pixel_fpr": 0 < args.target_pixel_fpr < 1,
+        "learning_rate": (args.learning_rate > 0, "must be positive"),
+        "adam_beta1": (0 <= args.adam_beta1 < 1, "must lie in [0, 1)"),
+        "adam_beta2": (0 <= args.adam_beta2 < 1, "must lie in [0, 1)"),
+        "weight_decay": (args.weight_decay >= 0, "must be at least 0"),
+        "calibration_fraction": (0 <= args.calibration_fraction < 1, "must lie in [0, 1)"),
     }
-    for flag, valid in checks.items():
+    for name, (valid, rule) in checks.items():
         if not valid:
-            parser.error(f"{flag} has an invalid value")
+            parser.error(f"--{name} {rule}, got {getattr(args, name)}")
     steps = args.checkpointing_steps
     if steps not in (None, "epoch") and not (str(steps).isdigit() and int(steps) >= 1):
         parser.error(f"--checkpointing_steps must be a number of steps (>= 1) or 'epoch', got {steps!r}")

@@ -15,15 +15,15 @@ Example:
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel
 
-from inference.devices import add_num_threads_argument, configure_threads, resolve_device
-from inference.loading import ModelLoadError, add_class_names, load_clipada_model, load_processor
+from inference.command_line import device_arguments, open_unit_interval, positive_int, usage_errors
+from inference.devices import configure_threads, resolve_device
+from inference.loading import add_class_names, load_clipada_model, load_processor
 from processing import CLIPADAImageProcessor
 from training.calibration import CalibrationResult, calibrate, collect_normal_scores
 from training.data import DatasetFormatError, load_anomaly_dataset
@@ -72,7 +72,7 @@ def format_calibration(result: CalibrationResult) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[device_arguments()])
     parser.add_argument("--model_name_or_path", required=True, help="A CLIP-ADA checkpoint folder or Hub id.")
     parser.add_argument("--dataset_name", required=True, help="Normal images: a raw folder, a saved dataset or Hub id.")
     parser.add_argument("--dataset", choices=["mvtec_ad", "visa", "folder"], default=None)
@@ -84,8 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="The split whose NORMAL images calibrate (anomalous rows are ignored). Images the model trained on "
         "score lower than new ones: prefer held-out normal images.",
     )
-    parser.add_argument("--target_fpr", type=float, default=0.01, help="Target false-positive rate of images.")
-    parser.add_argument("--target_pixel_fpr", type=float, default=0.01, help="Target false-positive rate of pixels.")
+    parser.add_argument(
+        "--target_fpr", type=open_unit_interval, default=0.01, help="Target false-positive rate of images."
+    )
+    parser.add_argument(
+        "--target_pixel_fpr", type=open_unit_interval, default=0.01, help="Target false-positive rate of pixels."
+    )
     parser.add_argument(
         "--calibrate_on",
         default=None,
@@ -97,17 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Write the calibrated checkpoint here (default: update the checkpoint folder in place).",
     )
-    parser.add_argument("--per_device_eval_batch_size", type=int, default=16)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--per_device_eval_batch_size", type=positive_int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    add_num_threads_argument(parser)
     args = parser.parse_args(argv)
-    for flag in ("target_fpr", "target_pixel_fpr"):
-        if not 0 < getattr(args, flag) < 1:
-            parser.error(f"--{flag} must be in (0, 1)")
-    if args.per_device_eval_batch_size < 1:
-        parser.error("--per_device_eval_batch_size must be at least 1")
     if args.output_dir is None and not Path(args.model_name_or_path).is_dir():
         parser.error("--output_dir is required when --model_name_or_path is a Hub id")
     return args
@@ -125,7 +121,7 @@ def _load_split(name: str, split: str, args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> CalibrationResult:
     args = parse_args(argv)
     configure_threads(args.num_threads)
-    try:
+    with usage_errors():  # a bad device, checkpoint or dataset
         device = resolve_device(args.device)
         model = load_clipada_model(args.model_name_or_path, dtype=getattr(torch, args.dtype))
         processor = load_processor(args.model_name_or_path)
@@ -145,9 +141,6 @@ def main(argv: list[str] | None = None) -> CalibrationResult:
             target_pixel_fpr=args.target_pixel_fpr,
             seed=args.seed,
         )
-    except (DatasetFormatError, ModelLoadError, OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from error
     extra = {"calibrated_on": {"dataset": args.dataset_name, "split": args.split}}
     if labelled is not None:
         per_category, _ = evaluate_model(model, processor, labelled, device=device, num_heatmaps=0)
@@ -180,9 +173,9 @@ def _save_calibrated(model, processor, output_dir: Path, in_place: bool) -> None
         shutil.move(Path(staging) / "config.json", output_dir / "config.json")
 
 
-def cli() -> None:
-    """Console script `clipada-calibrate` and `python -m training.calibrate`."""
-    main()
+def cli(argv: list[str] | None = None) -> None:
+    """`clipada calibrate` (alias `clipada-calibrate`, `python -m training.calibrate`)."""
+    main(argv)
 
 
 if __name__ == "__main__":

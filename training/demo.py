@@ -5,7 +5,7 @@ training, evaluation and saving work end to end. Real runs start from `openai/cl
 
 Example:
     ```bash
-    python -m training.demo --output_dir outputs/demo
+    clipada demo --output_dir outputs/demo
     ```
 """
 
@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from inference import predict
-from inference.devices import add_num_threads_argument
+from inference.command_line import positive_int
+from inference.devices import default_num_threads
 from training import train
 from training.demo_data import make_demo_dataset
 from training.smoke_clip import build_smoke_clip
@@ -30,9 +31,15 @@ BANNER = """\
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output_dir", default="outputs/demo")
-    parser.add_argument("--max_train_steps", type=int, default=500)
+    parser.add_argument("--max_train_steps", type=positive_int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    add_num_threads_argument(parser)
+    parser.add_argument(
+        "--num_threads",
+        type=positive_int,
+        default=None,
+        help=f"CPU threads. Default: the available cores minus those other processes keep busy (now "
+        f"{default_num_threads()}).",
+    )
     return parser.parse_args(argv)
 
 
@@ -98,9 +105,9 @@ def _example_images(dataset_dir: Path, per_folder: int = 1) -> list[Path]:
     return [image for folder in folders for image in sorted(folder.glob("*.png"))[:per_folder]]
 
 
-def cli() -> None:
-    """Console script `clipada-demo` and `python -m training.demo`."""
-    main()
+def cli(argv: list[str] | None = None) -> None:
+    """`clipada demo` (alias `clipada-demo`, `python -m training.demo`)."""
+    main(argv)
 
 
 if __name__ == "__main__":

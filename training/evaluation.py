@@ -16,22 +16,22 @@ Example:
 
 import argparse
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 
-from inference.devices import add_num_threads_argument, configure_threads, resolve_device
-from inference.heatmaps import save_heatmap
-from inference.loading import ModelLoadError, add_class_names, load_clipada_model, load_processor
+from inference.command_line import device_arguments, non_negative_int, positive_int, usage_errors
+from inference.devices import configure_threads, resolve_device
+from inference.loading import add_class_names, load_clipada_model, load_processor
 from inference.modes import add_inference_mode_arguments, check_inference_mode_arguments, with_inference_mode
+from inference.overlays import save_heatmap
+from inference.scoring import score_inputs
+from inference.torch_backend import TorchBackend
 from processing import CLIPADAImageProcessor
-from processing.tiling import DEFAULT_IMAGE_SCORE_TOP_K
 from training.data import DATASET_NAMES, DatasetFormatError, has_ground_truth, load_anomaly_dataset
 from training.metrics import AnomalyMetrics, format_metrics_table, mean_metrics
 from training.metrics.report import pixel_metrics_notes
@@ -64,8 +64,7 @@ def evaluate_model(
         `pixel_f1_max_threshold`, the scores where its F1-max values are reached. Pixel metrics are `None` where no
         anomalous image has a mask, and `images_without_mask` counts the images they leave out (when any).
     """
-    model = model.to(device).eval()
-    dtype = next(model.parameters()).dtype
+    backend = TorchBackend(model, device)
     output_dir = Path(output_dir) if output_dir is not None else None
     categories = np.asarray(test_dataset["category"])
     labels = np.asarray(test_dataset["label"])
@@ -78,23 +77,19 @@ def evaluate_model(
         metrics = AnomalyMetrics()
         predictions = {"image_scores": [], "image_labels": [], "anomaly_maps": [], "masks": [], "mask_available": []}
         for start, batch in _batches(subset, processor, batch_size, num_workers):
-            with torch.no_grad():  # all inputs of the batch (every tile of every image) in one forward
-                pixel_values = batch["pixel_values"].to(device, dtype)
-                outputs = model(pixel_values=pixel_values, categories=[category] * len(pixel_values))
-            anomaly_maps, scores = outputs.anomaly_map.float().cpu(), outputs.pred_score.float().cpu()
             image_labels, available = batch["image_labels"], batch["mask_available"]
+            # all inputs of the batch (every tile of every image) in one forward; squash maps stay at the input size
+            scored = score_inputs(backend, processor, batch, [category] * len(image_labels))
+            anomaly_maps = [torch.from_numpy(anomaly_map) for anomaly_map in scored.anomaly_maps]
+            scores = torch.from_numpy(scored.scores)
             if "image_layouts" in batch:  # letterbox or tiles: one map per image at its own size, fed image by image
-                top_k = getattr(model.config, "image_score_top_k", DEFAULT_IMAGE_SCORE_TOP_K)
-                anomaly_maps, scores = processor.post_process_anomaly_detection(
-                    SimpleNamespace(anomaly_map=anomaly_maps), None, batch["image_layouts"], top_k
-                )
                 parts = [
                     (scores[i : i + 1], image_labels[i : i + 1], anomaly_maps[i][None], batch["labels"][i][None],
                      available[i : i + 1])
                     for i in range(len(scores))
                 ]  # fmt: skip
             else:
-                parts = [(scores, image_labels, anomaly_maps, batch["labels"], available)]
+                parts = [(scores, image_labels, torch.stack(anomaly_maps), batch["labels"], available)]
             for part_scores, part_labels, part_maps, part_masks, part_available in parts:
                 metrics.update(part_maps, part_masks, part_scores, part_labels, part_available)
                 if save_predictions:
@@ -221,7 +216,7 @@ def write_evaluation(output_dir: str | Path, per_category: dict, mean: dict) -> 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[device_arguments()])
     parser.add_argument("--model_name_or_path", required=True, help="A CLIP-ADA checkpoint folder or Hub id.")
     parser.add_argument(
         "--dataset_name",
@@ -236,32 +231,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="VisA: skip split-csv rows whose files are missing (a partial download).",
     )
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--per_device_eval_batch_size", type=int, default=16)
-    parser.add_argument("--dataloader_num_workers", type=int, default=0)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--per_device_eval_batch_size", type=positive_int, default=16)
+    parser.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
     parser.add_argument("--save_predictions", action="store_true")
-    parser.add_argument("--num_heatmaps", type=int, default=4)
+    parser.add_argument("--num_heatmaps", type=non_negative_int, default=4)
     parser.add_argument(
         "--image_size",
-        type=int,
+        type=positive_int,
         default=None,
         help="Evaluate at this input size instead of the checkpoint's preprocessor_config.json.",
     )
     add_inference_mode_arguments(parser)
-    add_num_threads_argument(parser)
     args = parser.parse_args(argv)
     check_inference_mode_arguments(parser, args)
-    for flag in ("per_device_eval_batch_size", "image_size"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            parser.error(f"--{flag} must be at least 1")
     return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     configure_threads(args.num_threads)
-    try:
+    with usage_errors():  # a bad device, checkpoint or dataset
         device = resolve_device(args.device)
         model = load_clipada_model(args.model_name_or_path, dtype=getattr(torch, args.dtype))
         processor = load_processor(args.model_name_or_path, image_size=args.image_size)
@@ -275,10 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
         if "test" not in dataset or len(dataset["test"]) == 0:
             raise DatasetFormatError(f"{args.dataset_name} has no test split to evaluate.")
         add_class_names(model, sorted(set(dataset["test"]["category"])), args.model_name_or_path)
-    except (DatasetFormatError, ModelLoadError, OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from error
-    try:
+    with usage_errors(DatasetFormatError):  # a bad test image or mask, named
         per_category, mean = evaluate_model(
             model,
             processor,
@@ -290,16 +276,13 @@ def main(argv: list[str] | None = None) -> dict:
             num_heatmaps=args.num_heatmaps,
             num_workers=args.dataloader_num_workers,
         )
-    except DatasetFormatError as error:  # a bad test image or mask, named
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from error
     print(write_evaluation(args.output_dir, per_category, mean))
     return {"per_category": per_category, "mean": mean}
 
 
-def cli() -> None:
-    """Console script `clipada-eval` and `python -m training.evaluation`."""
-    main()
+def cli(argv: list[str] | None = None) -> None:
+    """`clipada eval` (alias `clipada-eval`, `python -m training.evaluation`)."""
+    main(argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import torch
 from accelerate.logging import get_logger
 from transformers import CLIPTokenizer, PreTrainedModel
 
-from training.models import load_frozen_clip_weights
 from processing import CLIPADAImageProcessor
 from training.calibrate import calibrate_model, format_calibration, write_calibration_report
 from training.checkpointing import CHECKPOINTS_DIR
@@ -22,6 +21,7 @@ from training.evaluation import evaluate_model, write_evaluation
 from training.hub import push_folder
 from training.loop import check_replicas_in_sync
 from training.model_card import write_model_card
+from training.models import load_frozen_clip_weights
 from training.preparation import FROZEN_DTYPES, TrainingRun
 
 logger = get_logger(__name__)

@@ -19,7 +19,6 @@ from accelerate.utils import set_seed
 from torch.optim.lr_scheduler import MultiStepLR
 from transformers import PreTrainedModel
 
-from training.models import build_model
 from processing import CLIPADAImageProcessor
 from training.arguments import head_overrides
 from training.calibration import hold_out_normal_images
@@ -32,6 +31,7 @@ from training.checkpointing import (
 )
 from training.data import DatasetFormatError, load_anomaly_dataset
 from training.loader import build_train_dataloader
+from training.models import build_model
 from training.synthesis import SyntheticAnomalyGenerator
 
 logger = get_logger(__name__)

@@ -29,7 +29,8 @@ from pathlib import Path
 import datasets
 import pyarrow.compute as pc
 
-from inference.devices import add_num_threads_argument, configure_threads
+from inference.command_line import overwrite_argument, positive_int
+from inference.devices import configure_threads, default_num_threads
 from training.data import (
     DATASET_NAMES,
     DatasetFormatError,
@@ -51,9 +52,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         The parsed arguments.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m training.prepare_dataset",
         description="Convert a raw MVTec-AD or VisA folder, or a folder of your own images (train/good, optional "
         "test/<defect> and ground_truth/<defect>), into a Hugging Face DatasetDict (save_to_disk).",
+        parents=[overwrite_argument("a dataset written earlier by this command")],
     )
     parser.add_argument(
         "--dataset",
@@ -69,14 +70,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="VisA: keep only the split-csv rows whose files exist (for partial downloads).",
     )
-    parser.add_argument(
-        "--overwrite_output_dir",
-        action="store_true",
-        help="Replace --output_dir when it holds a dataset written earlier by this command.",
-    )
     parser.add_argument("--push_to_hub", action="store_true", help="Also push the dataset to the Hub.")
     parser.add_argument("--hub_dataset_id", default=None, help="Hub dataset repository, e.g. user/mvtec_ad.")
-    add_num_threads_argument(parser)
+    parser.add_argument(
+        "--num_threads",
+        type=positive_int,
+        default=None,
+        help=f"CPU threads. Default: the available cores minus those other processes keep busy (now "
+        f"{default_num_threads()}).",
+    )
     args = parser.parse_args(argv)
     if args.push_to_hub and not args.hub_dataset_id:
         parser.error("--push_to_hub needs --hub_dataset_id")
@@ -221,8 +223,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["count_images_without_mask", "count_samples", "format_counts", "main", "parse_args", "prepare_dataset"]
+def cli(argv: Sequence[str] | None = None) -> None:
+    """`clipada prepare-dataset` (alias `clipada-prepare-dataset`, `python -m training.prepare_dataset`): exits
+    with `main`'s code."""
+    raise SystemExit(main(argv))
+
+
+__all__ = [
+    "cli",
+    "count_images_without_mask",
+    "count_samples",
+    "format_counts",
+    "main",
+    "parse_args",
+    "prepare_dataset",
+]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -10,7 +10,7 @@ Example:
     ```bash
     accelerate launch -m training.train --model_name_or_path openai/clip-vit-base-patch16 \\
         --dataset_name /data/mvtec_anomaly_detection --preset mvtec_ad --output_dir outputs/clipada-mvtec
-    clipada-train --model_name_or_path CKPT --dataset_name user/mvtec-ad --max_train_steps 100
+    clipada train --model_name_or_path CKPT --dataset_name user/mvtec-ad --max_train_steps 100
     ```
 """
 
@@ -26,6 +26,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 
+from inference.command_line import usage_errors
 from inference.devices import configure_threads, default_num_threads
 from inference.loading import ModelLoadError
 from training.arguments import parse_args
@@ -82,11 +83,8 @@ def train(args: argparse.Namespace) -> dict | None:
 
 
 def _user_errors_exit(function, *arguments, only: tuple[type[BaseException], ...] = USER_ERRORS):
-    try:
+    with usage_errors(*only):
         return function(*arguments)
-    except only as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from error
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -105,9 +103,9 @@ def main(argv: list[str] | None = None) -> dict | None:
             torch.distributed.destroy_process_group()
 
 
-def cli() -> None:
-    """Console script `clipada-train` and `python -m training.train`."""
-    main()
+def cli(argv: list[str] | None = None) -> None:
+    """`clipada train` (alias `clipada-train`, `python -m training.train`)."""
+    main(argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # torch 2.13 sometimes aborts one rank during interpreter teardown ("terminate called without an active
         # exception") after all work is done; everything is saved and flushed, so leave without that teardown.

@@ -1,4 +1,4 @@
-"""Export a CLIP-ADA checkpoint for deployment without PyTorch: ONNX (ONNX Runtime) or OpenVINO IR (clipada-export).
+"""Export a CLIP-ADA checkpoint for deployment without PyTorch: ONNX (ONNX Runtime) or OpenVINO IR (`clipada export`).
 
 The output folder holds the graph (`model.onnx`, or `model.xml` + `model.bin`), the checkpoint's
 `preprocessor_config.json`, and `clipada_export.json`: input size, opset, graph inputs and outputs, the thresholds
@@ -8,8 +8,8 @@ the text embedding is a constant, layers after `feature_layer` are absent, the b
 
 Example:
     ```bash
-    clipada-export --model_name_or_path outputs/run --output_dir outputs/run-onnx --format onnx
-    clipada-export --model_name_or_path outputs/run --output_dir outputs/run-ov --format openvino --fp16
+    clipada export --model_name_or_path outputs/run --output_dir outputs/run-onnx --format onnx
+    clipada export --model_name_or_path outputs/run --output_dir outputs/run-ov --format openvino --fp16
     ```
 """
 
@@ -25,9 +25,10 @@ import torch
 import transformers
 
 from inference.atomic import atomic_dir
+from inference.command_line import overwrite_argument, positive_int, usage_errors
 from inference.deploy.graph import CLIPADAExportGraph, export_program, write_onnx, write_openvino
 from inference.deploy.runners import EXPORT_CONFIG_NAME, MODEL_FILES, ExportedCLIPADA, ExportedModelError
-from inference.devices import add_num_threads_argument, configure_threads
+from inference.devices import configure_threads, default_num_threads
 from inference.loading import ModelLoadError, check_model_location, load_clipada_model, load_processor, saved_model_type
 from modeling_clipada import CLIPADAConfig
 from modeling_clipada.decisions import DECISION_FIELDS
@@ -43,24 +44,38 @@ class ExportError(ValueError):
     """A request the exporter refuses; the message names the flag or the folder."""
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+class _DeprecatedOverwrite(argparse.Action):
+    """`--overwrite`, the old name of `--overwrite_output_dir`: still accepted, with a note on stderr."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print("note: --overwrite is deprecated; use --overwrite_output_dir", file=sys.stderr)
+        setattr(namespace, self.dest, True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = _OneLineParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], parents=[overwrite_argument("an earlier export")]
+    )
     parser.add_argument("--model_name_or_path", required=True, help="a trained CLIP-ADA checkpoint folder or Hub id")
     parser.add_argument("--output_dir", required=True, help="the export folder (refused when it exists)")
     parser.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset, 18 to 23 (default 20)")
     parser.add_argument("--fp16", action="store_true", help="OpenVINO only: store the weights as float16")
-    parser.add_argument("--image_size", type=int, default=None, help="input side; default the checkpoint processor's")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output_dir")
-    add_num_threads_argument(parser)
-    args = parser.parse_args(argv)
-    return args
+    parser.add_argument(
+        "--image_size", type=positive_int, default=None, help="input side; default the checkpoint processor's"
+    )
+    parser.add_argument("--overwrite", action=_DeprecatedOverwrite, dest="overwrite_output_dir", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--num_threads",
+        type=positive_int,
+        default=None,
+        help=f"CPU threads. Default: the available cores minus those other processes keep busy (now "
+        f"{default_num_threads()}).",
+    )
+    return parser.parse_args(argv)
 
 
 # What each format needs beyond torch (the `onnx` and `openvino` install extras).
@@ -72,7 +87,7 @@ def check_request(export_format: str, opset: int, fp16: bool, output_dir: Path, 
 
     Raises:
         ExportError: An unknown format, an opset outside 18..23, `--fp16` with ONNX, an existing output folder
-            without `--overwrite`.
+            without `--overwrite_output_dir`.
     """
     if export_format not in FORMATS:
         raise ExportError(f"--format {export_format!r} is not supported; choose one of {', '.join(FORMATS)}")
@@ -83,7 +98,7 @@ def check_request(export_format: str, opset: int, fp16: bool, output_dir: Path, 
     if fp16 and export_format != "openvino":
         raise ExportError("--fp16 stores OpenVINO weights as float16; ONNX exports are float32 (drop --fp16)")
     if output_dir.exists() and not overwrite:
-        raise ExportError(f"--output_dir {output_dir} exists; pass --overwrite to replace it")
+        raise ExportError(f"--output_dir {output_dir} exists; pass --overwrite_output_dir to replace it")
     if output_dir.exists() and not output_dir.is_dir():
         raise ExportError(f"--output_dir {output_dir} is a file")
     missing = [name for name in _RUNTIME_MODULES[export_format] if importlib.util.find_spec(name) is None]
@@ -231,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Parses the command line and exports; a refused request prints one line `error: ...` and exits 2."""
     args = parse_args(argv)
     configure_threads(args.num_threads)
-    try:
+    with usage_errors(ExportError, ExportedModelError, ModelLoadError, OSError):
         metadata = export(
             args.model_name_or_path,
             args.output_dir,
@@ -239,11 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
             opset=args.opset,
             fp16=args.fp16,
             image_size=args.image_size,
-            overwrite=args.overwrite,
+            overwrite=args.overwrite_output_dir,
         )
-    except (ExportError, ExportedModelError, ModelLoadError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from error
     parity = metadata["parity"]
     print(
         f"wrote {args.output_dir} ({metadata['file']}, {metadata['file_mib']} MiB); parity with PyTorch: "
@@ -252,9 +264,9 @@ def main(argv: list[str] | None = None) -> dict:
     return metadata
 
 
-def cli() -> None:
-    """Console script `clipada-export` and `python -m inference.deploy.export`."""
-    main()
+def cli(argv: list[str] | None = None) -> None:
+    """`clipada export` (alias `clipada-export`, `python -m inference.deploy.export`)."""
+    main(argv)
 
 
 __all__ = ["ExportError", "check_request", "checkpoint_hashes", "export", "main", "measure_parity", "parse_args"]

@@ -21,13 +21,13 @@ Example:
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from inference.devices import add_num_threads_argument, default_num_threads
+from inference.command_line import positive_int, usage_errors
+from inference.devices import default_num_threads
 from modeling_clipada.decisions import per_image_thresholds
 from processing import CLIPADAImageProcessor
 
@@ -228,16 +228,19 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", choices=sorted(BACKEND_FORMATS), default=None)
     parser.add_argument("--precision", choices=OPENVINO_PRECISIONS, default="f32", help="OpenVINO only")
     parser.add_argument("--category", default=None, help="apply this category's calibrated thresholds")
-    add_num_threads_argument(parser)
+    parser.add_argument(
+        "--num_threads",
+        type=positive_int,
+        default=None,
+        help=f"CPU threads. Default: the available cores minus those other processes keep busy (now "
+        f"{default_num_threads()}).",
+    )
     parser.add_argument("images", nargs="+")
     args = parser.parse_args(argv)
-    try:
+    with usage_errors(ExportedModelError, ValueError, TypeError, OSError):
         num_threads = args.num_threads or default_num_threads()
         model = ExportedCLIPADA(args.model_dir, backend=args.backend, num_threads=num_threads, precision=args.precision)
         outputs = model.predict(args.images, categories=[args.category] * len(args.images))
-    except (ExportedModelError, ValueError, TypeError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from error
     for index, image in enumerate(args.images):
         line = {"image": image, "pred_score": float(outputs["pred_score"][index])}
         if "pred_label" in outputs:

@@ -1,0 +1,133 @@
+"""The `clipada <command>` umbrella: the command list, dispatch by name, usage errors, and a torch-free predict."""
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inference.command_line import usage_errors
+from training import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_lists_every_command_with_its_description(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    printed = " ".join(capsys.readouterr().out.split())  # argparse wraps the descriptions
+    assert exit_info.value.code == 0 and printed.startswith("usage: clipada ")
+    for name, (_, summary) in cli.COMMANDS.items():
+        assert f" {name} " in printed and " ".join(summary.split()) in printed, name
+
+
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_a_command_help_is_its_own_under_the_clipada_name(name, capsys):
+    program = sys.argv[0]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([name, "--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: clipada {name} ")
+    assert sys.argv[0] == program
+
+
+def test_predict_help_shows_the_predict_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["predict", "--help"])
+    printed = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "--model_name_or_path" in printed and "--backend" in printed
+
+
+@pytest.mark.parametrize("argv", [["fly"], [], ["--device", "cpu"]])
+def test_an_unknown_or_missing_command_is_a_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2 and "clipada: error: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "module", "result"),
+    [
+        ("train", "training.train", None),
+        ("eval", "training.evaluation", {}),
+        ("calibrate", "training.calibrate", None),
+        ("predict", "inference.predict.command", {"ERROR": 0}),
+        ("export", "inference.deploy.export", {}),
+        ("app", "inference.app.command", None),
+        ("prepare-dataset", "training.prepare_dataset", 0),
+        ("demo", "training.demo", None),
+    ],
+)
+def test_each_command_runs_its_module_main_with_the_rest_of_the_line(name, module, result, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)  # train's cli leaves early in multi-process runs
+    calls = []
+
+    def fake_main(argv=None):
+        calls.append((argv, sys.argv[0]))
+        return result
+
+    monkeypatch.setattr(importlib.import_module(module), "main", fake_main)
+    try:
+        cli.main([name, "--output_dir", "out", "image.png"])
+    except SystemExit as exit_info:  # prepare-dataset exits with its main's code
+        assert exit_info.code == 0
+    assert calls == [(["--output_dir", "out", "image.png"], f"clipada {name}")]
+    assert cli.COMMANDS[name][0] == module
+
+
+def test_predict_exits_1_when_an_image_failed(monkeypatch):
+    monkeypatch.setattr(importlib.import_module("inference.predict.command"), "main", lambda argv: {"ERROR": 1})
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["predict", "image.png"])
+    assert exit_info.value.code == 1
+
+
+def test_a_bad_flag_value_is_one_error_line_naming_the_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["eval", "--per_device_eval_batch_size", "0"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert exit_info.value.code == 2
+    assert errors == ["clipada eval: error: argument --per_device_eval_batch_size: must be at least 1, got 0"]
+
+
+def test_usage_errors_print_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info, usage_errors():
+        raise FileNotFoundError("data/mvtec: no such folder")
+    assert exit_info.value.code == 2 and capsys.readouterr().err == "error: data/mvtec: no such folder\n"
+    with pytest.raises(RuntimeError), usage_errors():  # not bad input: the traceback stays
+        raise RuntimeError("a bug")
+    with pytest.raises(ValueError), usage_errors(KeyError):  # only the named kinds
+        raise ValueError("not named")
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow
+def test_predict_help_imports_neither_torch_nor_training_code():
+    """`clipada predict` is the serving path: where `import torch` fails (a torch-free install), its help works and
+    nothing of `training` but the umbrella is imported. (With torch installed, `import transformers` loads it.)"""
+    script = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # `import torch` raises ImportError from here on\n"
+        "import training.cli\n"
+        "try:\n"
+        "    training.cli.main(['predict', '--help'])\n"
+        "except SystemExit as exit_info:\n"
+        "    assert exit_info.code == 0, exit_info.code\n"
+        "assert 'torch.nn' not in sys.modules\n"
+        "print(sorted(name for name in sys.modules if name.startswith('training')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("usage: clipada predict ")
+    assert result.stdout.strip().splitlines()[-1] == "['training', 'training.cli']"
+
+
+@pytest.mark.slow
+def test_python_m_training_is_the_umbrella():
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and "prepare-dataset" in result.stdout

@@ -1,0 +1,5 @@
+"""`python -m training`: the `clipada` command line (see `training.cli`)."""
+
+from training.cli import main
+
+main()
