@@ -208,24 +208,31 @@ def test_thresholds_change_after_export_without_exporting_again(exports, tmp_pat
 
 @pytest.mark.slow
 def test_onnx_runner_runs_where_torch_cannot_be_imported(exports, tmp_path):
-    image_file = tmp_path / "part.png"
+    """The runners' own command: a folder and a list with a missing file; OK/NG per image, ERROR for the missing one
+    (the others still scored, exit status 1), and torch never imported."""
+    (tmp_path / "images").mkdir()
+    image_file = tmp_path / "images" / "part.png"
     Image.fromarray(sample_images()[0]).save(image_file)
+    (tmp_path / "list.txt").write_text("images/missing.png\n")
     script = (
         "import runpy, sys\n"
         "sys.modules['torch'] = None  # `import torch` raises ImportError from here on\n"
-        "sys.argv = ['runners', '--model_dir', sys.argv[1], sys.argv[2], '--category', 'screw']\n"
-        "runpy.run_module('inference.deploy.runners', run_name='__main__')\n"
-        "assert sys.modules['torch'] is None and 'torch.nn' not in sys.modules\n"
+        "sys.argv = ['runners', '--model_dir', sys.argv[1], sys.argv[2], sys.argv[3], '--category', 'screw']\n"
+        "try:\n"
+        "    runpy.run_module('inference.deploy.runners', run_name='__main__')\n"
+        "finally:\n"
+        "    assert sys.modules['torch'] is None and 'torch.nn' not in sys.modules\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        [sys.executable, "-c", script, str(exports(0, "onnx")), str(image_file)],
+        [sys.executable, "-c", script, str(exports(0, "onnx")), str(tmp_path / "images"), str(tmp_path / "list.txt")],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    line = json.loads(result.stdout.strip().splitlines()[-1])
-    assert line["image"] == str(image_file) and line["pred_label"] is True  # screw: image threshold 0
-    assert line["anomalous_pixels"] == 0  # screw: pixel threshold 1.0
+    assert result.returncode == 1, result.stderr
+    part, missing = (json.loads(line) for line in result.stdout.strip().splitlines())
+    assert part["image"] == str(image_file) and part["decision"] == "NG"  # screw: image threshold 0
+    assert part["anomalous_pixels"] == 0  # screw: pixel threshold 1.0
+    assert missing["decision"] == "ERROR" and "missing.png" in missing["error"]
 
 
 @pytest.mark.slow
@@ -361,7 +368,8 @@ def test_inputs_of_the_wrong_size_are_refused_at_run_time(exports, tmp_path, cap
         cli(["--model_dir", str(folder), str(image_file)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        "error: pixel_values has shape (1, 3, 48, 48); this export takes (batch, 3, 32, 32)"
+        f"error: {folder / 'preprocessor_config.json'} resizes to (48, 48) but the graph takes (32, 32): export "
+        "again, or restore the exported preprocessor_config.json"
     )
 
 

@@ -153,6 +153,12 @@ class ExportedCLIPADA:
             self.processor = CLIPADAImageProcessor.from_pretrained(self.folder)
         except (OSError, ValueError) as error:
             raise ExportedModelError(f"{self.folder}: cannot load preprocessor_config.json ({error})") from error
+        processor_size = (self.processor.size.height, self.processor.size.width)
+        if processor_size != self.input_size:
+            raise ExportedModelError(
+                f"{self.folder / 'preprocessor_config.json'} resizes to {processor_size} but the graph takes "
+                f"{self.input_size}: export again, or restore the exported preprocessor_config.json"
+            )
         if export_format == "onnx":
             self.session = OnnxRuntimeSession(model_file, num_threads)
         else:
@@ -222,7 +228,12 @@ class ExportedCLIPADA:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """`python -m inference.deploy.runners --model_dir OUT IMAGE...`: one JSON line per image; errors exit 2."""
+    """`python -m inference.deploy.runners --model_dir OUT INPUT...`: one JSON line per image, in the graph's own
+    decisions at the export's input size. `clipada predict` is the full command (maps at each image's size, CSV,
+    overlays); this one stays for scripts. Inputs are files, folders, globs or list files, as predict's; a file
+    that cannot be read gets `"decision": "ERROR"` and the others go on (exit status 1); usage errors exit 2."""
+    from inference.predict.inputs import collect_inputs  # here: inference.predict imports this module
+
     parser = argparse.ArgumentParser(description="Run an exported CLIP-ADA folder on images (no torch needed).")
     parser.add_argument("--model_dir", required=True, help="a clipada-export output folder")
     parser.add_argument("--backend", choices=sorted(BACKEND_FORMATS), default=None)
@@ -235,18 +246,31 @@ def cli(argv: list[str] | None = None) -> None:
         help=f"CPU threads. Default: the available cores minus those other processes keep busy (now "
         f"{default_num_threads()}).",
     )
-    parser.add_argument("images", nargs="+")
+    parser.add_argument("inputs", nargs="+", help="image files, folders, globs or .txt lists")
     args = parser.parse_args(argv)
     with usage_errors(ExportedModelError, ValueError, TypeError, OSError):
         num_threads = args.num_threads or default_num_threads()
         model = ExportedCLIPADA(args.model_dir, backend=args.backend, num_threads=num_threads, precision=args.precision)
-        outputs = model.predict(args.images, categories=[args.category] * len(args.images))
-    for index, image in enumerate(args.images):
-        line = {"image": image, "pred_score": float(outputs["pred_score"][index])}
+        paths = collect_inputs(args.inputs)
+    failed = 0
+    for path in paths:
+        line = {"image": str(path)}
+        try:
+            pixels = model.processor.process_image(str(path), name=str(path))
+        except (ValueError, TypeError, OSError) as error:
+            print(json.dumps({**line, "decision": "ERROR", "error": str(error)}), flush=True)
+            failed += 1
+            continue
+        outputs = model.predict([pixels], categories=[args.category])
+        line["pred_score"] = float(outputs["pred_score"][0])
         if "pred_label" in outputs:
-            line["pred_label"] = bool(outputs["pred_label"][index])
-            line["anomalous_pixels"] = int(outputs["pred_mask"][index].sum())
-        print(json.dumps(line))
+            line["decision"] = "NG" if outputs["pred_label"][0] else "OK"
+            line["anomalous_pixels"] = int(outputs["pred_mask"][0].sum())
+        else:
+            line["decision"] = "UNCALIBRATED"
+        print(json.dumps(line), flush=True)
+    if failed:
+        raise SystemExit(1)
 
 
 __all__ = [
