@@ -1,11 +1,12 @@
 """The inspection app without a browser: scoring uploads once, redrawing at any threshold, the CSV, the Space folder."""
 
-import ast
 import csv
-import importlib.metadata
 import os
+import shutil
 import subprocess
-import sys
+import sysconfig
+import venv
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from PIL import Image
 from tiny_clip import IMAGE_SIZE, make_tiny_clip
 
 from inference import app
+from inference.app import space as space_module
 from inference.app.model import checkpoint_examples, load_served_model
 from inference.app.results import (
     DEFAULT_THRESHOLD,
@@ -29,12 +31,13 @@ from inference.app.results import (
     slider_thresholds,
     write_predictions_csv,
 )
-from inference.app.space import import_statements, local_module_files, third_party_imports, write_space
+from inference.app.space import write_space
 from inference.overlays import colour_table, draw_overlay
 from inference.predict.rows import COLUMNS, Thresholds, prediction_row
 from modeling_clipada import CLIPADAForAnomalySegmentation
 from processing import CLIPADAImageProcessor
 
+REPO = Path(__file__).resolve().parents[1]
 THRESHOLDS = {"image_threshold": 0.6, "pixel_threshold": 0.5}
 PER_CATEGORY = {"bottle": {"image_threshold": 0.3, "pixel_threshold": 0.7}}
 
@@ -171,27 +174,35 @@ def test_examples_shipped_in_the_checkpoint_are_found(served, tmp_path):
     assert checkpoint_examples(str(tmp_path)) == []
 
 
-def test_the_space_folder_is_complete_and_imports_only_what_it_installs(tmp_path, served):
-    space = write_space(tmp_path / "space", "user/clipada-mvtec", examples=checkpoint_examples(served.name))
+@pytest.fixture(scope="module")
+def space(tmp_path_factory, served) -> Path:
+    """A Space folder for user/clipada-mvtec with a wheel built from the checkout (built once: it takes seconds)."""
+    pytest.importorskip("gradio")
+    folder = tmp_path_factory.mktemp("space") / "space"
+    return write_space(folder, "user/clipada-mvtec", examples=checkpoint_examples(served.name))
+
+
+def test_the_space_folder_is_complete_and_installs_the_wheels_dependencies(space):
+    (wheel,) = space.glob("clipada-*.whl")
+    assert sorted(path.name for path in space.iterdir()) == sorted(
+        ["README.md", "app.py", "examples", "requirements.txt", wheel.name]
+    )
     readme = (space / "README.md").read_text(encoding="utf-8")
     header = readme.split("---")[1]
-    for field in ("sdk: gradio", "app_file: app.py", "sdk_version: ", "- user/clipada-mvtec", "title: "):
+    for field in ("sdk: gradio", "app_file: app.py", "sdk_version: ", '- "user/clipada-mvtec"', "title: "):
         assert field in header
-    assert 'MODEL_ID = "user/clipada-mvtec"' in (space / "app.py").read_text()
+    app_code = (space / "app.py").read_text()
+    assert f"MODEL_ID = {'user/clipada-mvtec'!r}" in app_code and f"HERE / {wheel.name!r}" in app_code
     assert [path.name for path in (space / "examples").iterdir()] == ["000_plate.png"]
-    for name in ("inference/app/ui.py", "inference/app/results.py", "inference/overlays.py", "processing/__init__.py"):
-        assert (space / name).is_file(), name
-    assert not (space / "training" / "evaluation.py").exists()  # only what the page imports
-    requirements = {Requirement(line).name for line in (space / "requirements.txt").read_text().splitlines()}
-    distributions = importlib.metadata.packages_distributions()
-    python_files = sorted(space.rglob("*.py"))
-    for name in third_party_imports(python_files):  # what importing app.py runs, module level
-        assert canonicalize_name(distributions[name][0]) in requirements, name
-    for file in python_files:  # every project import that runs resolves inside the Space folder
-        for node in import_statements(file):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module.split(".")[0] in ("training", "inference"):
-                assert (space / (node.module.replace(".", "/") + ".py")).is_file(), (file, node.module)
-    assert {"gradio", "torch", "transformers"} <= requirements and "onnxruntime" not in requirements
+    with zipfile.ZipFile(wheel) as archive:
+        modules = [name for name in archive.namelist() if name.endswith(".py")]
+    wanted = {"inference/app/ui.py", "inference/overlays.py", "processing/__init__.py", "modeling_clipada/__init__.py"}
+    assert wanted <= set(modules)
+    assert all((REPO / name).is_file() for name in modules)  # built from the sources: no stale build/ leftovers
+    lines = (space / "requirements.txt").read_text().splitlines()
+    requirements = {canonicalize_name(Requirement(line).name) for line in lines}
+    assert {"torch", "accelerate", "gradio", "transformers", "huggingface-hub", "filelock"} <= requirements
+    assert not requirements & {"clipada", "onnxruntime", "onnx", "openvino", "pytest", "selenium"}
 
 
 def test_the_space_writer_refuses_a_used_folder_and_a_local_model(tmp_path, served):
@@ -204,10 +215,19 @@ def test_the_space_writer_refuses_a_used_folder_and_a_local_model(tmp_path, serv
     assert (tmp_path / "used" / "keep.txt").read_text() == "mine" and not (tmp_path / "new").exists()
 
 
-def test_space_modules_are_found_by_following_imports():
-    names = {path.name for path in local_module_files(("inference.app.results",))}
-    assert {"results.py", "rows.py", "overlays.py", "decisions.py", "__init__.py"} <= names
-    assert "train.py" not in names and "ui.py" not in names
+def test_the_space_writer_asks_for_a_wheel_where_it_cannot_build_one(tmp_path, monkeypatch):
+    pytest.importorskip("gradio")
+    monkeypatch.setattr(space_module, "PROJECT_ROOT", tmp_path / "site-packages")  # an installed package
+    with pytest.raises(ValueError, match="holds no pyproject.toml .* pass --wheel"):
+        write_space(tmp_path / "space", "user/model")
+    (tmp_path / "notes.whl").write_text("not a zip")
+    with pytest.raises(ValueError, match="notes.whl is not a wheel file"):
+        write_space(tmp_path / "space", "user/model", wheel=tmp_path / "notes.whl")
+    with zipfile.ZipFile(tmp_path / "other-1.0-py3-none-any.whl", "w") as archive:
+        archive.writestr("other-1.0.dist-info/METADATA", "Metadata-Version: 2.4\nName: other\nVersion: 1.0\n")
+    with pytest.raises(ValueError, match="is a wheel of 'other', not of clipada"):
+        write_space(tmp_path / "space", "user/model", wheel=tmp_path / "other-1.0-py3-none-any.whl")
+    assert not (tmp_path / "space").exists()
 
 
 @pytest.mark.parametrize(
@@ -230,9 +250,12 @@ def test_the_command_line_says_what_is_wrong(argv, message, capsys, tmp_path, mo
     assert stopped.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_the_command_writes_a_space(tmp_path, capsys):
-    app.main(["--write_space", str(tmp_path / "space"), "--model_id", "user/model"])
+def test_the_command_writes_a_space_with_the_wheel_it_is_given(tmp_path, capsys, monkeypatch, space):
+    (wheel,) = space.glob("clipada-*.whl")
+    monkeypatch.setattr(space_module, "build_project_wheel", None)  # --wheel: nothing is built
+    app.main(["--write_space", str(tmp_path / "space"), "--model_id", "user/model", "--wheel", str(wheel)])
     assert (tmp_path / "space" / "app.py").is_file() and "user/model" in capsys.readouterr().out
+    assert (tmp_path / "space" / wheel.name).read_bytes() == wheel.read_bytes()
 
 
 def test_the_page_is_built_for_a_checkpoint_with_categories(served):
@@ -258,19 +281,31 @@ def test_the_verdict_says_where_the_image_threshold_came_from(served, uploads):
 
 
 @pytest.mark.slow
-def test_the_space_app_runs_from_its_own_folder(tmp_path, served):
-    """The Space's app.py, started with only the Space folder on its path, loads the model and builds the page."""
-    pytest.importorskip("gradio")
-    space = write_space(tmp_path / "space", "user/model")
-    app_file = space / "app.py"
-    app_file.write_text(app_file.read_text().replace('"user/model"', repr(served.name)))  # offline: a local copy
+def test_the_space_app_runs_from_its_own_folder(tmp_path, served, space):
+    """The Space's app.py, run by an interpreter that cannot import the checkout, loads the model and builds the
+    page with the project's modules from the wheel in the Space folder."""
+    copy = shutil.copytree(space, tmp_path / "space")
+    app_file = copy / "app.py"
+    app_file.write_text(app_file.read_text().replace(repr("user/clipada-mvtec"), repr(served.name)))  # offline
+    environment = tmp_path / "venv"
+    venv.create(environment, with_pip=False)
+    python = environment / "bin" / "python"
+    site_packages = subprocess.check_output(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+    ).strip()
+    # this interpreter's packages as a plain path entry: their .pth files (the editable checkout) are not run
+    (Path(site_packages) / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     check = (
-        "import os, sys; here = os.getcwd(); sys.path.insert(0, here); import app, inference, modeling_clipada; "
-        "import processing; outside = [module.__file__ for module in (inference, modeling_clipada, processing) "
-        "if not module.__file__.startswith(here)]; assert not outside, outside; print(type(app.demo).__name__)"
+        "import sys; from pathlib import Path; import app, inference, modeling_clipada, processing; "
+        "wheel = str(next(Path.cwd().resolve().glob('clipada-*.whl'))); "
+        "modules = inference, modeling_clipada, processing; "
+        "outside = [m.__file__ for m in modules if not m.__file__.startswith(wheel)]; "
+        f"assert not outside, outside; assert {str(REPO)!r} not in sys.path, sys.path; "
+        "assert not [f for f in sys.meta_path if 'editable' in getattr(f, '__module__', '')], sys.meta_path; "
+        "print(type(app.demo).__name__)"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
-    env.pop("PYTHONPATH", None)
-    done = subprocess.run([sys.executable, "-c", check], cwd=space, env=env, capture_output=True, text=True)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="1")
+    done = subprocess.run([python, "-c", check], cwd=copy, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("Blocks")

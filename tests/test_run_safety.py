@@ -17,7 +17,7 @@ from run_helpers import training_args
 from safetensors.torch import load_file
 
 from training import checkpointing, evaluation, train
-from training.run_dir import LOCK_FILE, RunDirectory
+from training.run_dir import HOLDER_FILE, LOCK_FILE, OutputDirError, RunDirectory
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -107,9 +107,27 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(workspace, tmp_path):
     folder = tmp_path / "run"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     folder.mkdir()
-    (folder / LOCK_FILE).write_text(f"{dead.stdout.strip()} on somewhere\n")
+    (folder / LOCK_FILE).write_text("")
+    (folder / HOLDER_FILE).write_text(f"{dead.stdout.strip()} on somewhere\n")
     train.main(training_args(workspace, folder, "--max_train_steps", "1", "--skip_evaluation"))
     assert (folder / "model.safetensors").is_file()
+
+
+def test_the_lock_of_a_killed_run_is_taken_over_and_a_live_one_names_its_pid(tmp_path):
+    folder = tmp_path / "run"
+    holder = "from training.run_dir import RunDirectory\nimport sys, time\nwith RunDirectory(sys.argv[1]):\n"
+    holder += "    print('locked', flush=True)\n    time.sleep(300)\n"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-c", holder, str(folder)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputDirError, match=f"in use by another training run \\(PID {process.pid} on "):
+            RunDirectory(folder).__enter__()
+    finally:
+        process.kill()
+        process.wait()
+    with RunDirectory(folder):
+        assert (folder / HOLDER_FILE).read_text().startswith(f"{os.getpid()} on ")
 
 
 # ---------------------------------------------------------------------------------------------- silent wrong results

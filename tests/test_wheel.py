@@ -1,14 +1,18 @@
 """The built wheel, installed into a fresh virtual environment without the checkout, runs every command."""
 
+import email
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -64,6 +68,27 @@ def test_the_wheel_holds_every_package_and_no_checkout_is_on_the_path(wheel_env,
     )
     location = _run([str(environment / "bin" / "python"), "-c", code], tmp_path, env).stdout.strip()
     assert location.startswith(str(environment)) and not location.startswith(str(REPO))
+
+
+def test_torch_is_an_install_extra_and_the_base_serves_exports(wheel_env):
+    environment, _ = wheel_env
+    (wheel,) = (environment.parent / "dist").glob("clipada-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        (name,) = [name for name in archive.namelist() if name.endswith(".dist-info/METADATA")]
+        metadata = email.message_from_bytes(archive.read(name))
+    requirements = [Requirement(line) for line in metadata.get_all("Requires-Dist")]
+
+    def names(extra: str | None) -> set[str]:
+        """The distributions of the base install (None) or of `extra`."""
+        if extra is None:
+            return {canonicalize_name(r.name) for r in requirements if r.marker is None}
+        return {canonicalize_name(r.name) for r in requirements if r.marker and r.marker.evaluate({"extra": extra})}
+
+    assert {"transformers", "huggingface-hub", "safetensors", "numpy", "filelock"} <= names(None)
+    assert not names(None) & {"torch", "accelerate", "datasets", "evaluate", "tensorboard", "onnxruntime", "gradio"}
+    assert names("torch") == {"torch", "accelerate", "datasets", "evaluate", "tensorboard"}
+    assert names("onnxruntime") == {"onnxruntime"} and names("onnx") == {"onnxruntime", "onnx", "onnxscript"}
+    assert {"torch", "onnxruntime", "onnx", "openvino", "demo", "dev"} <= set(metadata.get_all("Provides-Extra"))
 
 
 def test_console_scripts_train_and_evaluate_from_the_wheel(wheel_env, tmp_path):

@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--write_space", metavar="OUT", help="Write a Hub Space folder for --model_id and exit.")
     parser.add_argument("--model_id", help="With --write_space: the checkpoint's Hub id (user/name) the Space loads.")
+    parser.add_argument("--wheel", help="With --write_space: the clipada wheel to ship (default: built here).")
     args = parser.parse_args(argv)
     if args.write_space is None and args.model_name_or_path is None:
         parser.error("--model_name_or_path is required (or --write_space OUT --model_id user/name)")
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     with usage_errors():
         examples = folder_examples(args.examples) if args.examples else []
         if args.write_space is not None:
-            write_space(Path(args.write_space), args.model_id, examples)
+            write_space(Path(args.write_space), args.model_id, examples, Path(args.wheel) if args.wheel else None)
             print(
                 f"Space for {args.model_id} written to {args.write_space}: push it with `hf upload --repo-type space`"
             )

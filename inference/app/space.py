@@ -1,21 +1,25 @@
-"""A ready-to-push Hugging Face Space for one checkpoint: app.py, requirements.txt, README.md and the app's code.
+"""A ready-to-push Hugging Face Space for one checkpoint: app.py, requirements.txt, README.md and this project's wheel.
 
-The Space runs the same page as `python -m inference.app`. Its folder holds the project modules the page imports
-(found by following the imports of `inference.app.model` and `inference.app.ui`), and requirements.txt installs
-exactly the third-party packages those modules import, with this project's version bounds.
+The Space runs the same page as `python -m inference.app`. It gets this project as a wheel inside its folder (built
+from the checkout, or the one given with `--wheel`) that app.py imports from, and requirements.txt lists the wheel's
+own dependencies: the base ones and those of its `torch` and `demo` extras.
 
 Example:
     ```python
     >>> write_space(Path("space"), "user/clipada-mvtec", examples=[Path("line3/crack.png")])
     >>> sorted(path.name for path in Path("space").iterdir())
-    ['README.md', 'app.py', 'examples', 'modeling_clipada', 'processing', 'requirements.txt', 'training']
+    ['README.md', 'app.py', 'clipada-0.1.0-py3-none-any.whl', 'examples', 'requirements.txt']
     ```
 """
 
-import ast
+import email
 import importlib.metadata
+import json
 import shutil
+import subprocess
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -24,8 +28,10 @@ from packaging.utils import canonicalize_name
 from inference.atomic import atomic_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-LOCAL_PACKAGES = ("modeling_clipada", "processing", "inference", "training")
-SPACE_ENTRY_MODULES = ("inference.app.model", "inference.app.ui")
+# what building the wheel reads: the packaging metadata and the packages (pyproject.toml's packages.find include)
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "LICENSE", "modeling_clipada", "processing", "inference", "training")
+SPACE_EXTRAS = ("torch", "demo")  # the PyTorch model and the Gradio page
+SHORT_DESCRIPTION_LENGTH = 60  # the Hub's limit for short_description
 SPACE_README = """---
 title: Anomaly inspection
 emoji: 🔍
@@ -37,8 +43,8 @@ app_file: app.py
 pinned: false
 license: apache-2.0
 models:
-  - {model_id}
-short_description: OK/NG anomaly inspection with {title_model}
+  - {quoted_model_id}
+short_description: {short_description}
 ---
 
 # Anomaly inspection with `{model_id}`
@@ -47,21 +53,28 @@ Drop one or several images: the page shows the overlay, the raw anomaly map, the
 with the checkpoint's calibrated threshold and the anomalous regions' boxes. The sliders redraw masks and decisions
 without running the model again; the results table downloads as CSV (the columns of `clipada-predict`).
 
-Written by `python -m inference.app --write_space` of the clipada project; the folders `modeling_clipada/`,
-`processing/` and `training/` hold the project code the page runs. Run it locally with
-`pip install -r requirements.txt && python app.py`.
+Written by `clipada-app --write_space` of the clipada project. The page's code is the project's wheel,
+`{wheel_name}`, which app.py imports from.
+Run it locally with `pip install -r requirements.txt && python app.py`.
 """
-SPACE_APP = '''"""Hub Space: anomaly inspection with {model_id} (written by `python -m inference.app --write_space`)."""
+SPACE_APP = '''"""Hub Space: anomaly inspection with {model_id} (written by `clipada-app --write_space`)."""
 
+import sys
 from pathlib import Path
 
-import torch
+HERE = Path(__file__).resolve().parent
+# The project's code is the wheel in this folder, imported from the zip itself (it is pure Python). A Space runs
+# `pip install -r requirements.txt` before the rest of its repository is copied into the build, so requirements.txt
+# cannot install the wheel by its path: it installs the wheel's dependencies, and the wheel goes on sys.path here.
+sys.path.insert(0, str(HERE / {wheel_name!r}))
 
-from inference.app.model import checkpoint_examples, folder_examples, load_served_model
-from inference.app.ui import build_demo, launch_options
+import torch  # noqa: E402
 
-MODEL_ID = "{model_id}"
-EXAMPLES = Path(__file__).resolve().parent / "examples"
+from inference.app.model import checkpoint_examples, folder_examples, load_served_model  # noqa: E402
+from inference.app.ui import build_demo, launch_options  # noqa: E402
+
+MODEL_ID = {model_id!r}
+EXAMPLES = HERE / "examples"
 
 served = load_served_model(MODEL_ID, device="cuda" if torch.cuda.is_available() else "cpu")
 examples = checkpoint_examples(MODEL_ID) + (folder_examples(EXAMPLES) if EXAMPLES.is_dir() else [])
@@ -72,19 +85,21 @@ if __name__ == "__main__":
 '''
 
 
-def write_space(output_dir: Path, model_id: str, examples: list[Path] = ()) -> Path:
+def write_space(output_dir: Path, model_id: str, examples: list[Path] = (), wheel: Path | None = None) -> Path:
     """Writes the Space folder for `model_id` (written whole, or not at all).
 
     Args:
         output_dir: A new or empty folder.
         model_id: The checkpoint's Hub id (`user/name`) the Space loads.
         examples: Images copied to the Space's `examples/` (the checkpoint's own `examples/` are offered too).
+        wheel: A wheel of this project to ship; None builds one from the checkout this module runs from.
 
     Returns:
         `output_dir`.
 
     Raises:
-        ValueError: `output_dir` holds files, or `model_id` is not a Hub id; naming them.
+        ValueError: `output_dir` holds files, `model_id` is not a Hub id, `wheel` is not a wheel of this project, or
+            no wheel was given and none can be built; naming them.
     """
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         raise ValueError(f"--write_space {output_dir} is not an empty folder; choose a new one")
@@ -95,107 +110,97 @@ def write_space(output_dir: Path, model_id: str, examples: list[Path] = ()) -> P
         gradio_version = importlib.metadata.version("gradio")
     except importlib.metadata.PackageNotFoundError:
         raise ValueError("--write_space needs Gradio installed: pip install 'clipada[demo]'") from None
+    with tempfile.TemporaryDirectory() as scratch:
+        wheel = Path(wheel) if wheel is not None else build_project_wheel(Path(scratch))
+        requirements = space_requirements(wheel)  # checks that it is a wheel of this project
+        _write_space_files(output_dir, model_id, examples, wheel, requirements, gradio_version)
+    return output_dir
+
+
+def _write_space_files(
+    output_dir: Path, model_id: str, examples: list[Path], wheel: Path, requirements: list[str], gradio_version: str
+) -> None:
+    """Writes the Space's files into a staging folder that replaces `output_dir` once complete."""
     with atomic_dir(output_dir) as staging:
-        for module_file in local_module_files(SPACE_ENTRY_MODULES):
-            target = staging / module_file.relative_to(PROJECT_ROOT)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(module_file, target)
-        if (PROJECT_ROOT / "LICENSE").is_file():  # the copied code's licence travels with it
-            shutil.copyfile(PROJECT_ROOT / "LICENSE", staging / "LICENSE")
-        (staging / "app.py").write_text(SPACE_APP.format(model_id=model_id), encoding="utf-8")
-        (staging / "requirements.txt").write_text("\n".join(space_requirements()) + "\n", encoding="utf-8")
-        readme = SPACE_README.format(gradio_version=gradio_version, model_id=model_id, title_model=model_id)
+        shutil.copyfile(wheel, staging / wheel.name)
+        app = SPACE_APP.format(model_id=model_id, wheel_name=wheel.name)
+        (staging / "app.py").write_text(app, encoding="utf-8")
+        (staging / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
+        description = f"OK/NG anomaly inspection with {model_id}"
+        if len(description) > SHORT_DESCRIPTION_LENGTH:
+            description = "OK/NG anomaly inspection"
+        readme = SPACE_README.format(
+            gradio_version=gradio_version,
+            model_id=model_id,
+            quoted_model_id=json.dumps(model_id),  # a YAML string whatever the id holds
+            short_description=json.dumps(description),
+            wheel_name=wheel.name,
+        )
         (staging / "README.md").write_text(readme, encoding="utf-8")
         if examples:
             (staging / "examples").mkdir()
             for index, example in enumerate(examples):
                 shutil.copyfile(example, staging / "examples" / f"{index:03d}_{Path(example).name}")
-    return output_dir
 
 
-def local_module_files(entry_modules: tuple[str, ...]) -> list[Path]:
-    """The project's source files that `entry_modules` import, directly or not (package `__init__.py` included)."""
-    pending, found = list(entry_modules), {}
-    while pending:
-        name = pending.pop()
-        module_file = _module_file(name)
-        if name in found or module_file is None:
-            continue
-        found[name] = module_file
-        parts = name.split(".")
-        pending += [".".join(parts[:end]) for end in range(1, len(parts))]
-        pending += _imported_names(name, module_file)
-    return sorted(set(found.values()))
+def build_project_wheel(output_dir: Path) -> Path:
+    """Builds this project's wheel into `output_dir` from the checkout beside this module (`pip wheel`).
+
+    The sources are copied to a scratch folder first, so the build leaves nothing in the checkout and no stale
+    `build/` folder there can add deleted modules to the wheel.
+
+    Raises:
+        ValueError: No checkout (pyproject.toml) lies beside the installed package, or the build failed; both say to
+            pass `--wheel`.
+    """
+    if not (PROJECT_ROOT / "pyproject.toml").is_file():
+        raise ValueError(
+            f"--write_space needs this project's wheel, and {PROJECT_ROOT} holds no pyproject.toml to build one "
+            "from: pass --wheel clipada-<version>-py3-none-any.whl (`python -m pip wheel --no-deps -w dist .` "
+            "in a clipada checkout builds it)"
+        )
+    source = output_dir / "source"
+    for name in WHEEL_SOURCES:
+        if (PROJECT_ROOT / name).is_dir():
+            shutil.copytree(PROJECT_ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif (PROJECT_ROOT / name).is_file():
+            source.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(PROJECT_ROOT / name, source / name)
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet"]
+    built = subprocess.run([*command, "-w", str(output_dir / "dist"), str(source)], capture_output=True, text=True)
+    wheels = sorted((output_dir / "dist").glob("clipada-*.whl"))
+    if built.returncode != 0 or len(wheels) != 1:
+        raise ValueError(
+            f"building this project's wheel from {PROJECT_ROOT} failed ({' '.join(command)}): "
+            f"{(built.stderr or built.stdout).strip()[-1500:]}\npass --wheel with a wheel of clipada instead"
+        )
+    return wheels[0]
 
 
-def import_statements(file: Path) -> list[ast.Import | ast.ImportFrom]:
-    """The imports that run when `file` is imported: module level (inside `if`/`try` too), not in function bodies
-    (those are the lazy imports of optional backends, which the Space never calls)."""
-    pending, found = list(ast.parse(file.read_text(encoding="utf-8")).body), []
-    while pending:
-        node = pending.pop(0)
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            found.append(node)
-        elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            pending += [child for child in ast.iter_child_nodes(node) if isinstance(child, ast.stmt)]
-    return found
+def space_requirements(wheel: Path) -> list[str]:
+    """requirements.txt lines from the wheel's METADATA: its base dependencies and those of `SPACE_EXTRAS`.
 
+    Environment markers are evaluated here (with each extra) and left out of the lines.
 
-def third_party_imports(files: list[Path]) -> set[str]:
-    """Top-level names of the modules `files` import (see `import_statements`) that are neither the standard library
-    nor ours."""
-    names = set()
-    for file in files:
-        for node in import_statements(file):
-            if isinstance(node, ast.Import):
-                names |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names.add(node.module.split(".")[0])
-    local = {*LOCAL_PACKAGES, *(path.stem for path in files)}
-    return {name for name in names if name not in sys.stdlib_module_names and name not in local}
-
-
-def space_requirements() -> list[str]:
-    """requirements.txt lines: the distributions the Space's modules import, with this project's bounds."""
-    distributions = importlib.metadata.packages_distributions()
-    files = [*local_module_files(SPACE_ENTRY_MODULES)]
-    wanted = sorted({canonicalize_name(distributions.get(name, [name])[0]) for name in third_party_imports(files)})
-    bounds = {}
-    for line in importlib.metadata.requires("clipada") or []:
+    Raises:
+        ValueError: `wheel` is not a wheel of this project.
+    """
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            names = [name for name in archive.namelist() if name.count("/") == 1]
+            (metadata_file,) = [name for name in names if name.endswith(".dist-info/METADATA")]
+            metadata = email.message_from_bytes(archive.read(metadata_file))
+    except (OSError, zipfile.BadZipFile, ValueError):
+        raise ValueError(f"--wheel {wheel} is not a wheel file (a .whl of clipada)") from None
+    if canonicalize_name(metadata.get("Name", "")) != "clipada":
+        raise ValueError(f"--wheel {wheel} is a wheel of {metadata.get('Name')!r}, not of clipada")
+    lines = {}
+    for line in metadata.get_all("Requires-Dist") or []:
         requirement = Requirement(line)
-        bounds.setdefault(canonicalize_name(requirement.name), str(requirement.specifier))
-    return [f"{name}{bounds.get(name, '')}" for name in wanted]
+        marker, requirement.marker = requirement.marker, None
+        if marker is None or any(marker.evaluate({"extra": extra}) for extra in ("", *SPACE_EXTRAS)):
+            lines.setdefault(canonicalize_name(requirement.name), str(requirement))
+    return [lines[name] for name in sorted(lines)]
 
 
-def _module_file(name: str) -> Path | None:
-    if name.split(".")[0] not in LOCAL_PACKAGES:
-        return None
-    base = PROJECT_ROOT.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _imported_names(name: str, module_file: Path) -> list[str]:
-    """Dotted names a module imports (`from x import y` gives `x` and `x.y`, which may be a submodule)."""
-    package = name if module_file.name == "__init__.py" else name.rpartition(".")[0]
-    names = []
-    for node in import_statements(module_file):
-        if isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
-            module = ".".join(part for part in (base, node.module) if part)
-            names += [module, *(f"{module}.{alias.name}" for alias in node.names)]
-    return names
-
-
-__all__ = [
-    "SPACE_ENTRY_MODULES",
-    "import_statements",
-    "local_module_files",
-    "space_requirements",
-    "third_party_imports",
-    "write_space",
-]
+__all__ = ["SPACE_EXTRAS", "build_project_wheel", "space_requirements", "write_space"]
