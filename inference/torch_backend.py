@@ -42,7 +42,9 @@ class TorchBackend:
         device = resolve_device(device)
         return cls(load_clipada_model(model_name_or_path, dtype=dtype), device, tokenizer_source=model_name_or_path)
 
-    @torch.inference_mode()
+    # no_grad, not inference_mode: the model's caches (text embedding, upsampling matrices) outlive the call, and
+    # evaluation and calibration run between training steps, where inference tensors could not enter autograd
+    @torch.no_grad()
     def __call__(self, pixel_values, categories: Sequence[str | None] | None = None) -> BackendOutput:
         """Runs the model.
 

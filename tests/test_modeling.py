@@ -431,3 +431,19 @@ def test_fast_upsample_and_smooth_equals_interpolate_then_gaussian_blur(grid, si
 def _tiny_config_fields() -> dict:
     config = tiny_clip_config().to_dict()
     return {key: config[key] for key in ("text_config", "vision_config", "projection_dim")}
+
+
+def test_scoring_between_training_steps_leaves_the_model_and_its_caches_trainable():
+    """Evaluation and calibration score a model that trains on afterwards (training.finish, a --eval run): what the
+    backend caches (text embedding, upsampling matrices of a new input size) must enter autograd later."""
+    from inference.torch_backend import TorchBackend
+
+    clip, tokenizer = make_tiny_clip()
+    model = CLIPADAForAnomalySegmentation.from_clip(clip, tokenizer, num_refinements=1)
+    size = PATCH_SIZE * 7  # an input size no other test uses, so its matrices are made inside the backend call
+    pixel_values = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    TorchBackend(model, "cpu")(pixel_values)
+    model.train()
+    loss = model(pixel_values, labels=torch.zeros(2, size, size)).loss
+    loss.backward()
+    assert model.prompt_vectors.grad is not None and torch.isfinite(model.prompt_vectors.grad).all()
