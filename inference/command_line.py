@@ -21,6 +21,14 @@ from collections.abc import Iterator
 from .devices import default_num_threads
 
 DTYPE_NAMES = ("float32", "bfloat16")
+# the install extra that brings each optional package
+OPTIONAL_PACKAGES = {
+    **dict.fromkeys(("torch", "accelerate", "datasets", "evaluate", "tensorboard"), "torch"),
+    **dict.fromkeys(("onnx", "onnxscript", "onnx_ir"), "onnx"),
+    "onnxruntime": "onnxruntime",
+    "openvino": "openvino",
+    "gradio": "demo",
+}
 
 
 def positive_int(text: str) -> int:
@@ -85,24 +93,50 @@ def overwrite_argument(what: str = "an earlier run's results") -> argparse.Argum
     return parser
 
 
+def missing_extra(error: ImportError) -> str | None:
+    """What to install when `error` is an optional package of this project that is missing; None otherwise."""
+    name = (error.name or "").split(".")[0]
+    extra = OPTIONAL_PACKAGES.get(name)
+    return None if extra is None else f"{name} is not installed: pip install 'clipada[{extra}]'"
+
+
+@contextlib.contextmanager
+def missing_extras() -> Iterator[None]:
+    """A missing optional package (torch for a checkpoint, onnxruntime for an export, gradio for the app) becomes
+    `error: ... pip install 'clipada[<extra>]'` on stderr and exit status 2; other import errors pass."""
+    try:
+        yield
+    except ImportError as error:
+        message = missing_extra(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2) from error
+
+
 @contextlib.contextmanager
 def usage_errors(*error_types: type[BaseException]) -> Iterator[None]:
-    """Turns the errors raised inside into `error: <message>` on stderr and exit status 2.
+    """Turns the errors raised inside into `error: <message>` on stderr and exit status 2 (and a missing optional
+    package into the extra to install, as [`missing_extras`]).
 
     Args:
         *error_types: The exception classes that mean bad input; default `ValueError` (every named error of this
             project derives from it: `ModelLoadError`, `InputError`, `DatasetFormatError`, ...) and `OSError`.
     """
     caught = error_types or (ValueError, OSError)
-    try:
-        yield
-    except caught as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from error
+    with missing_extras():
+        try:
+            yield
+        except caught as error:
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2) from error
 
 
 __all__ = [
     "DTYPE_NAMES",
+    "OPTIONAL_PACKAGES",
+    "missing_extra",
+    "missing_extras",
     "device_arguments",
     "finite_float",
     "non_negative_int",

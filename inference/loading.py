@@ -59,8 +59,14 @@ def saved_model_type(name_or_path: str) -> str | None:
 def add_class_names(model, class_names: list[str], tokenizer_source: str | None):
     """Tokenises the categories a model whose prompts name them has not seen yet (AdaCLIP); others are unchanged.
 
+    Args:
+        model: A model of any family.
+        class_names: The categories it will see.
+        tokenizer_source: A folder or Hub id with CLIP tokenizer files (the checkpoint's own); None: new names are
+            an error.
+
     Raises:
-        ModelLoadError: When new names need a tokenizer and `tokenizer_source` holds none.
+        ModelLoadError: When new names need a tokenizer and `tokenizer_source` holds none (or is None).
     """
     from transformers import CLIPTokenizer
 
@@ -71,6 +77,11 @@ def add_class_names(model, class_names: list[str], tokenizer_source: str | None)
     known = set(model.config.prompt_token_ids or {})
     missing = sorted(set(class_names) - known)
     if missing:
+        if tokenizer_source is None:
+            raise ModelLoadError(
+                f"{model.config.model_type} names each category in its prompts and has not seen {missing}; give the "
+                "checkpoint (or a CLIP tokenizer folder) to tokenise them"
+            )
         try:
             tokenizer = CLIPTokenizer.from_pretrained(tokenizer_source)
         except (OSError, ValueError) as error:
@@ -99,7 +110,7 @@ def load_clipada_model(name_or_path: str, dtype="float32"):
     if model_type not in FAMILIES:
         raise ModelLoadError(
             f"--model_name_or_path {name_or_path} is a {model_type!r} checkpoint, not one of this library's "
-            f"({family_titles()}); train it first (python -m training.train)"
+            f"({family_titles()}); train it first (clipada train)"
         )
     return load_with_named_errors(FAMILIES[model_type].model_class.from_pretrained, name_or_path, dtype=dtype)
 

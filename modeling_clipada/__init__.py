@@ -46,6 +46,20 @@ if is_torch_available():
             PIPELINE_TASK, pipeline_class=ImageAnomalyDetectionPipeline, pt_model=AutoModel
         )
 
+# the names that need torch; without it, `__getattr__` says so
+_TORCH_NAMES = {
+    "AdaCLIPForAnomalySegmentation",
+    "AdaCLIPOutput",
+    "AdaCLIPPreTrainedModel",
+    "AnomalyCLIPForAnomalySegmentation",
+    "AnomalyCLIPOutput",
+    "AnomalyCLIPPreTrainedModel",
+    "CLIPADAForAnomalySegmentation",
+    "CLIPADAOutput",
+    "CLIPADAPreTrainedModel",
+    "ImageAnomalyDetectionPipeline",
+    "PIPELINE_TASK",
+}
 __all__ = [
     "AdaCLIPConfig",
     "AdaCLIPConfigError",
@@ -65,3 +79,10 @@ __all__ = [
     "ImageAnomalyDetectionPipeline",
     "PIPELINE_TASK",
 ]
+
+
+def __getattr__(name: str):
+    """Without torch, the models are not defined: say so, naming the package to install."""
+    if name in _TORCH_NAMES:
+        raise ModuleNotFoundError(f"{name} needs PyTorch, which is not installed", name="torch")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

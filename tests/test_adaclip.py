@@ -329,6 +329,20 @@ def test_bad_inputs_are_errors_naming_them(tester):
         assert model(pixel_values, categories=["ring", None, "disc"]).pred_score.shape == (3,)
 
 
+def test_a_backend_without_a_tokenizer_refuses_a_new_category_and_leaves_the_config_alone(tester):
+    """Evaluation and calibration wrap the model at hand; a category it never saw is an error naming it, never
+    prompts of made-up token ids."""
+    from inference.loading import ModelLoadError
+    from inference.torch_backend import TorchBackend
+
+    model = tester.model().eval()
+    pixel_values, _ = tester.inputs()
+    known = dict(model.config.prompt_token_ids)
+    with pytest.raises(ModelLoadError, match=r"has not seen \['ring'\]"):
+        TorchBackend(model, "cpu")(pixel_values, ["ring", None, "disc"])
+    assert model.config.prompt_token_ids == known
+
+
 # ---------------------------------------------------------------------- configuration
 
 

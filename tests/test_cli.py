@@ -131,3 +131,56 @@ def test_python_m_training_is_the_umbrella():
         [sys.executable, "-m", "training", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and "prepare-dataset" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint_dir(tmp_path_factory) -> Path:
+    from tiny_clip import IMAGE_SIZE, make_tiny_clip
+
+    from modeling_clipada import CLIPADAForAnomalySegmentation
+    from processing import CLIPADAImageProcessor
+
+    folder = tmp_path_factory.mktemp("checkpoint")
+    CLIPADAForAnomalySegmentation.from_clip(*make_tiny_clip(), feature_layer=2).save_pretrained(folder)
+    CLIPADAImageProcessor(size=IMAGE_SIZE).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--help"],
+        ["eval", "--help"],
+        ["predict", "part.png", "--model_name_or_path", "CHECKPOINT", "--output_dir", "OUT"],
+        ["app", "--model_name_or_path", "CHECKPOINT"],
+    ],
+)
+def test_a_command_that_needs_torch_says_which_extra_to_install(argv, tiny_checkpoint_dir, tmp_path):
+    """A torch-free install (`clipada[onnxruntime]`): the commands that need PyTorch, and predict or the app on a
+    checkpoint instead of an export, fail with one line naming the extra, exit status 2, no traceback."""
+    argv = [
+        str(tiny_checkpoint_dir) if arg == "CHECKPOINT" else str(tmp_path / arg) if arg in ("OUT", "part.png") else arg
+        for arg in argv
+    ]
+    script = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # `import torch` raises ImportError from here on\n"
+        "import training.cli\n"
+        "training.cli.main(sys.argv[1:])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error: torch is not installed: pip install 'clipada[torch]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_older_scripts_are_the_umbrella_under_another_name(monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli, "main", seen.append)
+    monkeypatch.setattr(sys, "argv", ["clipada-prepare-dataset", "--help"])
+    cli.aliases.prepare_dataset()
+    assert seen == [["prepare-dataset", "--help"]]
+    assert {name.replace("_", "-") for name in vars(cli.aliases)} == set(cli.COMMANDS)

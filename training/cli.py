@@ -14,9 +14,13 @@ Example:
 """
 
 import argparse
+import functools
 import importlib
 import sys
 from collections.abc import Sequence
+from types import SimpleNamespace
+
+from inference.command_line import missing_extras
 
 # name: (module, one-line description). Each module's `cli(argv)` runs the command and sets its exit code.
 COMMANDS = {
@@ -45,14 +49,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_command(name: str, argv: Sequence[str]) -> None:
-    """Imports the command's module and runs its `cli`, with usage and errors naming `clipada <name>`."""
-    module = importlib.import_module(COMMANDS[name][0])
+    """Imports the command's module and runs its `cli`, with usage and errors naming `clipada <name>`; a missing
+    optional package (torch where no extra brought it) is one line naming the extra to install, exit status 2."""
     program = sys.argv[0] if sys.argv else None
     sys.argv[:1] = [f"clipada {name}"]  # argparse names the program after sys.argv[0]
     try:
-        module.cli(list(argv))
+        with missing_extras():  # every command handles its own bad input
+            module = importlib.import_module(COMMANDS[name][0])
+            module.cli(list(argv))
     finally:
         sys.argv[:1] = [] if program is None else [program]
+
+
+def run_alias(name: str) -> None:
+    """The console script `clipada-<name>`: `clipada <name>` with the script's arguments."""
+    main([name, *sys.argv[1:]])
+
+
+# the older console scripts (`clipada-train`, ...), as `training.cli:aliases.<name>` entry points
+aliases = SimpleNamespace(**{name.replace("-", "_"): functools.partial(run_alias, name) for name in COMMANDS})
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -66,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     run_command(command, argv[1:])
 
 
-__all__ = ["COMMANDS", "build_parser", "main", "run_command"]
+__all__ = ["COMMANDS", "aliases", "build_parser", "main", "run_alias", "run_command"]
 
 
 if __name__ == "__main__":

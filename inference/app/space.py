@@ -8,7 +8,7 @@ Example:
     ```python
     >>> write_space(Path("space"), "user/clipada-mvtec", examples=[Path("line3/crack.png")])
     >>> sorted(path.name for path in Path("space").iterdir())
-    ['README.md', 'app.py', 'clipada-0.1.0-py3-none-any.whl', 'examples', 'requirements.txt']
+    ['README.md', 'app.py', 'clipada-0.2.0-py3-none-any.whl', 'examples', 'requirements.txt']
     ```
 """
 
