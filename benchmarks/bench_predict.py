@@ -4,12 +4,14 @@ A random-weight smoke CLIP-ADA (96 px input, R = 1, calibrated thresholds set by
 (`training.demo_data` discs and weaves, `--image_size` px, so every image is resized as real inputs are). Each
 measurement runs in its own Python process, so that its RSS high-water mark (`ru_maxrss`) is its own:
 
-- `forward`: the model alone on pixel values prepared beforehand (no reading, resizing, drawing or writing);
-- `predict`: `inference.predict.main` on the folder (reading, preprocessing, forward, original-size maps, rows,
-  overlays), with and without `--no-overlays`.
+- `forward`: the model alone (the backend the command loads) on pixel values prepared beforehand, batch by batch
+  as the command would give them (no reading, resizing, drawing or writing);
+- `predict`: `inference.predict`'s command on the folder (reading, preprocessing, forward, original-size maps,
+  rows, overlays), with and without `--no-overlays`.
 
-Images/s count the scoring loop only (model loading excluded). Flat memory means the peak RSS at 5,000 images is
-that at 1,000, within a few MiB.
+Both run with the same `--threads` (the command's `--num_threads`) and `--device`. Images/s count the scoring loop
+only (model loading excluded: for the command, its `predict_images` is timed). Flat memory means the peak RSS at
+5,000 images is that at 1,000, within a few MiB.
 
 Example:
     ```bash
@@ -22,9 +24,11 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,41 +41,69 @@ from training.demo_data import render_disc, render_weave  # noqa: E402
 
 MIB = 2**20
 
-# Runs inside the child process: prints one JSON line with the loop time and the RSS high-water mark.
-_CHILD = """
-import json, resource, sys, time
-import torch
-from inference import predict
-torch.set_num_threads({threads})
-mode, checkpoint, folder, output_dir, count, batch_size = {args!r}
-baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-if mode == "forward":
-    from processing import CLIPADAImageProcessor
-    from inference.backends import TorchBackend
+
+def measure(
+    mode: str, checkpoint: str, folder: str, output_dir: str, count: int, batch_size: int, threads: int, device: str
+) -> dict:
+    """One measurement, in this process (run it in a fresh one: `ru_maxrss` is the process's high-water mark).
+
+    Args:
+        mode: `forward` (the backend `inference.predict` would load, on the pixel values it would give it, prepared
+            beforehand), `predict` or `predict_no_overlays` (`inference.predict`'s command on the folder).
+        checkpoint: The model folder.
+        folder: The images.
+        output_dir: The command's `--output_dir` (predict modes).
+        count: How many images `folder` holds (checked).
+        batch_size: Images per backend call.
+        threads: torch's CPU threads (the command's `--num_threads`).
+        device: Where the model runs (the command's `--device`).
+
+    Returns:
+        `seconds` of the scoring loop alone (model loading excluded), `peak_rss_kib` at the end and `rss_before_kib`
+        after the imports.
+    """
+    from inference.backends import load_backend
+    from inference.devices import configure_threads
+    from inference.loading import load_processor
+    from inference.predict import command
     from inference.predict.inputs import collect_inputs
-    backend = TorchBackend(checkpoint)
-    processor = CLIPADAImageProcessor.from_pretrained(checkpoint)
-    paths = [str(path) for path in collect_inputs([folder])][:count]
-    batches = [processor(images=paths[i : i + batch_size])["pixel_values"] for i in range(0, len(paths), batch_size)]
-    started = time.perf_counter()
-    for pixel_values in batches:
-        backend(pixel_values)
-    seconds = time.perf_counter() - started
-else:
-    timed = predict.predict_images
-    seconds = 0.0
-    def predict_images(*args, **kwargs):
-        global seconds
+
+    configure_threads(threads)  # imports torch, so the baseline holds it in every mode
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if mode == "forward":
+        # what `predict_images` hands the backend, batch by batch, but read and preprocessed before the clock starts
+        backend = load_backend("torch", checkpoint, device, "float32", threads)
+        processor = load_processor(checkpoint)
+        paths = collect_inputs([folder])
+        if len(paths) != count:
+            raise RuntimeError(f"{folder} holds {len(paths)} images, expected {count}")
+        batches = [paths[start : start + batch_size] for start in range(0, count, batch_size)]
+        prepared = [processor.model_inputs([processor.process_image(str(path)) for path in batch]) for batch in batches]
         started = time.perf_counter()
-        counts = timed(*args, **kwargs)
+        for batch, inputs in zip(batches, prepared):
+            backend(inputs["pixel_values"], [None] * len(batch))
         seconds = time.perf_counter() - started
-        return counts
-    predict.predict_images = predict_images
-    argv = [folder, "--model_name_or_path", checkpoint, "--output_dir", output_dir, "--batch_size", str(batch_size)]
-    predict.main(argv + (["--no-overlays"] if mode == "predict_no_overlays" else []))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"seconds": seconds, "peak_rss_kib": peak, "rss_before_kib": baseline}}))
-"""
+    else:
+        # `command.main` calls its module's own `predict_images`: time it there, around the whole scoring loop
+        predict_images, timings = command.predict_images, []
+
+        def timed_predict_images(*args, **kwargs):
+            started = time.perf_counter()
+            counts = predict_images(*args, **kwargs)
+            timings.append(time.perf_counter() - started)
+            return counts
+
+        command.predict_images = timed_predict_images
+        argv = [folder, "--model_name_or_path", checkpoint, "--output_dir", output_dir, "--overwrite_output_dir"]
+        argv += ["--batch_size", str(batch_size), "--num_threads", str(threads), "--device", device]
+        summary = command.main(argv + (["--no-overlays"] if mode == "predict_no_overlays" else []))
+        if len(timings) != 1:
+            raise RuntimeError("inference.predict did not call the timed predict_images: the benchmark times nothing")
+        if summary["images"] != count or summary["ERROR"]:
+            raise RuntimeError(f"inference.predict scored {summary}, expected {count} images without errors")
+        seconds = timings[0]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seconds": seconds, "peak_rss_kib": peak, "rss_before_kib": baseline}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,7 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--counts", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--image_size", type=int, default=128, help="side of the generated PNGs")
     parser.add_argument("--batch_size", type=int, default=8, help="inference.predict's default")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch's CPU threads (predict's --num_threads)")
+    parser.add_argument("--device", default="cpu", help="where the model runs (predict's --device)")
     parser.add_argument("--work_dir", help="where images, checkpoint and outputs go (default: a temporary folder)")
     parser.add_argument("--output_dir", default=str(Path(__file__).resolve().parent / "results"))
     return parser.parse_args(argv)
@@ -110,8 +143,15 @@ def make_images(folder: Path, count: int, size: int) -> Path:
     return folder
 
 
-def run_child(mode: str, checkpoint: Path, folder: Path, output_dir: Path, count: int, batch_size: int, threads: int):
-    code = _CHILD.format(threads=threads, args=(mode, str(checkpoint), str(folder), str(output_dir), count, batch_size))
+def run_child(
+    mode: str, checkpoint: Path, folder: Path, output_dir: Path, count: int, batch_size: int, threads: int, device: str
+) -> dict:
+    """[`measure`] in a fresh Python process; returns the result row (images/s, peak RSS in MiB)."""
+    args = (mode, str(checkpoint), str(folder), str(output_dir), count, batch_size, threads, device)
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import bench_predict; "
+        f"print(json.dumps(bench_predict.measure(*{args!r})))"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=False
@@ -138,10 +178,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         modes = ["forward", "predict", "predict_no_overlays"] if count == min(args.counts) else ["predict"]
         for mode in modes:
             output_dir = work_dir / f"out_{mode}_{count}"
-            results.append(run_child(mode, checkpoint, folder, output_dir, count, args.batch_size, args.threads))
+            results.append(
+                run_child(mode, checkpoint, folder, output_dir, count, args.batch_size, args.threads, args.device)
+            )
             print(json.dumps(results[-1]), flush=True)
     report = {
-        "machine": {"python": platform.python_version(), "processor": platform.processor(), "threads": args.threads},
+        "machine": {
+            "python": platform.python_version(),
+            "processor": platform.processor(),
+            "threads": args.threads,
+            "device": args.device,
+        },
         "settings": {"image_size": args.image_size, "batch_size": args.batch_size, "model": "smoke CLIP, R=1, 96 px"},
         "results": results,
     }

@@ -18,15 +18,14 @@ Example:
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Protocol
 
 import numpy as np
 
 from inference.deploy.runners import BACKEND_FORMATS, EXPORT_CONFIG_NAME, ExportedCLIPADA
+from inference.devices import DTYPE_NAMES, configure_threads, default_num_threads
 
 BACKENDS = ("torch", *BACKEND_FORMATS)
-DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -71,23 +70,25 @@ class ExportedBackend:
     Args:
         model_name_or_path: The export folder; its format must match `name`.
         name: `onnxruntime` or `openvino`.
-        num_threads: Runtime threads (None: the runtime's default).
+        num_threads: Runtime threads (None: the available cores minus the busy ones).
+        precision: OpenVINO's inference precision (`f32`, `bf16`, `f16`).
+
+    Attributes:
+        decision_config: The runner itself: its `image_threshold`, `pixel_threshold`, `category_thresholds` (read
+            from `clipada_export.json`, and changed on the runner to move the operating point) and
+            `image_score_top_k`.
     """
 
-    def __init__(self, model_name_or_path: str, name: str, num_threads: int | None = None):
+    def __init__(self, model_name_or_path: str, name: str, num_threads: int | None = None, precision: str = "f32"):
         self.name = name
-        self.runner = ExportedCLIPADA(model_name_or_path, backend=name, num_threads=num_threads)
-        thresholds = self.runner.config["thresholds"] or {}
-        self.decision_config = SimpleNamespace(
-            image_threshold=thresholds.get("image_threshold"),
-            pixel_threshold=thresholds.get("pixel_threshold"),
-            category_thresholds=thresholds.get("category_thresholds"),
-            image_score_top_k=(self.runner.config.get("model") or {}).get("image_score_top_k"),
+        self.runner = ExportedCLIPADA(
+            model_name_or_path, backend=name, num_threads=num_threads or default_num_threads(), precision=precision
         )
+        self.decision_config = self.runner
 
     def __call__(self, pixel_values, categories: Sequence[str | None] | None = None) -> BackendOutput:
         """Runs the graph on `(batch_size, 3, H, W)` CLIP-normalised pixels at the export's input size (exported
-        CLIP-ADA names no category: `categories` is not used)."""
+        CLIP-ADA names no category in its prompts; decisions are made from the maps, after post-processing)."""
         outputs = self.runner(np.asarray(pixel_values, dtype=np.float32))
         return BackendOutput(anomaly_map=outputs["anomaly_map"], pred_score=outputs["pred_score"])
 
@@ -107,7 +108,8 @@ def load_backend(
         model_name_or_path: A checkpoint folder or Hub id (torch), or an export folder.
         device: torch only: a device name; None picks cuda when available. Exports run on the cpu.
         dtype: `float32` or `bfloat16` (torch only).
-        num_threads: CPU threads of the runtime (exports; torch's are set by `devices.configure_threads`).
+        num_threads: CPU threads (torch's, set for the process, or the export runtime's); None: the available cores
+            minus those other processes keep busy.
 
     Returns:
         A ready [`AnomalyBackend`].
@@ -120,8 +122,8 @@ def load_backend(
         name = ExportedCLIPADA.runtime_of(model_name_or_path) if exported else "torch"
     if name not in BACKENDS:
         raise ValueError(f"--backend {name!r} is not available; choose one of {', '.join(BACKENDS)}")
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype {dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"--dtype {dtype!r} is not supported; choose one of {', '.join(DTYPE_NAMES)}")
     if name == "torch":
         if exported:
             raise ValueError(
@@ -130,6 +132,7 @@ def load_backend(
             )
         from inference.torch_backend import TorchBackend  # the only place a backend imports torch
 
+        configure_threads(num_threads)
         return TorchBackend.from_pretrained(model_name_or_path, device=device, dtype=dtype)
     if device not in (None, "cpu") or dtype != "float32":
         raise ValueError(f"--backend {name} runs on the CPU in float32; drop --device {device} --dtype {dtype}")
@@ -138,7 +141,6 @@ def load_backend(
 
 __all__ = [
     "BACKENDS",
-    "DTYPES",
     "AnomalyBackend",
     "BackendOutput",
     "ExportedBackend",

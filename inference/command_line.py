@@ -18,9 +18,8 @@ import math
 import sys
 from collections.abc import Iterator
 
-from .devices import default_num_threads
+from .devices import DTYPE_NAMES, default_num_threads
 
-DTYPE_NAMES = ("float32", "bfloat16")
 # the install extra that brings each optional package
 OPTIONAL_PACKAGES = {
     **dict.fromkeys(("torch", "accelerate", "datasets", "evaluate", "tensorboard"), "torch"),
@@ -63,6 +62,24 @@ def finite_float(text: str) -> float:
     return number
 
 
+def threads_argument(note: str = "") -> argparse.ArgumentParser:
+    """The parent parser of `--num_threads` (at least 1; default: the available cores minus those other processes
+    keep busy, see `devices.default_num_threads`).
+
+    Args:
+        note: Appended to the help (e.g. how processes share them).
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--num_threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads. Default: the available cores minus those other processes keep busy "
+        f"(now {default_num_threads()}). On a shared machine set it to the cores you may use.{note}",
+    )
+    return parser
+
+
 def device_arguments(backend_note: bool = False) -> argparse.ArgumentParser:
     """The parent parser of `--device`, `--dtype` and `--num_threads`.
 
@@ -72,17 +89,10 @@ def device_arguments(backend_note: bool = False) -> argparse.ArgumentParser:
     Args:
         backend_note: Say in the help that exported backends run on the CPU.
     """
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, parents=[threads_argument()])
     note = "; exported models (--backend onnxruntime|openvino) run on the cpu" if backend_note else ""
     parser.add_argument("--device", default=None, help=f"cpu, cuda, cuda:1, ... Default: cuda when available{note}.")
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="The model's precision.")
-    parser.add_argument(
-        "--num_threads",
-        type=positive_int,
-        default=None,
-        help="CPU threads. Default: the available cores minus those other processes keep busy "
-        f"(now {default_num_threads()}). On a shared machine set it to the cores you may use.",
-    )
     return parser
 
 
@@ -143,5 +153,6 @@ __all__ = [
     "open_unit_interval",
     "overwrite_argument",
     "positive_int",
+    "threads_argument",
     "usage_errors",
 ]

@@ -17,6 +17,9 @@ Example:
 
 import os
 
+# the precisions a model can run in (`--dtype`)
+DTYPE_NAMES = ("float32", "bfloat16")
+
 
 def available_cores() -> int:
     """Cores this process may run on (its CPU affinity), at least 1."""
@@ -68,4 +71,4 @@ def resolve_device(name: str | None = None):
     return device
 
 
-__all__ = ["available_cores", "configure_threads", "default_num_threads", "resolve_device"]
+__all__ = ["DTYPE_NAMES", "available_cores", "configure_threads", "default_num_threads", "resolve_device"]

@@ -55,7 +55,7 @@ def with_inference_mode(
         print(
             f"note: inputs are {describe_mode(changed)} instead of the checkpoint's {describe_mode(processor)}: scores "
             "and maps change scale, so calibrated thresholds do not carry over; calibrate in this mode "
-            "(clipada-calibrate with a preprocessor_config.json that records it)",
+            "(clipada calibrate with a preprocessor_config.json that records it)",
             file=sys.stderr,
         )
     return changed

@@ -194,3 +194,28 @@ def test_tiny_families_benchmark_times_every_family_and_precision(tmp_path):
     assert len(table) == 1 + len(records) and all(line.count(" | ") == 6 for line in table)
     not_official = subprocess.run([*command, "--official", str(tmp_path)], capture_output=True, text=True, env=env)
     assert not_official.returncode == 2 and "no AnomalyCLIP_lib folder" in not_official.stderr
+
+
+@pytest.mark.slow
+def test_tiny_predict_benchmark_times_the_forward_and_the_command(tmp_path):
+    bench_predict = _load("bench_predict")
+    arguments = ["--counts", "4", "8", "--image_size", "32", "--batch_size", "4", "--threads", "1"]
+    results = bench_predict.main([*arguments, "--work_dir", str(tmp_path / "work"), "--output_dir", str(tmp_path)])
+    written = json.loads((tmp_path / "predict.json").read_text())
+    assert written["results"] == results
+    assert [(r["mode"], r["images"]) for r in results] == [
+        ("forward", 4),
+        ("predict", 4),
+        ("predict_no_overlays", 4),
+        ("predict", 8),
+    ]
+    for record in results:
+        assert record["images_per_second"] > 0
+        assert record["peak_rss_mib"] >= record["rss_after_imports_mib"] > 0
+    for mode, count, overlays in (("predict", 4, True), ("predict_no_overlays", 4, False), ("predict", 8, True)):
+        output_dir = tmp_path / "work" / f"out_{mode}_{count}"  # the command itself ran and wrote every row
+        assert len((output_dir / "predictions.csv").read_text().splitlines()) == 1 + count
+        assert (output_dir / "overlays").is_dir() == overlays
+    assert written["machine"]["threads"] == 1 and written["machine"]["device"] == "cpu"
+    table = [line for line in (tmp_path / "predict.md").read_text().splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + len(results)

@@ -208,8 +208,8 @@ def test_thresholds_change_after_export_without_exporting_again(exports, tmp_pat
 
 @pytest.mark.slow
 def test_onnx_runner_runs_where_torch_cannot_be_imported(exports, tmp_path):
-    """The runners' own command: a folder and a list with a missing file; OK/NG per image, ERROR for the missing one
-    (the others still scored, exit status 1), and torch never imported."""
+    """The runners' own command: a folder and a list with a missing file; predict's rows as JSON lines, ERROR for the
+    missing one (the others still scored, exit status 1), and torch never imported."""
     (tmp_path / "images").mkdir()
     image_file = tmp_path / "images" / "part.png"
     Image.fromarray(sample_images()[0]).save(image_file)
@@ -230,8 +230,9 @@ def test_onnx_runner_runs_where_torch_cannot_be_imported(exports, tmp_path):
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     part, missing = (json.loads(line) for line in result.stdout.strip().splitlines())
-    assert part["image"] == str(image_file) and part["decision"] == "NG"  # screw: image threshold 0
-    assert part["anomalous_pixels"] == 0  # screw: pixel threshold 1.0
+    assert part["path"] == str(image_file) and part["decision"] == "NG"  # screw: image threshold 0
+    assert part["anomalous_area"] == 0.0 and part["boxes"] == []  # screw: pixel threshold 1.0
+    assert part["threshold_source"] == "category" and part["width"] == sample_images()[0].shape[1]
     assert missing["decision"] == "ERROR" and "missing.png" in missing["error"]
 
 
@@ -368,9 +369,12 @@ def test_inputs_of_the_wrong_size_are_refused_at_run_time(exports, tmp_path, cap
         cli(["--model_dir", str(folder), str(image_file)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: {folder / 'preprocessor_config.json'} resizes to (48, 48) but the graph takes (32, 32): export "
-        "again, or restore the exported preprocessor_config.json"
+        f"error: {folder / 'preprocessor_config.json'} is not the exported one (it resizes to (48, 48), squash; the "
+        "graph takes (32, 32), squashed): export again, or restore the exported preprocessor_config.json"
     )
+    CLIPADAImageProcessor(size=32, tile_size=64).save_pretrained(folder)  # the right size, but tiles
+    with pytest.raises(ExportedModelError, match=r"\(32, 32\), squash, tiles; the graph takes"):
+        ExportedCLIPADA(folder)
 
 
 @pytest.mark.slow

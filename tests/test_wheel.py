@@ -2,6 +2,7 @@
 
 import email
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from training.cli import COMMANDS
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -102,6 +105,17 @@ def test_console_scripts_train_and_evaluate_from_the_wheel(wheel_env, tmp_path):
     for command in ("clipada-train", "clipada-eval", "clipada-prepare-dataset", "clipada-demo", "clipada-calibrate",
                     "clipada-predict"):  # fmt: skip
         assert "usage:" in _run([command, "--help"], tmp_path, env).stdout
+
+
+def test_the_clipada_command_lists_every_command_and_shows_predicts_help(wheel_env, tmp_path):
+    _, env = wheel_env
+    usage = _run(["clipada", "--help"], tmp_path, env).stdout
+    assert usage.startswith("usage: clipada")
+    listed = re.findall(r"^ {4}(\S+)", usage, flags=re.MULTILINE)  # argparse indents each command's name by 4
+    assert listed == list(COMMANDS), usage  # the checkout's commands, all in the installed umbrella
+    predict = _run(["clipada", "predict", "--help"], tmp_path, env).stdout
+    assert predict.startswith("usage: clipada predict")  # the command's own parser, named after the umbrella
+    assert "--model_name_or_path" in predict and "--no-overlays" in predict
 
 
 def test_accelerate_launch_of_the_installed_module(wheel_env, tmp_path):

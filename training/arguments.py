@@ -16,8 +16,14 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from inference.command_line import finite_float, non_negative_int, open_unit_interval, overwrite_argument, positive_int
-from inference.devices import default_num_threads
+from inference.command_line import (
+    finite_float,
+    non_negative_int,
+    open_unit_interval,
+    overwrite_argument,
+    positive_int,
+    threads_argument,
+)
 from inference.families import FAMILIES
 
 # The papers' schedules. CLIP-ADA (METHOD.md): epochs, batch size and the epochs where the learning rate is x0.2.
@@ -127,7 +133,8 @@ def build_parser(model_type: str = "clipada") -> argparse.ArgumentParser:
     """The full command line, with the head flags of `model_type`."""
     overwrite = overwrite_argument("a folder that is not a CLIP-ADA run (its README.md / config.json)")
     parser = argparse.ArgumentParser(
-        description="Train one anomaly-detection model for all categories of a dataset.", parents=[overwrite]
+        description="Train one anomaly-detection model for all categories of a dataset.",
+        parents=[overwrite, threads_argument(" Per process: the processes of one machine share the cores.")],
     )
     parser.add_argument(
         "--model_name_or_path",
@@ -250,13 +257,6 @@ def build_parser(model_type: str = "clipada") -> argparse.ArgumentParser:
         "--num_heatmaps", type=non_negative_int, default=4, help="Heatmap PNGs per category at the end."
     )
     parser.add_argument("--save_predictions", action="store_true")
-    parser.add_argument(
-        "--num_threads",
-        type=positive_int,
-        default=None,
-        help="CPU threads per process. Default: the available cores minus those other processes keep busy "
-        f"(now {default_num_threads()}), shared among the processes of one machine.",
-    )
     title = FAMILIES[model_type].config_class.__name__
     head = parser.add_argument_group(f"{title} overrides (see the config's documentation)")
     for name, kind in overridable_head_fields(model_type).items():

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 from inference import predict
-from inference.command_line import positive_int
-from inference.devices import default_num_threads
+from inference.command_line import positive_int, threads_argument
 from training import train
 from training.demo_data import make_demo_dataset
 from training.smoke_clip import build_smoke_clip
@@ -29,17 +28,10 @@ BANNER = """\
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[threads_argument()])
     parser.add_argument("--output_dir", default="outputs/demo")
     parser.add_argument("--max_train_steps", type=positive_int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--num_threads",
-        type=positive_int,
-        default=None,
-        help=f"CPU threads. Default: the available cores minus those other processes keep busy (now "
-        f"{default_num_threads()}).",
-    )
     return parser.parse_args(argv)
 
 

@@ -108,7 +108,7 @@ def _decisions_section(config: dict) -> str:
     """The calibrated thresholds, or how to calibrate."""
     if config.get("image_threshold") is None:
         return (
-            "Not calibrated: run `clipada-calibrate --model_name_or_path <this folder> --dataset_name <normal images>`."
+            "Not calibrated: run `clipada calibrate --model_name_or_path <this folder> --dataset_name <normal images>`."
         )
     lines = [
         f"Calibrated on {config.get('calibration_size')} held-out normal images: an image is NG when its score is "

@@ -29,8 +29,8 @@ from pathlib import Path
 import datasets
 import pyarrow.compute as pc
 
-from inference.command_line import overwrite_argument, positive_int
-from inference.devices import configure_threads, default_num_threads
+from inference.command_line import overwrite_argument, threads_argument
+from inference.devices import configure_threads
 from training.data import (
     DATASET_NAMES,
     DatasetFormatError,
@@ -54,7 +54,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Convert a raw MVTec-AD or VisA folder, or a folder of your own images (train/good, optional "
         "test/<defect> and ground_truth/<defect>), into a Hugging Face DatasetDict (save_to_disk).",
-        parents=[overwrite_argument("a dataset written earlier by this command")],
+        parents=[overwrite_argument("a dataset written earlier by this command"), threads_argument()],
     )
     parser.add_argument(
         "--dataset",
@@ -72,13 +72,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--push_to_hub", action="store_true", help="Also push the dataset to the Hub.")
     parser.add_argument("--hub_dataset_id", default=None, help="Hub dataset repository, e.g. user/mvtec_ad.")
-    parser.add_argument(
-        "--num_threads",
-        type=positive_int,
-        default=None,
-        help=f"CPU threads. Default: the available cores minus those other processes keep busy (now "
-        f"{default_num_threads()}).",
-    )
     args = parser.parse_args(argv)
     if args.push_to_hub and not args.hub_dataset_id:
         parser.error("--push_to_hub needs --hub_dataset_id")

@@ -17,7 +17,6 @@ from inference.app.results import MAX_IMAGE_PIXELS
 from inference.app.space import write_space
 from inference.backends import BACKENDS
 from inference.command_line import device_arguments, positive_int, usage_errors
-from inference.devices import configure_threads, default_num_threads
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,10 +63,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"Space for {args.model_id} written to {args.write_space}: push it with `hf upload --repo-type space`"
             )
             return
-        num_threads = args.num_threads or default_num_threads()
-        served = load_served_model(args.model_name_or_path, args.device, args.dtype, args.backend, num_threads)
-        if served.backend.name == "torch":
-            configure_threads(num_threads)
+        served = load_served_model(args.model_name_or_path, args.device, args.dtype, args.backend, args.num_threads)
         examples = checkpoint_examples(args.model_name_or_path) + examples
     try:
         from inference.app.ui import build_demo, launch_options  # Gradio is needed for serving only

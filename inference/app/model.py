@@ -63,7 +63,7 @@ def load_served_model(
         device: torch: a device name (None: cuda when available); exports run on the cpu.
         dtype: `float32` or `bfloat16` (torch).
         backend: `torch`, `onnxruntime` or `openvino`; None: the export's runtime, else torch.
-        num_threads: The export runtime's threads.
+        num_threads: CPU threads (None: the available cores minus the busy ones).
 
     Raises:
         inference.loading.ModelLoadError: A folder or Hub id that holds no checkpoint of ours, naming it.

@@ -25,10 +25,10 @@ import torch
 import transformers
 
 from inference.atomic import atomic_dir
-from inference.command_line import overwrite_argument, positive_int, usage_errors
+from inference.command_line import overwrite_argument, positive_int, threads_argument, usage_errors
 from inference.deploy.graph import CLIPADAExportGraph, export_program, write_onnx, write_openvino
 from inference.deploy.runners import EXPORT_CONFIG_NAME, MODEL_FILES, ExportedCLIPADA, ExportedModelError
-from inference.devices import configure_threads, default_num_threads
+from inference.devices import configure_threads
 from inference.loading import ModelLoadError, check_model_location, load_clipada_model, load_processor, saved_model_type
 from modeling_clipada import CLIPADAConfig
 from modeling_clipada.decisions import DECISION_FIELDS
@@ -57,7 +57,7 @@ class _DeprecatedOverwrite(argparse.Action):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], parents=[overwrite_argument("an earlier export")]
+        description=__doc__.split("\n")[0], parents=[overwrite_argument("an earlier export"), threads_argument()]
     )
     parser.add_argument("--model_name_or_path", required=True, help="a trained CLIP-ADA checkpoint folder or Hub id")
     parser.add_argument("--output_dir", required=True, help="the export folder (refused when it exists)")
@@ -68,13 +68,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--image_size", type=positive_int, default=None, help="input side; default the checkpoint processor's"
     )
     parser.add_argument("--overwrite", action=_DeprecatedOverwrite, dest="overwrite_output_dir", help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--num_threads",
-        type=positive_int,
-        default=None,
-        help=f"CPU threads. Default: the available cores minus those other processes keep busy (now "
-        f"{default_num_threads()}).",
-    )
     return parser.parse_args(argv)
 
 

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.command_line import positive_int, usage_errors
-from inference.devices import default_num_threads
+from inference.command_line import positive_int, threads_argument, usage_errors
 from modeling_clipada.decisions import per_image_thresholds
 from processing import CLIPADAImageProcessor
 
@@ -74,7 +73,7 @@ class OnnxRuntimeSession:
         try:
             import onnxruntime
         except ImportError as error:
-            raise ExportedModelError("ONNX Runtime is not installed: pip install 'clipada[onnx]'") from error
+            raise ExportedModelError("ONNX Runtime is not installed: pip install 'clipada[onnxruntime]'") from error
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
         if num_threads:
@@ -154,11 +153,13 @@ class ExportedCLIPADA:
         except (OSError, ValueError) as error:
             raise ExportedModelError(f"{self.folder}: cannot load preprocessor_config.json ({error})") from error
         processor_size = (self.processor.size.height, self.processor.size.width)
-        if processor_size != self.input_size:
+        if processor_size != self.input_size or self.processor.resize_mode != "squash" or self.processor.tile_size:
             raise ExportedModelError(
-                f"{self.folder / 'preprocessor_config.json'} resizes to {processor_size} but the graph takes "
-                f"{self.input_size}: export again, or restore the exported preprocessor_config.json"
+                f"{self.folder / 'preprocessor_config.json'} is not the exported one (it resizes to {processor_size}, "
+                f"{self.processor.resize_mode}{', tiles' if self.processor.tile_size else ''}; the graph takes "
+                f"{self.input_size}, squashed): export again, or restore the exported preprocessor_config.json"
             )
+        self.image_score_top_k = (self.config.get("model") or {}).get("image_score_top_k")
         if export_format == "onnx":
             self.session = OnnxRuntimeSession(model_file, num_threads)
         else:
@@ -197,10 +198,12 @@ class ExportedCLIPADA:
 
         Returns:
             `anomaly_map` `(batch_size, H, W)` float32, `pred_score` `(batch_size,)` float32, and with thresholds
-            `pred_label` `(batch_size,)` bool and `pred_mask` `(batch_size, H, W)` bool.
+            `pred_label` `(batch_size,)` bool and `pred_mask` `(batch_size, H, W)` bool (not where
+            `clipada_export.json` holds no thresholds any more).
 
         Raises:
-            ExportedModelError: `pixel_values` of another shape than `(batch, 3, H, W)` at the input size.
+            ExportedModelError: `pixel_values` of another shape than `(batch, 3, H, W)` at the input size, or
+                `categories` not one per image.
         """
         pixel_values = np.asarray(pixel_values)
         height, width = self.input_size
@@ -209,9 +212,18 @@ class ExportedCLIPADA:
                 f"pixel_values has shape {tuple(pixel_values.shape)}; this export takes (batch, 3, {height}, {width})"
             )
         feeds = {"pixel_values": np.ascontiguousarray(pixel_values, dtype=np.float32)}
-        if self.has_thresholds:
-            feeds["image_threshold"], feeds["pixel_threshold"] = self.thresholds_for(categories, len(pixel_values))
-        return self.session(feeds)
+        if not self.has_thresholds:
+            return self.session(feeds)
+        try:
+            image, pixel = self.thresholds_for(categories, len(pixel_values))
+        except ExportedModelError:
+            if categories is not None and len(categories) != len(pixel_values):
+                raise
+            # thresholds taken out of clipada_export.json: the graph still takes its inputs; no decisions come out
+            image = pixel = np.zeros(len(pixel_values), dtype=np.float32)
+            outputs = self.session({**feeds, "image_threshold": image, "pixel_threshold": pixel})
+            return {name: outputs[name] for name in ("anomaly_map", "pred_score")}
+        return self.session({**feeds, "image_threshold": image, "pixel_threshold": pixel})
 
     def predict(self, images: Sequence, categories: Sequence[str | None] | None = None) -> dict:
         """Preprocesses images with the export's own processor (numpy path), then runs the graph.
@@ -228,47 +240,50 @@ class ExportedCLIPADA:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """`python -m inference.deploy.runners --model_dir OUT INPUT...`: one JSON line per image, in the graph's own
-    decisions at the export's input size. `clipada predict` is the full command (maps at each image's size, CSV,
-    overlays); this one stays for scripts. Inputs are files, folders, globs or list files, as predict's; a file
-    that cannot be read gets `"decision": "ERROR"` and the others go on (exit status 1); usage errors exit 2."""
-    from inference.predict.inputs import collect_inputs  # here: inference.predict imports this module
+    """`python -m inference.deploy.runners --model_dir OUT INPUT...`: one JSON line per image on stdout, for scripts.
 
-    parser = argparse.ArgumentParser(description="Run an exported CLIP-ADA folder on images (no torch needed).")
+    The same scoring and decisions as `clipada predict` (maps at each image's own size; `inference.scoring`,
+    `inference.predict.rows`), without its files. Inputs are files, folders, globs or list files; a file that cannot
+    be read gets `"decision": "ERROR"` and the others go on (exit status 1); usage errors exit 2.
+    """
+    from inference.backends import ExportedBackend  # here: inference.backends imports this module
+    from inference.predict.inputs import collect_inputs
+    from inference.predict.rows import choose_thresholds, error_row, prediction_row
+    from inference.scoring import score_images
+
+    parser = argparse.ArgumentParser(
+        description="Run an exported CLIP-ADA folder on images (no torch needed).", parents=[threads_argument()]
+    )
     parser.add_argument("--model_dir", required=True, help="a clipada-export output folder")
     parser.add_argument("--backend", choices=sorted(BACKEND_FORMATS), default=None)
     parser.add_argument("--precision", choices=OPENVINO_PRECISIONS, default="f32", help="OpenVINO only")
     parser.add_argument("--category", default=None, help="apply this category's calibrated thresholds")
-    parser.add_argument(
-        "--num_threads",
-        type=positive_int,
-        default=None,
-        help=f"CPU threads. Default: the available cores minus those other processes keep busy (now "
-        f"{default_num_threads()}).",
-    )
+    parser.add_argument("--batch_size", type=positive_int, default=8)
     parser.add_argument("inputs", nargs="+", help="image files, folders, globs or .txt lists")
     args = parser.parse_args(argv)
     with usage_errors(ExportedModelError, ValueError, TypeError, OSError):
-        num_threads = args.num_threads or default_num_threads()
-        model = ExportedCLIPADA(args.model_dir, backend=args.backend, num_threads=num_threads, precision=args.precision)
+        runtime = args.backend or ExportedCLIPADA.runtime_of(args.model_dir)
+        backend = ExportedBackend(args.model_dir, runtime, args.num_threads, args.precision)
         paths = collect_inputs(args.inputs)
+    processor, thresholds = backend.runner.processor, choose_thresholds(backend.decision_config, args.category)
     failed = 0
-    for path in paths:
-        line = {"image": str(path)}
-        try:
-            pixels = model.processor.process_image(str(path), name=str(path))
-        except (ValueError, TypeError, OSError) as error:
-            print(json.dumps({**line, "decision": "ERROR", "error": str(error)}), flush=True)
-            failed += 1
-            continue
-        outputs = model.predict([pixels], categories=[args.category])
-        line["pred_score"] = float(outputs["pred_score"][0])
-        if "pred_label" in outputs:
-            line["decision"] = "NG" if outputs["pred_label"][0] else "OK"
-            line["anomalous_pixels"] = int(outputs["pred_mask"][0].sum())
-        else:
-            line["decision"] = "UNCALIBRATED"
-        print(json.dumps(line), flush=True)
+    for start in range(0, len(paths), args.batch_size):
+        rows, images, read = [], [], []
+        for path in paths[start : start + args.batch_size]:
+            try:
+                images.append(processor.process_image(str(path), name=str(path)))
+                read.append(len(rows))
+                rows.append(None)
+            except (ValueError, TypeError, OSError) as error:
+                rows.append(error_row(str(path), args.category, str(error)))
+                failed += 1
+        if images:
+            scored = score_images(backend, processor, images, [args.category] * len(images))
+            for index, anomaly_map, score in zip(read, scored.anomaly_maps, scored.scores):
+                path = paths[start + index]
+                rows[index] = prediction_row(str(path), args.category, anomaly_map, float(score), thresholds)[0]
+        for row in rows:
+            print(json.dumps({key: value for key, value in row.items() if value not in (None, "")}), flush=True)
     if failed:
         raise SystemExit(1)
 

@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 
 from inference.backends import BACKENDS, AnomalyBackend, load_backend
 from inference.command_line import device_arguments, open_unit_interval, overwrite_argument, positive_int, usage_errors
-from inference.devices import configure_threads, default_num_threads
 from inference.loading import load_processor
 from inference.modes import add_inference_mode_arguments, check_inference_mode_arguments, with_inference_mode
 from inference.overlays import draw_overlay
@@ -66,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--overlays", action=argparse.BooleanOptionalAction, default=True, help="Draw overlays/ (default: yes)."
     )
     parser.add_argument(
-        "--image_size", type=positive_int, help="Input size for a checkpoint without preprocessor_config.json."
+        "--image_size", type=positive_int, help="The checkpoint's input size instead of its preprocessor_config.json's."
     )
     add_inference_mode_arguments(parser)
     args = parser.parse_args(argv)
@@ -160,10 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
         paths = collect_inputs(args.inputs)
         if not paths:
             raise InputError(f"no image files found in {' '.join(args.inputs)}")
-        num_threads = args.num_threads or default_num_threads()
-        backend = load_backend(args.backend, args.model_name_or_path, args.device, args.dtype, num_threads)
-        if backend.name == "torch":
-            configure_threads(num_threads)
+        backend = load_backend(args.backend, args.model_name_or_path, args.device, args.dtype, args.num_threads)
+        if args.image_size is not None and backend.name != "torch":
+            raise ValueError("--image_size does not apply to an export: its graph takes the size it was exported at")
         processor = load_processor(args.model_name_or_path, image_size=args.image_size)
         processor = with_inference_mode(processor, args.resize_mode, args.tile_size, args.tile_overlap)
         prepare_output_dir(output_dir, args.overwrite_output_dir)
@@ -188,7 +186,7 @@ def _print_threshold_notes(config, category: str | None, thresholds: Thresholds,
     if thresholds.image is None:
         print(
             f"note: {checkpoint} has no calibrated thresholds, so every decision is {UNCALIBRATED}: calibrate it on "
-            "normal images (python -m training.calibrate) or pass --image_threshold and --pixel_threshold",
+            "normal images (clipada calibrate) or pass --image_threshold and --pixel_threshold",
             file=sys.stderr,
         )
     elif category and category not in (getattr(config, "category_thresholds", None) or {}):
