@@ -57,8 +57,14 @@ def score_inputs(
 
     Returns:
         [`ScoredImages`].
+
+    Raises:
+        ValueError: `categories` does not hold one entry per image.
     """
     layouts = inputs.get("image_layouts")
+    num_images = len(layouts) if layouts is not None else len(inputs["pixel_values"])
+    if categories is not None and len(categories) != num_images:
+        raise ValueError(f"categories: one per image ({num_images}) expected, got {len(categories)}")
     per_input = categories
     if categories is not None and layouts is not None:
         per_input = [category for category, layout in zip(categories, layouts) for _ in range(layout.num_inputs)]

@@ -15,7 +15,7 @@ Example:
     ```
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -42,7 +42,7 @@ class ImageThresholds(NamedTuple):
     Attributes:
         image: The image-score threshold, or None (not calibrated).
         pixel: The pixel threshold, or None.
-        image_source: `category`, `global` or `none` (`override` where a caller replaced it).
+        image_source: `category`, `global` or `none`.
         pixel_source: As `image_source`.
     """
 
@@ -56,20 +56,22 @@ def resolve_thresholds(config: Any, category: str | None = None) -> ImageThresho
     """The thresholds of an image of `category`: the category's where calibrated, else the global ones.
 
     Args:
-        config: Anything with `image_threshold`, `pixel_threshold` and `category_thresholds` (a family's config, an
-            export's thresholds); missing attributes count as None.
+        config: Anything with `image_threshold`, `pixel_threshold` and `category_thresholds` attributes (a family's
+            config, an export's runner), or a dict of them (the `thresholds` of `clipada_export.json`); missing
+            fields count as None.
         category: The image's category, or None for the global thresholds.
 
     Returns:
         [`ImageThresholds`].
     """
-    per_category = (getattr(config, "category_thresholds", None) or {}).get(category, {}) if category else {}
+    field_of = config.get if isinstance(config, Mapping) else lambda name: getattr(config, name, None)
+    per_category = (field_of("category_thresholds") or {}).get(category, {}) if category else {}
     chosen = []
     for field in ("image_threshold", "pixel_threshold"):
         if per_category.get(field) is not None:
             chosen.append((float(per_category[field]), "category"))
-        elif getattr(config, field, None) is not None:
-            chosen.append((float(getattr(config, field)), "global"))
+        elif field_of(field) is not None:
+            chosen.append((float(field_of(field)), "global"))
         else:
             chosen.append((None, "none"))
     (image, image_source), (pixel, pixel_source) = chosen

@@ -421,9 +421,9 @@ def _source_indices(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray
 
 
 def resize_bilinear(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """`(h, w)` -> `(height, width)` float32 by bilinear interpolation with `align_corners=False`, with the same
-    float32 arithmetic as torch's `F.interpolate` on the CPU (so that torch and torch-free paths agree), without
-    torch."""
+    """`(h, w)` -> `(height, width)` float32 by bilinear interpolation with `align_corners=False`, without torch:
+    the source indices and weights of torch's CPU kernel of `F.interpolate` exactly, the blend in float32 (results
+    agree with torch's to 1 float32 ulp, about 1.2e-7 on probabilities)."""
     anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
     top, bottom, row_weight = _source_indices(anomaly_map.shape[0], size[0])
     left, right, column_weight = _source_indices(anomaly_map.shape[1], size[1])

@@ -101,3 +101,44 @@ def test_thresholds_survive_save_load_and_remote_code(tmp_path):
     result = run_without_project(script, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == f"{expected} 0.6"
+
+
+def test_the_numpy_and_torch_forms_decide_alike():
+    """The one comparison and the normalisation give the same answers for numpy (predict, the app, the runners) and
+    torch (the models, the pipeline), thresholds shared or per image, including scores exactly at a threshold."""
+    import numpy as np
+
+    from modeling_clipada.decisions import reaches
+
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.rand(3, 8, 8, generator=generator)
+    scores = torch.tensor([0.2, 0.45, 0.9])
+    maps[1, 0, 0] = 0.4  # exactly at the pixel threshold
+    for image_threshold, pixel_threshold in ((0.45, 0.4), ([0.1, 0.45, 0.95], [0.3, 0.4, 0.99])):
+        label_t, mask_t = apply_thresholds(maps, scores, image_threshold, pixel_threshold)
+        label_n, mask_n = apply_thresholds(maps.numpy(), scores.numpy(), image_threshold, pixel_threshold)
+        assert isinstance(label_n, np.ndarray) and isinstance(mask_n, np.ndarray)
+        np.testing.assert_array_equal(label_t.numpy(), label_n)
+        np.testing.assert_array_equal(mask_t.numpy(), mask_n)
+        normalized_t = normalize_scores(scores, torch.tensor(image_threshold))
+        np.testing.assert_allclose(normalized_t.numpy(), normalize_scores(scores.numpy(), image_threshold), atol=1e-7)
+    assert bool(mask_n[1, 0, 0]) and bool(reaches(np.float32(0.45), 0.45)) and not reaches(0.44999, 0.45)
+
+
+def test_one_resolver_for_configs_runners_and_the_export_json():
+    from types import SimpleNamespace
+
+    from modeling_clipada.decisions import per_image_thresholds, resolve_thresholds
+
+    fields = {
+        "image_threshold": 0.6,
+        "pixel_threshold": 0.5,
+        "category_thresholds": {"screw": {"image_threshold": 0.7}},
+    }
+    for config in (fields, SimpleNamespace(**fields)):
+        assert resolve_thresholds(config, "screw") == (0.7, 0.5, "category", "global")
+        assert resolve_thresholds(config, "bottle") == (0.6, 0.5, "global", "global")
+        assert per_image_thresholds(config, ["screw", None], 2) == ([0.7, 0.6], [0.5, 0.5])
+    assert resolve_thresholds({}, "screw") == (None, None, "none", "none")
+    with pytest.raises(ValueError, match="one entry per image"):
+        per_image_thresholds(fields, ["screw"], 2)

@@ -1,6 +1,6 @@
 """A ready-to-push Hugging Face Space for one checkpoint: app.py, requirements.txt, README.md and this project's wheel.
 
-The Space runs the same page as `python -m inference.app`. It gets this project as a wheel inside its folder (built
+The Space runs the same page as `clipada app`. It gets this project as a wheel inside its folder (built
 from the checkout, or the one given with `--wheel`) that app.py imports from, and requirements.txt lists the wheel's
 own dependencies: the base ones and those of its `torch` and `demo` extras.
 
@@ -51,13 +51,13 @@ short_description: {short_description}
 
 Drop one or several images: the page shows the overlay, the raw anomaly map, the image score, the OK/NG decision
 with the checkpoint's calibrated threshold and the anomalous regions' boxes. The sliders redraw masks and decisions
-without running the model again; the results table downloads as CSV (the columns of `clipada-predict`).
+without running the model again; the results table downloads as CSV (the columns of `clipada predict`).
 
-Written by `clipada-app --write_space` of the clipada project. The page's code is the project's wheel,
+Written by `clipada app --write_space` of the clipada project. The page's code is the project's wheel,
 `{wheel_name}`, which app.py imports from.
 Run it locally with `pip install -r requirements.txt && python app.py`.
 """
-SPACE_APP = '''"""Hub Space: anomaly inspection with {model_id} (written by `clipada-app --write_space`)."""
+SPACE_APP = '''"""Hub Space: anomaly inspection with {model_id} (written by `clipada app --write_space`)."""
 
 import sys
 from pathlib import Path
