@@ -1,6 +1,8 @@
 """Shared pytest fixtures: quiet, offline transformers, tiny random CLIP checkpoints and one shared training run."""
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -10,6 +12,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 if "HF_DATASETS_CACHE" not in os.environ:  # keep the user's datasets cache clean of test datasets
     os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="clipada-tests-datasets-")
+    atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)  # one per session
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pytest  # noqa: E402
