@@ -2,10 +2,10 @@
 
 from training.moved import warn_moved
 
-warn_moved("training.app", "inference.app", "app")
+warn_moved("training.app", "inference.app", "clipada app")
 
 from inference.app import *  # noqa: E402,F403
-from inference.app import cli  # noqa: E402,F401
+from inference.app import __all__, cli, main  # noqa: E402,F401
 
 if __name__ == "__main__":
     cli()

@@ -2,10 +2,10 @@
 
 from training.moved import warn_moved
 
-warn_moved("training.deploy.runners", "inference.deploy.runners", "predict --backend onnxruntime")
+warn_moved("training.deploy.runners", "inference.deploy.runners", "python -m inference.deploy.runners")
 
 from inference.deploy.runners import *  # noqa: E402,F403
-from inference.deploy.runners import cli  # noqa: E402,F401
+from inference.deploy.runners import __all__, cli  # noqa: E402,F401
 
 if __name__ == "__main__":
     cli()
