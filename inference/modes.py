@@ -61,6 +61,18 @@ def with_inference_mode(
     return changed
 
 
+def input_mode(processor: CLIPADAImageProcessor) -> dict:
+    """How `processor` makes model inputs, as thresholds record it (`config.calibration_mode`):
+    `{"resize_mode", "tile_size", "tile_overlap", "size": [height, width]}`; the overlap is None without tiles."""
+    tiles = bool(processor.tile_size)
+    return {
+        "resize_mode": processor.resize_mode,
+        "tile_size": processor.tile_size if tiles else None,
+        "tile_overlap": float(processor.tile_overlap) if tiles else None,
+        "size": [processor.size.height, processor.size.width],
+    }
+
+
 def describe_mode(processor: CLIPADAImageProcessor) -> str:
     """`squash`, `letterbox` or `tiles of N px (overlap F)`."""
     if processor.tile_size:
@@ -68,4 +80,10 @@ def describe_mode(processor: CLIPADAImageProcessor) -> str:
     return processor.resize_mode
 
 
-__all__ = ["add_inference_mode_arguments", "check_inference_mode_arguments", "describe_mode", "with_inference_mode"]
+__all__ = [
+    "add_inference_mode_arguments",
+    "check_inference_mode_arguments",
+    "describe_mode",
+    "input_mode",
+    "with_inference_mode",
+]

@@ -79,6 +79,13 @@ class AnomalyCLIPConfig(DecisionConfigMixin, CLIPConfig):
         The false-positive rate on normal pixels that `pixel_threshold` was calibrated for.
     calibration_size (`int`, *optional*):
         Number of normal images the thresholds were calibrated on.
+    target_escape_rate (`float`, *optional*):
+        The share of defective images allowed to pass (score below `image_threshold`) that the image threshold
+        was calibrated for, when labelled defects took part in the calibration.
+    calibration_mode (`dict`, *optional*):
+        How images became model inputs when the thresholds were calibrated: `{"resize_mode": ..., "tile_size":
+        ..., "tile_overlap": ..., "size": [height, width]}`. Scores change scale with the mode, so the thresholds
+        apply only to inputs made the same way; None: the checkpoint's own `preprocessor_config.json`.
 
     Example:
 
@@ -109,6 +116,8 @@ class AnomalyCLIPConfig(DecisionConfigMixin, CLIPConfig):
     target_image_fpr: float | None = None
     target_pixel_fpr: float | None = None
     calibration_size: int | None = None
+    target_escape_rate: float | None = None
+    calibration_mode: dict | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

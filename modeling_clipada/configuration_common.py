@@ -74,7 +74,8 @@ class DecisionConfigMixin:
 
     def _validate_decisions(self) -> None:
         """Thresholds are scores in [0, 1] (every family's maps and scores are probabilities), target rates lie in
-        (0, 1), and the calibration size is at least 1; raises `config_error` naming the field."""
+        (0, 1), the calibration size is at least 1, and the calibration mode names every input setting; raises
+        `config_error` naming the field."""
         error = type(self).config_error
         thresholds = {"image_threshold": self.image_threshold, "pixel_threshold": self.pixel_threshold}
         for category, values in (self.category_thresholds or {}).items():
@@ -93,6 +94,13 @@ class DecisionConfigMixin:
                 raise error(f"`{name}` must be a rate in (0, 1), got {value}.")
         if self.calibration_size is not None and self.calibration_size < 1:
             raise error(f"`calibration_size` must be >= 1, got {self.calibration_size}.")
+        if self.target_escape_rate is not None and not (
+            math.isfinite(self.target_escape_rate) and 0 < self.target_escape_rate < 1
+        ):
+            raise error(f"`target_escape_rate` must be a rate in (0, 1), got {self.target_escape_rate}.")
+        mode_keys = {"resize_mode", "tile_size", "tile_overlap", "size"}
+        if self.calibration_mode is not None and set(self.calibration_mode) != mode_keys:
+            raise error(f"`calibration_mode` must hold {sorted(mode_keys)}, got {sorted(self.calibration_mode)}.")
 
 
 __all__ = ["DecisionConfigMixin", "type_errors_as"]

@@ -33,6 +33,8 @@ DECISION_FIELDS = (
     "target_image_fpr",
     "target_pixel_fpr",
     "calibration_size",
+    "target_escape_rate",
+    "calibration_mode",
 )
 
 
