@@ -1,5 +1,7 @@
-"""Thresholds calibrated on normal images: the estimator, the hold-out, training's calibration and the CLI."""
+"""Thresholds calibrated on normal and defective images: the estimators, the binding rule, the hold-out, training's
+calibration, the model card and the CLI."""
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -11,14 +13,19 @@ from scipy import stats
 
 from modeling_clipada import CLIPADAForAnomalySegmentation
 from training import calibrate as calibrate_cli
+from training import preparation
 from training.calibration import (
+    MIN_DEFECTIVE_IMAGES_PER_CATEGORY,
+    DefectScores,
     NormalScores,
     calibrate,
+    escape_threshold,
     harrell_davis_quantile,
     hold_out_normal_images,
     image_threshold,
     pixel_threshold,
 )
+from training.model_card import write_model_card
 from training.run_dir import LOCK_FILE
 
 
@@ -70,6 +77,175 @@ def test_calibrate_gives_per_category_thresholds_only_where_enough_images_exist(
     json.dumps(result.to_dict())
 
 
+@pytest.mark.parametrize("num_images, target_escape_rate", [(300, 0.05), (1000, 0.02)])
+def test_the_escape_interval_covers_the_true_threshold_and_the_real_escape_rate_meets_the_target(
+    num_images, target_escape_rate
+):
+    distribution = stats.beta(6, 3)  # defect scores: mostly high, a tail of low ones that escape
+    true_threshold = distribution.ppf(target_escape_rate)
+    rng = np.random.default_rng(10)
+    covered, rates = 0, []
+    for repeat in range(60):
+        estimate = escape_threshold(distribution.rvs(num_images, random_state=rng), target_escape_rate, seed=repeat)
+        covered += estimate.interval[0] <= true_threshold <= estimate.interval[1]
+        rates.append(distribution.cdf(estimate.value))
+        assert estimate.note is None and estimate.num_defective_images == num_images
+    assert covered / 60 >= 0.85
+    assert np.mean(rates) == pytest.approx(target_escape_rate, rel=0.25)
+
+
+def _largest_threshold_within(defects: np.ndarray, target_escape_rate: float) -> float:
+    """Brute force: the largest candidate threshold (a defect score) that lets at most the target share escape."""
+    allowed = [t for t in np.unique(defects) if np.sum(defects < t) <= target_escape_rate * defects.size + 1e-9]
+    return max(allowed)
+
+
+def test_the_escape_threshold_never_lets_more_than_the_target_share_through_on_the_calibration_data():
+    rng = np.random.default_rng(11)
+    for trial in range(300):
+        size = int(rng.integers(1, 400))
+        target = float(rng.choice([0.01, 0.02, 0.05, 0.1, 0.3, 0.57]))
+        kind = trial % 3  # smooth, heavily tied, and gapped score sets (a gap pulls Harrell-Davis past it)
+        if kind == 0:
+            defects = rng.beta(5, 2, size)
+        elif kind == 1:
+            defects = rng.integers(0, 5, size) / 4
+        else:
+            defects = np.where(rng.random(size) < 0.1, rng.random(size) * 0.1, 0.9 + rng.random(size) * 0.1)
+        estimate = escape_threshold(defects, target, seed=trial)
+        escaped = np.sum(defects < estimate.value)
+        assert escaped <= np.floor(target * size + 1e-9), (trial, size, target)
+        assert estimate.value <= _largest_threshold_within(defects, target) + 1e-12
+        assert estimate.interval[0] <= estimate.interval[1]
+
+
+def test_too_few_defective_images_for_the_target_escape_rate_are_reported():
+    defects = np.linspace(0.3, 1, 20)
+    estimate = escape_threshold(defects, target_escape_rate=0.02)
+    assert "20 defective images cannot resolve an escape rate of 0.02" in estimate.note
+    assert estimate.value == pytest.approx(0.3)  # the lowest defect score: none of the 20 escapes
+
+
+def _scores(rng, normal_categories, defect_categories, normal_high=0.6, defect_low=0.4):
+    normal = NormalScores(
+        rng.random(len(normal_categories)) * normal_high,
+        np.array(normal_categories),
+        [rng.random(64) for _ in normal_categories],
+    )
+    defects = DefectScores(
+        defect_low + rng.random(len(defect_categories)) * (1 - defect_low), np.array(defect_categories)
+    )
+    return normal, defects
+
+
+def test_when_the_targets_conflict_the_escape_threshold_binds_and_the_report_says_so():
+    rng = np.random.default_rng(12)
+    normal, defects = _scores(rng, ["a"] * 200, ["a"] * 100)  # overlapping scores: the targets conflict
+    result = calibrate(normal, target_image_fpr=0.01, defect_scores=defects, target_escape_rate=0.05)
+    image = result.image
+    assert image.binding == "escape" and image.value == image.escape.value < image.false_reject.value
+    chosen = image.rates["chosen"]
+    assert chosen["escape_rate"] == np.mean(defects.image_scores < image.value) <= 0.05
+    assert chosen["false_reject_rate"] == np.mean(normal.image_scores >= image.value) > 0.01
+    assert image.rates["false_reject"]["threshold"] == image.false_reject.value
+    report = json.loads(json.dumps(result.to_dict()))
+    assert report["image_threshold"]["binding"] == "escape"
+    assert report["image_threshold"]["escape"]["escape_rate"] == chosen["escape_rate"]
+    assert report["image_threshold"]["false_reject"]["target_fpr"] == 0.01
+    assert report["resolution"] == {
+        "normal_images": 200,
+        "smallest_false_reject_rate": 1 / 200,
+        "defective_images": 100,
+        "smallest_escape_rate": 1 / 100,
+    }
+    fields = result.config_fields()
+    assert fields["image_threshold"] == image.value and fields["target_escape_rate"] == 0.05
+    assert fields["target_image_fpr"] == 0.01 and fields["calibration_size"] == 200
+    table = calibrate_cli.format_calibration(result)
+    assert "escape target binds" in table and "for target FPR 0.01" in table
+
+
+def test_when_the_targets_agree_the_false_reject_threshold_binds():
+    rng = np.random.default_rng(13)
+    normal, defects = _scores(rng, ["a"] * 200, ["a"] * 100, normal_high=0.4, defect_low=0.7)
+    result = calibrate(normal, target_image_fpr=0.01, defect_scores=defects, target_escape_rate=0.05)
+    assert result.image.binding == "false_reject" and result.image.value == result.image.false_reject.value
+    assert result.image.rates["chosen"]["escape_rate"] == 0.0
+
+
+def test_an_escape_target_alone_sets_the_image_threshold_and_the_pixel_threshold_stays_from_normals():
+    rng = np.random.default_rng(14)
+    normal, defects = _scores(rng, ["a"] * 50, ["a"] * 50)
+    result = calibrate(normal, target_image_fpr=None, defect_scores=defects, target_escape_rate=0.1)
+    assert result.image.binding == "escape" and result.image.false_reject is None
+    assert result.pixel.value == pytest.approx(np.quantile(np.concatenate(normal.pixel_samples), 0.99))
+    fields = result.config_fields()
+    assert fields["target_image_fpr"] is None and fields["target_escape_rate"] == 0.1
+    with pytest.raises(ValueError, match="needs defective images"):
+        calibrate(normal, target_image_fpr=None, target_escape_rate=0.1)
+    with pytest.raises(ValueError, match="a target escape rate, or both"):
+        calibrate(normal, target_image_fpr=None)
+
+
+def test_categories_get_their_own_escape_threshold_only_with_enough_defective_images():
+    rng = np.random.default_rng(15)
+    enough = MIN_DEFECTIVE_IMAGES_PER_CATEGORY
+    normal, defects = _scores(
+        rng,
+        ["big"] * 40 + ["few_normals"] * 4 + ["small"] * 5,
+        ["big"] * 30 + ["few_normals"] * enough + ["small"] * (enough - 1),
+    )
+    result = calibrate(normal, target_image_fpr=0.05, defect_scores=defects, target_escape_rate=0.1)
+    assert set(result.per_category) == {"big", "few_normals"}
+    big = result.per_category["big"]["image_threshold"]
+    assert big.false_reject.scope == "big" and big.escape.scope == "big"
+    few = result.per_category["few_normals"]
+    assert few["image_threshold"].false_reject is result.image.false_reject  # too few normals: the global one
+    assert few["image_threshold"].escape.scope == "few_normals" and few["pixel_threshold"] is result.pixel
+    assert few["image_threshold"].value == min(result.image.false_reject.value, few["image_threshold"].escape.value)
+    rows = defects.categories == "few_normals"
+    assert np.sum(defects.image_scores[rows] < few["image_threshold"].value) <= 1
+    fields = result.config_fields()
+    assert set(fields["category_thresholds"]) == {"big", "few_normals"}
+    json.dumps(result.to_dict())
+
+
+def _card(tmp_path: Path, config: dict, report: dict | None = None) -> str:
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    if report is not None:
+        (tmp_path / "calibration.json").write_text(json.dumps(report))
+    return write_model_card(tmp_path, {"dataset_name": "data"}, None).read_text()
+
+
+def test_the_model_card_says_when_the_calibration_images_do_not_resolve_the_targets(tmp_path):
+    config = {"image_threshold": 0.6, "pixel_threshold": 0.5, "target_image_fpr": 0.01, "target_pixel_fpr": 0.01}
+    card = _card(tmp_path, config | {"calibration_size": 20})
+    assert "target false-positive rate 0.01 on normal images, **not resolved**" in card
+    assert "20 normal images support false-positive rates down to 1/20 = 0.05 only" in card
+    assert "needs at least 100" in card
+    mode = {"resize_mode": "squash", "tile_size": 64, "tile_overlap": 0.25, "size": [32, 32]}
+    report = {"resolution": {"defective_images": 30}, "image_threshold": {"binding": "escape"}}
+    config |= {"calibration_size": 200, "target_escape_rate": 0.05, "calibration_mode": mode}
+    card = _card(tmp_path, config, report)
+    assert "target false-positive rate 0.01 on normal images, resolved (200 normal images" in card
+    assert "target escape rate 0.05, resolved (30 defective images" in card
+    assert "The escape target binds" in card and "tiles of 64 px (overlap 0.25) at 32x32" in card
+
+
+def test_training_warns_when_the_held_out_images_cannot_resolve_the_target_fpr(monkeypatch):
+    warnings = []
+    monkeypatch.setattr(preparation.logger, "warning", lambda message, **kwargs: warnings.append(message))
+    split = datasets.Dataset.from_list([{"label": 0}] * 300 + [{"label": 1}] * 5)
+    args = argparse.Namespace(target_fpr=0.01, calibration_fraction=0.1, train_split="train")
+    preparation._warn_if_calibration_unresolved(split, 30, args)
+    assert "has 30 normal images, fewer than the 100" in warnings[0] and "--calibration_fraction" in warnings[0]
+    assert "about 0.33" in warnings[0]
+    preparation._warn_if_calibration_unresolved(split.select(range(50)), 5, args)
+    assert "only 50 normal images: collect more" in warnings[1]
+    preparation._warn_if_calibration_unresolved(split, 100, args)
+    assert len(warnings) == 2
+
+
 def test_hold_out_is_stratified_seeded_and_never_takes_every_normal_image():
     rows = [{"label": 0, "category": "a"}] * 20 + [{"label": 0, "category": "b"}] * 3
     rows += [{"label": 1, "category": "a"}, {"label": 0, "category": "c"}]
@@ -89,8 +265,12 @@ def test_training_calibrates_on_held_out_images_and_the_checkpoint_carries_the_t
     report = json.loads((trained_run / "calibration.json").read_text())
     assert config["image_threshold"] == report["image_threshold"]["value"]
     assert config["calibration_size"] == 2 and config["target_image_fpr"] == 0.01  # 1 of 6 per category
+    assert config["calibration_mode"]["resize_mode"] == "squash" and config["calibration_mode"]["tile_size"] is None
+    assert config["target_escape_rate"] is None and report["resolution"]["smallest_false_reject_rate"] == 0.5
     model = CLIPADAForAnomalySegmentation.from_pretrained(trained_run)
     assert model.config.has_thresholds
+    card = (trained_run / "README.md").read_text()
+    assert "target false-positive rate 0.01 on normal images, **not resolved**" in card
 
 
 def _copy(trained_run: Path, tmp_path: Path) -> Path:
@@ -123,11 +303,45 @@ def test_calibrate_cli_writes_a_copy_with_output_dir(workspace, trained_run, tmp
     assert reloaded.config.calibration_size == 4 and (tmp_path / "calibrated" / "preprocessor_config.json").is_file()
 
 
+@pytest.mark.slow
+def test_calibrate_cli_with_an_escape_target_and_tiles_records_both_and_saves_the_processor_in_that_mode(
+    workspace, trained_run, tmp_path, capsys
+):
+    data = str(workspace / "data")
+    argv = ["--model_name_or_path", str(trained_run), "--dataset_name", data, "--split", "test"]
+    output = tmp_path / "calibrated"
+    extra = ["--target_fpr", "0.3", "--target_escape_rate", "0.3", "--tile_size", "16", "--output_dir", str(output)]
+    result = calibrate_cli.main([*argv, *extra])
+    printed = capsys.readouterr().out
+    config = json.loads((output / "config.json").read_text())
+    report = json.loads((output / "calibration.json").read_text())
+    assert config["target_escape_rate"] == 0.3 and config["target_image_fpr"] == 0.3
+    assert config["image_threshold"] == result.image.value == report["image_threshold"]["value"]
+    assert result.image.value == min(result.image.false_reject.value, result.image.escape.value)
+    assert report["image_threshold"]["binding"] == result.image.binding
+    assert report["resolution"]["defective_images"] == result.num_defective_images > 0
+    assert config["calibration_size"] == 4
+    assert config["calibration_mode"]["tile_size"] == 16 and report["calibration_mode"] == config["calibration_mode"]
+    assert json.loads((output / "preprocessor_config.json").read_text())["tile_size"] == 16
+    assert "binds" in printed and "the processor is saved in that mode" in printed
+
+
+@pytest.mark.slow
+def test_calibrate_cli_in_place_in_another_mode_rewrites_the_processor_too(workspace, trained_run, tmp_path):
+    run = _copy(trained_run, tmp_path)
+    argv = ["--model_name_or_path", str(run), "--dataset_name", str(workspace / "data"), "--resize_mode", "letterbox"]
+    calibrate_cli.main(argv)
+    assert json.loads((run / "preprocessor_config.json").read_text())["resize_mode"] == "letterbox"
+    assert json.loads((run / "config.json").read_text())["calibration_mode"]["resize_mode"] == "letterbox"
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
         (["--target_fpr", "0"], "--target_fpr"),
         (["--split", "validation"], "no split 'validation'"),
+        (["--target_escape_rate", "0.1"], "needs defective images (label 1) in the 'train' split"),
+        (["--tile_overlap", "1.5"], "--tile_overlap must lie in [0, 1)"),
     ],
 )
 @pytest.mark.slow

@@ -50,7 +50,8 @@ def finish(args: argparse.Namespace, run: TrainingRun) -> dict | None:
                 target_image_fpr=args.target_fpr,
                 target_pixel_fpr=args.target_pixel_fpr,
                 seed=args.seed,
-            )
+                split_name="the held-out normal training images",
+            )  # also records the processor's input mode (`calibration_mode`); the processor is saved below
             write_calibration_report(args.output_dir, calibration, {"calibrated_on": "held-out normal train images"})
             print(format_calibration(calibration))
         model.save_pretrained(args.output_dir)

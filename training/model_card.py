@@ -7,8 +7,10 @@ Example:
 """
 
 import json
+import math
 from pathlib import Path
 
+from training.calibration import resolves
 from training.metrics import format_metrics_table
 
 HYPERPARAMETERS = (
@@ -52,7 +54,9 @@ def write_model_card(output_dir: str | Path, args: dict, metrics: dict | None) -
     else:
         results = "Not evaluated (no test split, or `--skip_evaluation`)."
     repo = args.get("hub_model_id") or str(output_dir)
-    decisions = _decisions_section(config)
+    report_path = output_dir / "calibration.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else None
+    decisions = _decisions_section(config, report)
     card = f"""---
 library_name: transformers
 pipeline_tag: image-segmentation
@@ -104,22 +108,67 @@ maps = processor.post_process_anomaly_maps(outputs, target_sizes=[image.size[::-
     return path
 
 
-def _decisions_section(config: dict) -> str:
-    """The calibrated thresholds, or how to calibrate."""
+def _decisions_section(config: dict, report: dict | None = None) -> str:
+    """The calibrated thresholds with what the calibration images resolve, or how to calibrate.
+
+    Args:
+        config: The saved config.json.
+        report: calibration.json beside it, or None; it gives the number of defective images and the binding target.
+    """
     if config.get("image_threshold") is None:
         return (
             "Not calibrated: run `clipada calibrate --model_name_or_path <this folder> --dataset_name <normal images>`."
         )
+    report = report or {}
+    num_normal = config.get("calibration_size") or 0
+    num_defective = (report.get("resolution") or {}).get("defective_images")
+    target_fpr, target_escape = config.get("target_image_fpr"), config.get("target_escape_rate")
+    images = f"{num_normal} normal images" + (f" and {num_defective} defective images" if num_defective else "")
     lines = [
-        f"Calibrated on {config.get('calibration_size')} held-out normal images: an image is NG when its score is "
-        f">= `image_threshold` = {config['image_threshold']:.4f} (target false-positive rate "
-        f"{config.get('target_image_fpr')}), a pixel when its anomaly-map value is >= `pixel_threshold` = "
-        f"{config['pixel_threshold']:.4f} (target pixel rate {config.get('target_pixel_fpr')}). The estimates and "
-        "their 95% intervals are in `calibration.json`."
+        f"An image is NG when its score is >= `image_threshold` = {config['image_threshold']:.4f}, a pixel when its "
+        f"anomaly-map value is >= `pixel_threshold` = {config['pixel_threshold']:.4f} (target pixel false-positive "
+        f"rate {config.get('target_pixel_fpr')}). Calibrated on {images}; the estimates, their 95% intervals and the "
+        "rates on the calibration images are in `calibration.json`.",
+        "",
     ]
+    if target_fpr is not None:
+        resolved = _resolved(num_normal, target_fpr, "normal", "false-positive")
+        lines.append(f"- False rejects: target false-positive rate {target_fpr:g} on normal images, {resolved}")
+    if target_escape is not None:
+        resolved = _resolved(num_defective, target_escape, "defective", "escape")
+        lines.append(f"- Escapes (defective images scored below it): target escape rate {target_escape:g}, {resolved}")
+    binding = (report.get("image_threshold") or {}).get("binding")
+    if target_fpr is not None and target_escape is not None and binding == "escape":
+        lines.append(
+            "- The escape target binds: the threshold is lowered to meet it; false rejects exceed their target."
+        )
+    elif target_fpr is not None and target_escape is not None and binding == "false_reject":
+        lines.append("- The false-reject target binds: the escape target is met with room to spare.")
+    mode = config.get("calibration_mode")
+    if mode:
+        tiles = f"tiles of {mode['tile_size']} px (overlap {mode['tile_overlap']:g})" if mode.get("tile_size") else ""
+        height, width = mode["size"]
+        lines.append(
+            f"- Inputs: {tiles or mode['resize_mode']} at {height}x{width}; the thresholds hold only for inputs made "
+            "the same way."
+        )
     for category, values in (config.get("category_thresholds") or {}).items():
         lines.append(f"- `{category}`: image {values['image_threshold']:.4f}, pixel {values['pixel_threshold']:.4f}")
     return "\n".join(lines)
+
+
+def _resolved(num_images: int | None, rate: float, kind: str, name: str) -> str:
+    """Whether `num_images` images of `kind` resolve a `name` rate of `rate`: n images resolve rates down to 1 / n."""
+    needed = math.ceil(1 / rate - 1e-9)
+    if not num_images:
+        return f"resolution unknown (a rate of {rate:g} needs at least {needed} {kind} images)."
+    if resolves(num_images, rate):
+        return f"resolved ({num_images} {kind} images resolve rates down to 1/{num_images} = {1 / num_images:.3g})."
+    return (
+        f"**not resolved**: {num_images} {kind} images support {name} rates down to 1/{num_images} = "
+        f"{1 / num_images:.3g} only, and a rate of {rate:g} needs at least {needed}; the threshold sits near the most "
+        "extreme calibration score, and the real rate may be higher."
+    )
 
 
 __all__ = ["write_model_card"]

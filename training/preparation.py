@@ -12,6 +12,7 @@ import dataclasses
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -21,7 +22,7 @@ from transformers import PreTrainedModel
 
 from processing import CLIPADAImageProcessor
 from training.arguments import head_overrides
-from training.calibration import hold_out_normal_images
+from training.calibration import hold_out_normal_images, resolves
 from training.checkpointing import (
     CheckpointError,
     fingerprint_differences,
@@ -133,6 +134,8 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
         train_split, calibration_split = hold_out_normal_images(
             dataset[args.train_split], args.calibration_fraction, args.seed
         )
+        if calibration_split is not None:
+            _warn_if_calibration_unresolved(dataset[args.train_split], len(calibration_split), args)
         try:
             dataloader = build_train_dataloader(
                 train_split,
@@ -178,6 +181,28 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
         accelerator.print(f"Resuming from {checkpoint}")
         run.completed_steps = load_checkpoint(accelerator, checkpoint, model, optimizer, scheduler)
     return run
+
+
+def _warn_if_calibration_unresolved(split, num_held_out: int, args: argparse.Namespace) -> None:
+    """Warns when the held-out normal images are fewer than 1 / --target_fpr: the rate is then not resolved (the
+    threshold is little more than the largest held-out score)."""
+    if resolves(num_held_out, args.target_fpr):
+        return
+    needed = math.ceil(1 / args.target_fpr - 1e-9)
+    num_normal = int(np.sum(np.asarray(split["label"]) == 0))
+    fraction = needed / num_normal if num_normal else math.inf
+    change = (
+        f"raise --calibration_fraction (now {args.calibration_fraction:g}) to about {fraction:.2g}"
+        if fraction < 1
+        else f"the {args.train_split} split has only {num_normal} normal images: collect more normal images"
+    )
+    logger.warning(
+        f"The held-out calibration set has {num_held_out} normal images, fewer than the {needed} (1 / --target_fpr) "
+        f"that a false-positive rate of {args.target_fpr:g} needs; they resolve rates down to 1/{num_held_out} = "
+        f"{1 / num_held_out:.3g}, and the image threshold will sit near the largest held-out score. To resolve it, "
+        f"{change}, or give a larger --target_fpr.",
+        main_process_only=True,
+    )
 
 
 def _check_same_run(checkpoint: Path, fingerprint: dict, explicit: bool) -> None:
