@@ -20,10 +20,12 @@ import numpy as np
 from PIL import Image, ImageOps
 from transformers import Pipeline
 from transformers.image_utils import load_image
+from transformers.utils import logging
 
 from .decisions import apply_thresholds, normalize_scores, resolve_thresholds
 
 PIPELINE_TASK = "image-anomaly-detection"
+logger = logging.get_logger(__name__)
 
 
 class ImageAnomalyDetectionPipeline(Pipeline):
@@ -39,10 +41,14 @@ class ImageAnomalyDetectionPipeline(Pipeline):
     - **predicted_anomaly_map** (`torch.Tensor`): the same map as float probabilities, `(height, width)`.
     - **mask** (`PIL.Image`, mode `"L"`, 255 = anomalous, only with calibrated thresholds, else `None`): the map
       thresholded at the pixel threshold.
+    - **uncalibrated** (`str`, only when the thresholds were calibrated in another mode than the image processor's):
+      why there is no label and no mask.
 
     Pass `category="bottle"` to decide with that category's thresholds when the checkpoint has them (and, for families
     whose prompts name the category, to name it; the name must have been tokenised into the checkpoint). A checkpoint
-    whose processor letterboxes or tiles gets its maps merged back, as `clipada-predict` does.
+    whose processor letterboxes or tiles gets its maps merged back, as `clipada-predict` does. Thresholds decide only
+    in the mode they were calibrated in (`config.calibration_mode`): with an image processor of another mode (resize
+    mode, tiles, input size) there is no label and no mask, and `uncalibrated` says why.
     """
 
     _load_processor = False
@@ -97,13 +103,47 @@ class ImageAnomalyDetectionPipeline(Pipeline):
             "predicted_anomaly_map": anomaly_map,
             "mask": None,
         }
-        if getattr(self.model.config, "has_thresholds", False):
+        mismatch = _mode_mismatch(getattr(self.model.config, "calibration_mode", None), self.image_processor)
+        if getattr(self.model.config, "has_thresholds", False) and mismatch:
+            result["uncalibrated"] = mismatch
+        elif getattr(self.model.config, "has_thresholds", False):
             image_threshold, pixel_threshold, *_ = resolve_thresholds(self.model.config, model_outputs["category"])
             label, mask = apply_thresholds(anomaly_map[None], score, image_threshold, pixel_threshold)
             result["label"] = "NG" if bool(label) else "OK"
             result["normalized_score"] = float(normalize_scores(score, image_threshold))
             result["mask"] = Image.fromarray(mask[0].numpy().astype(np.uint8) * 255)
         return result
+
+
+def _mode_mismatch(calibration_mode: dict | None, image_processor: Any) -> str:
+    """Why thresholds calibrated in `calibration_mode` do not fit the inputs `image_processor` makes; "" when they
+    fit, or when the mode was not recorded (the checkpoint's own processor, which the pipeline loads, is its mode).
+    The same rule as `inference.modes.same_mode`, written out here so that the remote code needs nothing else."""
+    if not calibration_mode:
+        return ""
+    sizes = getattr(image_processor, "size", None) or {}
+    size = [sizes.get(side) if isinstance(sizes, dict) else getattr(sizes, side, None) for side in ("height", "width")]
+    tile_size = getattr(image_processor, "tile_size", None) or None
+    running = {
+        "resize_mode": getattr(image_processor, "resize_mode", "squash"),
+        "tile_size": tile_size,
+        "tile_overlap": float(getattr(image_processor, "tile_overlap", 0.0) or 0.0) if tile_size else None,
+        "size": size,
+    }
+    calibrated_tiles = calibration_mode.get("tile_size") or None
+    fits = list(calibration_mode.get("size") or ()) == size and calibrated_tiles == tile_size
+    if fits and tile_size:
+        fits = abs(float(calibration_mode.get("tile_overlap") or 0.0) - running["tile_overlap"]) < 1e-9
+    elif fits:
+        fits = calibration_mode.get("resize_mode", "squash") == running["resize_mode"]
+    if fits:
+        return ""
+    message = (
+        f"the thresholds were calibrated with inputs made as {calibration_mode}, but this image processor makes them "
+        f"as {running}: scores change scale, so no label or mask is given; use the checkpoint's own image processor"
+    )
+    logger.warning_once(message)
+    return message
 
 
 def _read_image(image: "Image.Image | str | os.PathLike", timeout: float | None) -> Image.Image:

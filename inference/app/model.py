@@ -19,6 +19,7 @@ from huggingface_hub import snapshot_download
 from inference.backends import AnomalyBackend, is_export_folder, load_backend
 from inference.deploy.runners import read_export_config
 from inference.loading import check_model_location, load_processor, saved_model_type
+from inference.modes import fitting_decision_config, thresholds_note
 from inference.predict.inputs import InputError, collect_inputs
 from processing import CLIPADAImageProcessor
 
@@ -34,7 +35,10 @@ class ServedModel:
         title: The model family's name (`CLIP-ADA`, `AnomalyCLIP`).
         backend: Runs the model on CLIP-normalised pixels `(B, 3, H, W)`.
         processor: Reads, resizes and normalises images; maps anomaly maps back to each image's size.
-        config: The calibrated decision fields: the checkpoint's config, or the export's thresholds.
+        config: The calibrated decision fields that apply: the checkpoint's config, or the export's thresholds; no
+            thresholds (`inference.modes.NO_THRESHOLDS`) when they were calibrated in another mode than `processor`'s.
+        thresholds_note: Why the calibrated thresholds do not apply (`inference.modes.thresholds_note`); "" when
+            they do.
     """
 
     name: str
@@ -42,11 +46,12 @@ class ServedModel:
     backend: AnomalyBackend
     processor: CLIPADAImageProcessor
     config: Any
+    thresholds_note: str = ""
 
     @property
     def categories(self) -> list[str]:
         """The categories with calibrated thresholds of their own, sorted."""
-        return sorted(self.config.category_thresholds or {})
+        return sorted(getattr(self.config, "category_thresholds", None) or {})
 
 
 def load_served_model(
@@ -76,8 +81,14 @@ def load_served_model(
 
         title = FAMILIES.get(saved_model_type(model_name_or_path), FAMILIES["clipada"]).title
     loaded_backend = load_backend(backend, model_name_or_path, device, dtype, num_threads)
-    processor = load_processor(model_name_or_path)
-    return ServedModel(model_name_or_path, title, loaded_backend, processor, loaded_backend.decision_config)
+    processor = load_processor(model_name_or_path)  # the checkpoint's own: older thresholds count as made in its mode
+    config = loaded_backend.decision_config
+    note = thresholds_note(
+        config, processor, processor, model_name_or_path,
+        remedy="calibrate in its preprocessor_config.json's mode (clipada calibrate); the sliders decide meanwhile",
+    )  # fmt: skip
+    applied = fitting_decision_config(config, processor, processor)
+    return ServedModel(model_name_or_path, title, loaded_backend, processor, applied, note)
 
 
 def checkpoint_examples(model_name_or_path: str) -> list[Path]:

@@ -122,7 +122,7 @@ def build_demo(served: ServedModel, examples: list[Path] = (), max_pixels: int =
         return (
             image_value,
             pixel_value,
-            _threshold_note(config, category),
+            _threshold_note(served, category),
             *redraw(results, selected, category, image_value, pixel_value),
         )
 
@@ -156,7 +156,7 @@ def build_demo(served: ServedModel, examples: list[Path] = (), max_pixels: int =
                     0, 1, value=pixel_start, step=SLIDER_STEP, label="Pixel threshold: anomalous regions and boxes",
                     elem_id="pixel-threshold",
                 )  # fmt: skip
-                note = gr.Markdown(_threshold_note(config, GLOBAL_CATEGORY), elem_id="threshold-note")
+                note = gr.Markdown(_threshold_note(served, GLOBAL_CATEGORY), elem_id="threshold-note")
                 reset_button = gr.Button("Reset thresholds to calibrated", size="sm")
             with gr.Column(scale=9):
                 message = gr.HTML(elem_id="message")
@@ -218,8 +218,12 @@ def _header(served: ServedModel) -> str:
     return f"<h1>{html.escape(served.title)} anomaly inspection</h1><p>{' · '.join(facts)}</p>"
 
 
-def _threshold_note(config, category: str | None) -> str:
-    thresholds = calibrated_thresholds(config, _category(category))
+def _threshold_note(served: ServedModel, category: str | None) -> str:
+    """What the sliders start from: the calibrated thresholds, or why there are none (none calibrated, or calibrated
+    in another mode than the app's: `served.thresholds_note`)."""
+    if served.thresholds_note:
+        return f"**Calibrated thresholds not applied**: {html.escape(served.thresholds_note)}."
+    thresholds = calibrated_thresholds(served.config, _category(category))
     if thresholds.image is None:
         return "This checkpoint has **no calibrated thresholds**: decisions use the sliders' values."
     pixel = "none" if thresholds.pixel is None else f"{thresholds.pixel:.4f}"

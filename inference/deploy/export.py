@@ -30,6 +30,7 @@ from inference.deploy.graph import CLIPADAExportGraph, export_program, write_onn
 from inference.deploy.runners import EXPORT_CONFIG_NAME, MODEL_FILES, ExportedCLIPADA, ExportedModelError
 from inference.devices import configure_threads
 from inference.loading import ModelLoadError, check_model_location, load_clipada_model, load_processor, saved_model_type
+from inference.modes import calibration_mode, saved_processor
 from modeling_clipada import CLIPADAConfig
 from modeling_clipada.decisions import DECISION_FIELDS
 
@@ -205,7 +206,12 @@ def export(
             "batch_size": "dynamic",
             "graph_inputs": list(graph.input_names),
             "graph_outputs": list(graph.output_names),
-            "thresholds": {field: getattr(model.config, field) for field in DECISION_FIELDS}
+            "thresholds": {
+                **{field: getattr(model.config, field) for field in DECISION_FIELDS},
+                # the mode they were calibrated in (older checkpoints: their own preprocessor_config.json's), so that
+                # an export at another --image_size, or predict in another mode, does not decide with them
+                "calibration_mode": calibration_mode(model.config, saved_processor(model_name_or_path)),
+            }
             if model.config.has_thresholds
             else None,
             "model": {

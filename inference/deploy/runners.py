@@ -126,6 +126,8 @@ class ExportedCLIPADA:
     Attributes:
         image_threshold, pixel_threshold, category_thresholds: The decision thresholds, from the JSON; None
             without calibration (then only `anomaly_map` and `pred_score` come out).
+        calibration_mode: The inference mode the thresholds were calibrated in (`inference.modes.input_mode`), from
+            the JSON; None for an export written before it was recorded (then the export's own processor's mode).
     """
 
     def __init__(
@@ -146,6 +148,7 @@ class ExportedCLIPADA:
         self.image_threshold = thresholds.get("image_threshold")
         self.pixel_threshold = thresholds.get("pixel_threshold")
         self.category_thresholds = thresholds.get("category_thresholds") or {}
+        self.calibration_mode = thresholds.get("calibration_mode")
         self.has_thresholds = self.config.get("graph_inputs", ["pixel_values"]) != ["pixel_values"]
         self.input_size = tuple(self.config["input_size"])
         try:
@@ -244,9 +247,13 @@ def cli(argv: list[str] | None = None) -> None:
 
     The same scoring and decisions as `clipada predict` (maps at each image's own size; `inference.scoring`,
     `inference.predict.rows`), without its files. Inputs are files, folders, globs or list files; a file that cannot
-    be read gets `"decision": "ERROR"` and the others go on (exit status 1); usage errors exit 2.
+    be read gets `"decision": "ERROR"` and the others go on (exit status 1); usage errors exit 2. Thresholds
+    calibrated in another mode than the export's (`inference.modes.thresholds_fit`) do not decide, as in predict.
     """
+    import sys
+
     from inference.backends import ExportedBackend  # here: inference.backends imports this module
+    from inference.modes import fitting_decision_config, thresholds_note
     from inference.predict.inputs import collect_inputs
     from inference.predict.rows import choose_thresholds, error_row, prediction_row
     from inference.scoring import score_images
@@ -265,7 +272,15 @@ def cli(argv: list[str] | None = None) -> None:
         runtime = args.backend or ExportedCLIPADA.runtime_of(args.model_dir)
         backend = ExportedBackend(args.model_dir, runtime, args.num_threads, args.precision)
         paths = collect_inputs(args.inputs)
-    processor, thresholds = backend.runner.processor, choose_thresholds(backend.decision_config, args.category)
+    processor = backend.runner.processor  # the export's own: older thresholds count as calibrated in its mode
+    mode_note = thresholds_note(
+        backend.decision_config, processor, processor, args.model_dir,
+        remedy="calibrate the checkpoint in the export's mode (clipada calibrate) and export it again",
+    )  # fmt: skip
+    if mode_note:
+        print(f"note: {mode_note}", file=sys.stderr)
+    applied = fitting_decision_config(backend.decision_config, processor, processor)
+    thresholds = choose_thresholds(applied, args.category)
     failed = 0
     for start in range(0, len(paths), args.batch_size):
         rows, images, read = [], [], []

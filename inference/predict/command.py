@@ -23,7 +23,14 @@ from tqdm.auto import tqdm
 from inference.backends import BACKENDS, AnomalyBackend, load_backend
 from inference.command_line import device_arguments, open_unit_interval, overwrite_argument, positive_int, usage_errors
 from inference.loading import load_processor
-from inference.modes import add_inference_mode_arguments, check_inference_mode_arguments, with_inference_mode
+from inference.modes import (
+    add_inference_mode_arguments,
+    check_inference_mode_arguments,
+    fitting_decision_config,
+    saved_processor,
+    thresholds_note,
+    with_inference_mode,
+)
 from inference.overlays import draw_overlay
 from inference.predict.inputs import InputError, collect_inputs, output_names
 from inference.predict.rows import UNCALIBRATED, Thresholds, choose_thresholds, error_row, prediction_row
@@ -163,11 +170,17 @@ def main(argv: list[str] | None = None) -> dict:
         if args.image_size is not None and backend.name != "torch":
             raise ValueError("--image_size does not apply to an export: its graph takes the size it was exported at")
         processor = load_processor(args.model_name_or_path, image_size=args.image_size)
-        processor = with_inference_mode(processor, args.resize_mode, args.tile_size, args.tile_overlap)
+        # the mode older thresholds were calibrated in: the checkpoint's own preprocessor_config.json, as saved
+        own_processor = processor if args.image_size is None else saved_processor(args.model_name_or_path)
+        processor = with_inference_mode(processor, args.resize_mode, args.tile_size, args.tile_overlap, note=False)
         prepare_output_dir(output_dir, args.overwrite_output_dir)
     config = backend.decision_config
-    thresholds = choose_thresholds(config, args.category, args.image_threshold, args.pixel_threshold)
-    _print_threshold_notes(config, args.category, thresholds, args.model_name_or_path)
+    # thresholds calibrated in another mode never decide: the rows are UNCALIBRATED unless overridden
+    mode_note = thresholds_note(config, processor, own_processor, args.model_name_or_path)
+    applied = fitting_decision_config(config, processor, own_processor)
+    thresholds = choose_thresholds(applied, args.category, args.image_threshold, args.pixel_threshold)
+    overridden = args.image_threshold is not None and args.pixel_threshold is not None
+    _print_threshold_notes(config, args.category, thresholds, args.model_name_or_path, "" if overridden else mode_note)
     counts = predict_images(
         paths, backend, processor, thresholds, output_dir, args.category, args.batch_size, args.overlays,
         args.save_maps,
@@ -181,9 +194,14 @@ def main(argv: list[str] | None = None) -> dict:
     return {**summary, "output_dir": str(output_dir)}
 
 
-def _print_threshold_notes(config, category: str | None, thresholds: Thresholds, checkpoint: str) -> None:
-    """Tells the user on stderr when decisions cannot be made or fall back to the global thresholds."""
-    if thresholds.image is None:
+def _print_threshold_notes(
+    config, category: str | None, thresholds: Thresholds, checkpoint: str, mode_note: str = ""
+) -> None:
+    """Tells the user on stderr, in one note, when the thresholds do not fit the mode (`mode_note`,
+    `inference.modes.thresholds_note`), when decisions cannot be made, or when they fall back to the global ones."""
+    if mode_note:
+        print(f"note: {mode_note}", file=sys.stderr)
+    elif thresholds.image is None:
         print(
             f"note: {checkpoint} has no calibrated thresholds, so every decision is {UNCALIBRATED}: calibrate it on "
             "normal images (clipada calibrate) or pass --image_threshold and --pixel_threshold",
