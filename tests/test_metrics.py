@@ -1,6 +1,7 @@
 """Tests of the anomaly-detection metrics against scikit-learn, hand-computed cases and a brute-force AUPRO."""
 
 import bisect
+import json
 import math
 
 import numpy as np
@@ -14,10 +15,14 @@ from training.metrics import (
     anomaly_metrics,
     compute_anomaly_metrics,
     format_metrics_table,
+    format_operating_points_table,
     mean_metrics,
+    operating_point_metrics,
+    overkill_metrics,
 )
 
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "image_f1_max", "pixel_f1_max")
+OVERKILL_NAMES = ("overkill_at_2pct_escape", "overkill_at_5pct_escape", "overkill_at_10pct_escape")
 
 
 def random_case(seed: int, num_images: int = 6, size: int = 12, levels: int = 16):
@@ -81,7 +86,7 @@ def test_pixel_and_image_metrics_match_sklearn(seed):
     assert results["pixel_f1_max"] == pytest.approx(sklearn_f1_max(labels, scores), abs=1e-12)
     assert results["image_auroc"] == pytest.approx(roc_auc_score(image_labels, image_scores), abs=1e-12)
     assert results["image_f1_max"] == pytest.approx(sklearn_f1_max(image_labels, image_scores), abs=1e-12)
-    assert set(results) == set(METRIC_NAMES)
+    assert set(results) == set(METRIC_NAMES + OVERKILL_NAMES)
     assert all(type(value) is float and 0.0 <= value <= 1.0 for value in results.values())
 
 
@@ -195,9 +200,12 @@ def test_nbytes_counts_only_the_compact_buffers():
 def test_degenerate_cases_give_nan():
     maps = np.random.default_rng(0).random((3, 4, 4)).astype(np.float32)
     no_anomaly = compute_anomaly_metrics(maps, np.zeros((3, 4, 4)), [0.1, 0.2, 0.3], [0, 0, 0])
-    assert all(math.isnan(value) for value in no_anomaly.values())
+    assert all(math.isnan(no_anomaly[name]) for name in METRIC_NAMES)
+    assert all(no_anomaly[name] is None for name in OVERKILL_NAMES)  # not available, with the reason
+    assert no_anomaly["overkill"] == "not available: no defective images"
     all_anomalous = compute_anomaly_metrics(maps, np.ones((3, 4, 4)), [0.1, 0.2, 0.3], [1, 1, 1])
-    assert all(math.isnan(value) for value in all_anomalous.values())
+    assert all(math.isnan(all_anomalous[name]) for name in METRIC_NAMES)
+    assert all_anomalous["overkill"] == "not available: no normal images"
     masks = np.zeros((3, 4, 4))
     masks[0, 1, 1] = 1
     pixel_only = compute_anomaly_metrics(maps, masks, [0.1, 0.2, 0.3], [1, 1, 1])  # no normal image
@@ -282,7 +290,7 @@ def test_f1_max_thresholds_are_the_scores_where_f1_max_is_reached(seed):
         f1 = 2 * true_positives / (predicted.sum() + labels.sum())
         assert f1 == pytest.approx(results[f"{prefix}_f1_max"], abs=1e-12)
         assert threshold in set(scores[labels].tolist())
-    assert set(metrics.compute()) == set(METRIC_NAMES)
+    assert set(metrics.compute()) == set(METRIC_NAMES + OVERKILL_NAMES)
 
 
 def test_nan_in_a_mask_is_an_error_not_a_normal_pixel():
@@ -291,3 +299,210 @@ def test_nan_in_a_mask_is_an_error_not_a_normal_pixel():
     masks[1, 2, 3] = np.nan
     with pytest.raises(ValueError, match="masks must be finite"):
         compute_anomaly_metrics(maps, masks, image_scores, image_labels)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Operating points: overkill at fixed escape rates, false-reject and escape rates at a threshold
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_overkill_matches_a_hand_computation():
+    # Five defects 0.2, 0.4, 0.6, 0.8, 1.0: the r quantile (linear) sits at position 4r between them, so
+    # 2 % -> 0.2 + 0.08 * 0.2 = 0.216, 5 % -> 0.24, 10 % -> 0.28. Normal scores >= each: 3/5, 2/5, 1/5.
+    scores = [0.2, 0.4, 0.6, 0.8, 1.0, 0.1, 0.2, 0.22, 0.25, 0.5]
+    labels = [1, 1, 1, 1, 1, 0, 0, 0, 0, 0]
+    results = overkill_metrics(scores, labels)
+    assert results == pytest.approx({OVERKILL_NAMES[0]: 0.6, OVERKILL_NAMES[1]: 0.4, OVERKILL_NAMES[2]: 0.2})
+    # 30 % -> position 1.2: 0.4 + 0.2 * 0.2 = 0.44, only the normal 0.5 reaches it; the median 0.6 none.
+    assert overkill_metrics(scores, labels, escape_rates=[0.3, 0.5]) == {
+        "overkill_at_30pct_escape": 0.2,
+        "overkill_at_50pct_escape": 0.0,
+    }
+
+
+def test_overkill_counts_ties_with_the_threshold_as_rejected():
+    # Tied defects: every quantile below 3/4 is 0.5 exactly; the two normal images at 0.5 are rejected.
+    results = overkill_metrics([0.5, 0.5, 0.5, 0.9, 0.5, 0.5, 0.1, 0.49], [1, 1, 1, 1, 0, 0, 0, 0])
+    assert results == {name: 0.5 for name in OVERKILL_NAMES}
+    # Two defects 0.0 and 1.0: the quantile interpolates (0.02, 0.05, 0.1); the normal image at 0.1 ties at 10 %.
+    results = overkill_metrics([0.0, 1.0, 0.1, 0.09], [1, 1, 0, 0])
+    assert results == {OVERKILL_NAMES[0]: 1.0, OVERKILL_NAMES[1]: 1.0, OVERKILL_NAMES[2]: 0.5}
+
+
+def test_overkill_without_defects_or_normal_images_is_none_with_the_reason():
+    results = overkill_metrics([0.1, 0.2], [0, 0])
+    assert results == {**dict.fromkeys(OVERKILL_NAMES), "overkill": "not available: no defective images"}
+    assert overkill_metrics([0.1], [1])["overkill"] == "not available: no normal images"
+    with pytest.raises(ValueError, match="escape_rates"):
+        overkill_metrics([0.1, 0.2], [0, 1], escape_rates=[0.0])
+    # the category without defects is left out of the mean, which says so
+    per_category = {"bottle": overkill_metrics([0.2, 0.4, 0.3, 0.1], [1, 1, 0, 0]), "cable": results}
+    mean = mean_metrics(per_category)
+    assert mean[OVERKILL_NAMES[0]] == per_category["bottle"][OVERKILL_NAMES[0]] == 0.5
+    assert mean["overkill"] == "over the 1 of 2 categories with defective and normal images"
+    table = format_operating_points_table(per_category, mean)
+    assert "| Overkill @ 2% escape | 50.0 | n/a | 50.0 |" in table.splitlines()
+    assert "cable: overkill not available: no defective images." in table
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_false_reject_and_escape_rates_match_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.random(40), 2)  # ties with the thresholds below
+    labels = rng.random(40) < 0.4
+    for threshold in (0.0, 0.3, 0.5, 0.77, 1.5):
+        results = operating_point_metrics(scores, labels, threshold)
+        rejected = [np.float32(score) >= np.float32(threshold) for score in scores]
+        normal_rejected = sum(r for r, label in zip(rejected, labels) if not label)
+        defective_passed = sum(not r for r, label in zip(rejected, labels) if label)
+        assert results == {
+            "image_threshold": threshold,
+            "false_reject_rate": normal_rejected / (~labels).sum(),
+            "normal_images_rejected": normal_rejected,
+            "normal_images": int((~labels).sum()),
+            "escape_rate": defective_passed / labels.sum(),
+            "defective_images_passed": defective_passed,
+            "defective_images": int(labels.sum()),
+        }
+        assert all(type(results[name]) is int for name in ("normal_images_rejected", "defective_images_passed"))
+
+
+def test_operating_point_compares_in_float32_as_the_decisions_do():
+    from modeling_clipada.decisions import reaches
+
+    # The model's float32 score for 0.7 lies below the float64 0.7: float32 says NG (equal), float64 would say OK.
+    score = torch.tensor([0.7, 0.7], dtype=torch.float32)
+    assert float(score[0]) < 0.7 and bool(reaches(score, 0.7).all())
+    results = operating_point_metrics(score.double().numpy(), [0, 1], 0.7)
+    assert results["normal_images_rejected"] == 1 and results["false_reject_rate"] == 1.0
+    assert results["defective_images_passed"] == 0 and results["escape_rate"] == 0.0
+    streamed = compute_anomaly_metrics(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)), score, [0, 1], image_threshold=0.7)
+    assert streamed["false_reject_rate"] == 1.0 and streamed["escape_rate"] == 0.0
+
+
+def test_operating_point_without_threshold_or_images_says_why():
+    results = operating_point_metrics([0.1, 0.9], [0, 1], None)
+    assert results["operating_point"] == "not calibrated"
+    assert results["false_reject_rate"] is None and results["escape_rate"] is None and results["normal_images"] == 1
+    results = operating_point_metrics([0.1, 0.9], [0, 0], 0.5)
+    assert results["false_reject_rate"] == 0.5 and results["escape_rate"] is None
+    assert results["operating_point"] == "escape_rate not available: no defective images"
+    with pytest.raises(ValueError, match="finite"):
+        operating_point_metrics([0.1], [0], float("nan"))
+    # compute() without a threshold reports it only when asked for the thresholds
+    maps, masks, image_scores, image_labels = random_case(0)
+    assert "false_reject_rate" not in compute_anomaly_metrics(maps, masks, image_scores, image_labels)
+    with_thresholds = compute_anomaly_metrics(maps, masks, image_scores, image_labels, include_thresholds=True)
+    assert with_thresholds["operating_point"] == "not calibrated"
+
+
+def test_overall_operating_point_pools_the_counts():
+    bottle = operating_point_metrics([0.1, 0.6, 0.7, 0.2], [0, 0, 1, 1], 0.5)  # 1/2 rejected, 1/2 passed
+    cable = operating_point_metrics([0.1, 0.2, 0.3, 0.9], [0, 0, 0, 1], 0.25)  # 1/3 rejected, 0/1 passed
+    mean = mean_metrics({"bottle": bottle, "cable": cable})
+    assert mean["false_reject_rate"] == 2 / 5 and mean["normal_images_rejected"] == 2 and mean["normal_images"] == 5
+    assert mean["escape_rate"] == 1 / 3 and mean["defective_images_passed"] == 1 and mean["defective_images"] == 3
+    assert "image_threshold" not in mean and "operating_point" not in mean
+    table = format_operating_points_table({"bottle": bottle, "cable": cable}, mean).splitlines()
+    assert "| False-reject rate (OK rejected) | 50.0 (1/2) | 33.3 (1/3) | 40.0 (2/5) |" in table
+    assert "| Escape rate (NG passed) | 50.0 (1/2) | 0.0 (0/1) | 33.3 (1/3) |" in table
+    uncalibrated = operating_point_metrics([0.1, 0.9], [0, 1], None)
+    mean = mean_metrics({"bottle": bottle, "cable": uncalibrated})
+    assert mean["normal_images"] == 2 and mean["operating_point"] == "over the 1 of 2 categories with thresholds"
+    mean = mean_metrics({"cable": uncalibrated})
+    assert mean["false_reject_rate"] is None and mean["operating_point"] == "not calibrated"
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN and Infinity."""
+
+    def refuse(constant: str):
+        raise ValueError(f"bare {constant} in JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_write_evaluation_writes_strict_json_and_the_operating_points(tmp_path):
+    from training.evaluation import write_evaluation
+
+    maps, masks, image_scores, image_labels = random_case(0)
+    per_category = {
+        "bottle": compute_anomaly_metrics(maps, masks, image_scores, image_labels, image_threshold=0.5),
+        "cable": compute_anomaly_metrics(  # defective images only: nan image metrics, no overkill
+            maps[image_labels == 1], masks[image_labels == 1], image_scores[image_labels == 1], [1] * 4,
+            include_thresholds=True, image_threshold=0.5,
+        ),
+    }  # fmt: skip
+    assert math.isnan(per_category["cable"]["image_auroc"])
+    table = write_evaluation(tmp_path, per_category, mean_metrics(per_category))
+    saved = _strict_json((tmp_path / "metrics.json").read_text())
+    assert saved["per_category"]["cable"]["image_auroc"] is None
+    assert saved["per_category"]["cable"]["overkill"] == "not available: no normal images"
+    assert saved["per_category"]["bottle"]["false_reject_rate"] == per_category["bottle"]["false_reject_rate"]
+    assert saved["mean"]["escape_rate"] is not None and saved["mean"]["defective_images"] == 8
+    assert (tmp_path / "metrics.md").read_text() == table + "\n"
+    assert table.startswith("| Category | I-AUROC |") and "| Operating point | bottle | cable | Mean |" in table
+    assert "| Escape rate (NG passed) |" in table and "NaN" not in table
+
+
+def test_evaluate_model_reports_the_checkpoints_own_thresholds(tmp_path):
+    from fake_trees import write_folder_tree
+    from tiny_clip import make_tiny_clip
+
+    from modeling_clipada import CLIPADAForAnomalySegmentation
+    from processing import CLIPADAImageProcessor
+    from training import evaluation
+    from training.data import load_anomaly_dataset
+
+    write_folder_tree(tmp_path / "data", ["disc", "weave"], num_train=1)
+    test = load_anomaly_dataset(str(tmp_path / "data"), dataset="folder")["test"]
+    clip, tokenizer = make_tiny_clip()
+    model = CLIPADAForAnomalySegmentation.from_clip(clip, tokenizer, feature_layer=2).eval()
+    processor = CLIPADAImageProcessor(size=32)
+
+    def run(output):
+        torch.manual_seed(0)
+        per_category, mean = evaluation.evaluate_model(
+            model, processor, test, batch_size=4, output_dir=output, save_predictions=True, num_heatmaps=0
+        )
+        return per_category, mean, {c: np.load(output / "predictions" / f"{c}.npz") for c in per_category}
+
+    per_category, mean, _ = run(tmp_path / "uncalibrated")
+    assert mean["operating_point"] == "not calibrated" and per_category["disc"]["false_reject_rate"] is None
+    assert all(0.0 <= per_category["disc"][name] <= 1.0 for name in OVERKILL_NAMES)
+    # calibrated: a global threshold, and weave's own one, each exactly an image's float32 score (a tie: NG)
+    _, _, predictions = run(tmp_path / "scores")
+    thresholds = {c: float(np.sort(predictions[c]["image_scores"])[3]) for c in ("disc", "weave")}
+    model.config.image_threshold = thresholds["disc"]
+    model.config.category_thresholds = {"weave": {"image_threshold": thresholds["weave"]}}
+    per_category, mean, predictions = run(tmp_path / "calibrated")
+    for category, metrics in per_category.items():
+        scores, labels = predictions[category]["image_scores"], predictions[category]["image_labels"] == 1
+        rejected = scores >= np.float32(thresholds[category])
+        assert metrics["image_threshold"] == thresholds[category]
+        assert metrics["normal_images_rejected"] == int(rejected[~labels].sum())
+        assert metrics["defective_images_passed"] == int((~rejected[labels]).sum())
+        assert metrics["false_reject_rate"] == rejected[~labels].mean()
+        assert metrics["escape_rate"] == (~rejected[labels]).mean()
+    assert mean["normal_images_rejected"] == sum(m["normal_images_rejected"] for m in per_category.values())
+    table = evaluation.write_evaluation(tmp_path / "calibrated", per_category, mean)
+    saved = _strict_json((tmp_path / "calibrated" / "metrics.json").read_text())
+    assert saved["per_category"]["weave"]["image_threshold"] == thresholds["weave"]
+    assert "| False-reject rate (OK rejected) |" in table
+
+
+def test_evaluate_module_reports_overkill_and_the_operating_point(monkeypatch, tmp_path):
+    import evaluate
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(evaluate.config, "HF_MODULES_CACHE", tmp_path / "modules")
+    metric = evaluate.load(EVALUATE_MODULE_PATH, keep_in_memory=True, cache_dir=str(tmp_path / "cache"))
+    maps, masks, image_scores, image_labels = random_case(12)
+    inputs = {"predictions": maps, "references": masks, "image_scores": image_scores, "image_labels": image_labels}
+    results = metric.compute(**inputs)
+    assert set(results) == set(METRIC_NAMES + OVERKILL_NAMES)
+    assert {name: results[name] for name in OVERKILL_NAMES} == overkill_metrics(image_scores, image_labels)
+    results = metric.compute(**inputs, image_threshold=0.5)
+    expected = operating_point_metrics(image_scores, image_labels, 0.5)
+    assert {name: results[name] for name in expected} == expected
+    assert results["normal_images"] + results["defective_images"] == len(maps)

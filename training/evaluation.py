@@ -31,10 +31,17 @@ from inference.modes import add_inference_mode_arguments, check_inference_mode_a
 from inference.overlays import save_heatmap
 from inference.scoring import score_inputs
 from inference.torch_backend import TorchBackend
+from modeling_clipada.decisions import resolve_thresholds
 from processing import CLIPADAImageProcessor
 from training.data import DATASET_NAMES, DatasetFormatError, has_ground_truth, load_anomaly_dataset
-from training.metrics import AnomalyMetrics, format_metrics_table, mean_metrics
-from training.metrics.report import pixel_metrics_notes
+from training.metrics import (
+    OVERKILL_NAMES,
+    AnomalyMetrics,
+    format_metrics_table,
+    format_operating_points_table,
+    mean_metrics,
+)
+from training.metrics.report import pixel_metrics_notes, without_nan
 
 
 def evaluate_model(
@@ -60,9 +67,12 @@ def evaluate_model(
 
     Returns:
         `(per_category, mean)`: metric dicts (`image_auroc`, `pixel_auroc`, `pixel_ap`, `aupro`, `image_f1_max`,
-        `pixel_f1_max`), values in [0, 1]; each category's also holds `image_f1_max_threshold` and
-        `pixel_f1_max_threshold`, the scores where its F1-max values are reached. Pixel metrics are `None` where no
-        anomalous image has a mask, and `images_without_mask` counts the images they leave out (when any).
+        `pixel_f1_max`, `overkill_at_{2,5,10}pct_escape`), values in [0, 1]; each category's also holds
+        `image_f1_max_threshold` and `pixel_f1_max_threshold`, the scores where its F1-max values are reached. Pixel
+        metrics are `None` where no anomalous image has a mask, and `images_without_mask` counts the images they leave
+        out (when any). The operating point at the model's own image threshold (its category's where calibrated, else
+        the global one: `resolve_thresholds`): `image_threshold`, `false_reject_rate`, `escape_rate` and their counts
+        per category, pooled over all images in `mean`; `None` with `"operating_point": "not calibrated"` without one.
     """
     backend = TorchBackend(model, device)
     output_dir = Path(output_dir) if output_dir is not None else None
@@ -104,7 +114,8 @@ def evaluate_model(
                         batch["labels"][offset],
                         anomaly_maps[offset],
                     )
-        per_category[category] = metrics.compute(include_thresholds=True)
+        image_threshold = resolve_thresholds(model.config, category).image
+        per_category[category] = metrics.compute(include_thresholds=True, image_threshold=image_threshold)
         if save_predictions and output_dir is not None:
             save_category_predictions(output_dir / "predictions" / f"{category}.npz", predictions)
     return per_category, mean_metrics(per_category)
@@ -194,10 +205,12 @@ def save_category_predictions(path: Path, predictions: dict[str, list[np.ndarray
 
 
 def write_evaluation(output_dir: str | Path, per_category: dict, mean: dict) -> str:
-    """Writes `metrics.json` ({"per_category": ..., "mean": ...}) and `metrics.md`; returns the Markdown table.
+    """Writes `metrics.json` ({"per_category": ..., "mean": ...}) and `metrics.md`; returns the Markdown of metrics.md.
 
     Pixel metrics that are not available (no ground-truth masks) are `null` in the JSON and "n/a" in the table; the
     rows concerned carry a `"pixel_metrics"` note (e.g. "not available: no ground-truth masks"), as the table does.
+    Undefined (`nan`) values are `null` too: the JSON is strict. metrics.md holds the paper's table, then the
+    operating points (overkill at 2/5/10 % escape; false-reject and escape rates at the checkpoint's thresholds).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -209,8 +222,10 @@ def write_evaluation(output_dir: str | Path, per_category: dict, mean: dict) -> 
         },
         "mean": {**mean, "pixel_metrics": notes["Mean"]} if "Mean" in notes else mean,
     }
-    (output_dir / "metrics.json").write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n")
+    (output_dir / "metrics.json").write_text(json.dumps(without_nan(payload), indent=2, allow_nan=False) + "\n")
     table = format_metrics_table(per_category, mean)
+    if any(OVERKILL_NAMES[0] in metrics for metrics in per_category.values()):
+        table += "\n\n" + format_operating_points_table(per_category, mean)
     (output_dir / "metrics.md").write_text(table + "\n")
     return table
 

@@ -1,23 +1,40 @@
-"""Anomaly-detection metrics: the exact math, a streaming accumulator, category means and the paper's table."""
+"""Anomaly-detection metrics: the exact math, a streaming accumulator, category means, the paper's table and the
+operating points (overkill at fixed escape rates, false-reject and escape rates at a threshold)."""
 
 from pathlib import Path
 
-from .anomaly import METRIC_NAMES, anomaly_metrics, image_metrics, pixel_metrics
-from .report import TABLE_COLUMNS, format_metrics_table, mean_metrics
+from .anomaly import (
+    ESCAPE_RATES,
+    METRIC_NAMES,
+    OPERATING_POINT_NAMES,
+    OVERKILL_NAMES,
+    anomaly_metrics,
+    image_metrics,
+    operating_point_metrics,
+    overkill_metrics,
+    pixel_metrics,
+)
+from .report import TABLE_COLUMNS, format_metrics_table, format_operating_points_table, mean_metrics
 from .streaming import AnomalyMetrics, compute_anomaly_metrics
 
 # The `evaluate` module, for `evaluate.load(EVALUATE_MODULE_PATH)`.
 EVALUATE_MODULE_PATH = str(Path(__file__).with_name("clipada_anomaly.py"))
 
 __all__ = [
+    "ESCAPE_RATES",
     "EVALUATE_MODULE_PATH",
     "METRIC_NAMES",
+    "OPERATING_POINT_NAMES",
+    "OVERKILL_NAMES",
     "TABLE_COLUMNS",
     "AnomalyMetrics",
     "anomaly_metrics",
     "compute_anomaly_metrics",
     "format_metrics_table",
+    "format_operating_points_table",
     "image_metrics",
     "mean_metrics",
+    "operating_point_metrics",
+    "overkill_metrics",
     "pixel_metrics",
 ]

@@ -1,4 +1,5 @@
-"""The anomaly-detection metric math (I-AUROC, P-AUROC, P-mAP, AUPRO, F1-max): exact, numpy and scipy only.
+"""The anomaly-detection metric math (I-AUROC, P-AUROC, P-mAP, AUPRO, F1-max, overkill at an escape rate, false-reject
+and escape rates at a threshold): exact, numpy and scipy only.
 
 The one implementation in the project: the streaming accumulator (`training.metrics.streaming`) and the
 `evaluate` module (`training/metrics/clipada_anomaly.py`) both call it.
@@ -7,8 +8,9 @@ Example:
     ```python
     >>> from training.metrics.anomaly import anomaly_metrics
     >>> results = anomaly_metrics(anomaly_maps, masks, image_scores, image_labels)  # (N, H, W), (N, H, W), (N,), (N,)
-    >>> sorted(results)
-    ['aupro', 'image_auroc', 'image_f1_max', 'pixel_ap', 'pixel_auroc', 'pixel_f1_max']
+    >>> sorted(results)[:6]
+    ['aupro', 'image_auroc', 'image_f1_max', 'overkill_at_10pct_escape', 'overkill_at_2pct_escape', ...]
+    >>> operating_point_metrics(image_scores, image_labels, image_threshold=0.62)["false_reject_rate"]
     ```
 """
 
@@ -24,6 +26,32 @@ from scipy import ndimage
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "image_f1_max", "pixel_f1_max")
 # The scores where the two F1-max values are reached ("anomalous when score >= threshold").
 THRESHOLD_NAMES = ("image_f1_max_threshold", "pixel_f1_max_threshold")
+
+# Escape rates of the overkill metric: AdaptCLIP's industrial operating points (2, 5 and 10 % of defects pass).
+ESCAPE_RATES = (0.02, 0.05, 0.10)
+# Key of the note saying why the overkill values are None (present only then).
+OVERKILL_NOTE = "overkill"
+# Names of `operating_point_metrics`' values: the threshold used, the rates and the OK/NG counts behind them.
+OPERATING_POINT_NAMES = (
+    "image_threshold",
+    "false_reject_rate",
+    "normal_images_rejected",
+    "normal_images",
+    "escape_rate",
+    "defective_images_passed",
+    "defective_images",
+)
+# Key of the note saying why a rate is None ("not calibrated", no normal or no defective image; present only then).
+OPERATING_POINT_NOTE = "operating_point"
+NOT_CALIBRATED = "not calibrated"
+
+
+def overkill_name(escape_rate: float) -> str:
+    """The key of the overkill at `escape_rate`: 0.02 -> `overkill_at_2pct_escape`."""
+    return f"overkill_at_{100 * escape_rate:g}pct_escape"
+
+
+OVERKILL_NAMES = tuple(overkill_name(rate) for rate in ESCAPE_RATES)
 
 # 8-connectivity inside each (H, W) slice of an (N, H, W) stack, and no connection between images.
 _REGION_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
@@ -255,6 +283,21 @@ def pixel_metrics(
     }
 
 
+def _image_arrays(image_scores: np.ndarray, image_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Checked float64 image scores and bool labels (`> 0.5` is anomalous), both of shape `(N,)`.
+
+    Raises:
+        ValueError: If the lengths differ or a score is NaN or infinite.
+    """
+    scores = np.asarray(image_scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(image_labels).reshape(-1) > 0.5
+    if scores.shape != labels.shape:
+        raise ValueError(f"image_scores and image_labels differ in length: {scores.size} and {labels.size}")
+    if not np.isfinite(scores).all():
+        raise ValueError("image_scores must be finite; found NaN or infinite scores")
+    return scores, labels
+
+
 def image_metrics(image_scores: np.ndarray, image_labels: np.ndarray) -> dict[str, float]:
     """Image AUROC and image F1-max.
 
@@ -269,12 +312,7 @@ def image_metrics(image_scores: np.ndarray, image_labels: np.ndarray) -> dict[st
     Raises:
         ValueError: If the shapes differ or a score is NaN or infinite.
     """
-    scores = np.asarray(image_scores, dtype=np.float64).reshape(-1)
-    labels = np.asarray(image_labels).reshape(-1) > 0.5
-    if scores.shape != labels.shape:
-        raise ValueError(f"image_scores and image_labels differ in length: {scores.size} and {labels.size}")
-    if not np.isfinite(scores).all():
-        raise ValueError("image_scores must be finite; found NaN or infinite scores")
+    scores, labels = _image_arrays(image_scores, image_labels)
     negatives, positives = np.sort(scores[~labels]), scores[labels]
     if negatives.size == 0 or positives.size == 0:
         return {name: float("nan") for name in ("image_auroc", "image_f1_max", "image_f1_max_threshold")}
@@ -283,14 +321,120 @@ def image_metrics(image_scores: np.ndarray, image_labels: np.ndarray) -> dict[st
     return {"image_auroc": auroc, "image_f1_max": f1_max, "image_f1_max_threshold": f1_max_threshold}
 
 
+def _missing_classes(num_normal: int, num_defective: int) -> str:
+    """`"no defective images"`, `"no normal images"` or both, joined: why a two-class metric is not available."""
+    missing = [name for name, count in (("defective", num_defective), ("normal", num_normal)) if count == 0]
+    return " and ".join(f"no {name} images" for name in missing)
+
+
+def overkill_metrics(
+    image_scores: Sequence[float] | np.ndarray,
+    image_labels: Sequence[int] | np.ndarray,
+    escape_rates: Sequence[float] = ESCAPE_RATES,
+) -> dict[str, float | str | None]:
+    """Overkill at fixed escape rates, as AdaptCLIP defines it (Gao et al., 2025, `metrics/overkill_escape.py`).
+
+    For each escape rate r, the threshold is the r quantile of the defective images' scores (numpy's default
+    linear interpolation), and the overkill is the fraction of normal images whose score is >= that threshold:
+    the share of good parts rejected when about r of the defective parts may pass. With m defective images the
+    quantile interpolates between the two defect scores around position r (m - 1): when m < 1 / r, at least one
+    defect (1 / m of them) already scores below the threshold. A normal image tied with the threshold counts as
+    rejected; so does a defective one (it does not escape).
+
+    Args:
+        image_scores (`Sequence[float]` or `np.ndarray` of shape `(N,)`): Finite image anomaly scores.
+        image_labels (`Sequence[int]` or `np.ndarray` of shape `(N,)`): 1 (or True) for defective images.
+        escape_rates (`Sequence[float]`, *optional*, defaults to `ESCAPE_RATES`): Each in (0, 1).
+
+    Returns:
+        `dict[str, float | str | None]`: `overkill_name(r)` for each rate, a float in [0, 1]; all `None` when there
+        is no defective or no normal image, and then `OVERKILL_NOTE` (`"overkill"`) says why, e.g.
+        ``"not available: no defective images"``.
+
+    Raises:
+        ValueError: If a rate is not in (0, 1), the lengths differ or a score is not finite.
+    """
+    rates = np.asarray(escape_rates, dtype=np.float64).reshape(-1)
+    if not ((rates > 0.0) & (rates < 1.0)).all():
+        raise ValueError(f"escape_rates must be in (0, 1), got {list(escape_rates)}")
+    names = [overkill_name(rate) for rate in escape_rates]
+    scores, labels = _image_arrays(image_scores, image_labels)
+    normal, defective = scores[~labels], scores[labels]
+    if normal.size == 0 or defective.size == 0:
+        results: dict[str, float | str | None] = dict.fromkeys(names)
+        results[OVERKILL_NOTE] = f"not available: {_missing_classes(normal.size, defective.size)}"
+        return results
+    thresholds = np.quantile(defective, rates)  # method="linear", numpy's default
+    return {name: float(np.mean(normal >= threshold)) for name, threshold in zip(names, thresholds)}
+
+
+def operating_point_metrics(
+    image_scores: Sequence[float] | np.ndarray,
+    image_labels: Sequence[int] | np.ndarray,
+    image_threshold: float | None,
+) -> dict[str, float | int | str | None]:
+    """False-reject and escape rates, with their OK/NG counts, at a given image threshold (e.g. a calibrated one).
+
+    An image is rejected (NG) when its score reaches the threshold, compared in float32 as
+    `modeling_clipada.decisions.reaches` does for the model's float32 scores (a score equal to the threshold in
+    float32 is rejected). False-reject rate = normal images rejected / normal images; escape rate = defective
+    images passed (score below the threshold) / defective images.
+
+    Args:
+        image_scores (`Sequence[float]` or `np.ndarray` of shape `(N,)`): Finite image anomaly scores.
+        image_labels (`Sequence[int]` or `np.ndarray` of shape `(N,)`): 1 (or True) for defective images.
+        image_threshold (`float` or `None`): "anomalous when score >= image_threshold"; None: not calibrated.
+
+    Returns:
+        `dict[str, float | int | str | None]`: The values named in `OPERATING_POINT_NAMES`: `image_threshold`,
+        `false_reject_rate`, `normal_images_rejected`, `normal_images`, `escape_rate`, `defective_images_passed`,
+        `defective_images`. Without a threshold the threshold, rates and rejected/passed counts are `None` and
+        `OPERATING_POINT_NOTE` (`"operating_point"`) is `"not calibrated"`; a rate whose images are missing is
+        `None` and the note says so (e.g. ``"escape_rate not available: no defective images"``).
+
+    Raises:
+        ValueError: If the threshold or a score is not finite, or the lengths differ.
+    """
+    scores, labels = _image_arrays(image_scores, image_labels)
+    num_normal, num_defective = int((~labels).sum()), int(labels.sum())
+    results: dict[str, float | int | str | None] = dict.fromkeys(OPERATING_POINT_NAMES)
+    results.update(normal_images=num_normal, defective_images=num_defective)
+    if image_threshold is None:
+        results[OPERATING_POINT_NOTE] = NOT_CALIBRATED
+        return results
+    if not np.isfinite(image_threshold):
+        raise ValueError(f"image_threshold must be finite, got {image_threshold}")
+    rejected = scores.astype(np.float32) >= np.float32(image_threshold)  # `decisions.reaches` on float32 scores
+    normal_rejected, defective_passed = int(rejected[~labels].sum()), int((~rejected[labels]).sum())
+    results.update(
+        image_threshold=float(image_threshold),
+        false_reject_rate=normal_rejected / num_normal if num_normal else None,
+        normal_images_rejected=normal_rejected,
+        escape_rate=defective_passed / num_defective if num_defective else None,
+        defective_images_passed=defective_passed,
+    )
+    missing = [
+        f"{name} not available: no {kind} images"
+        for name, kind, count in (
+            ("false_reject_rate", "normal", num_normal),
+            ("escape_rate", "defective", num_defective),
+        )
+        if count == 0
+    ]
+    if missing:
+        results[OPERATING_POINT_NOTE] = "; ".join(missing)
+    return results
+
+
 def anomaly_metrics(
     anomaly_maps: Sequence[np.ndarray] | np.ndarray,
     masks: Sequence[np.ndarray] | np.ndarray,
     image_scores: Sequence[float] | np.ndarray,
     image_labels: Sequence[int] | np.ndarray,
     aupro_fpr_limit: float = 0.3,
-) -> dict[str, float]:
-    """All six metrics at once, for maps that may differ in size from image to image.
+    image_threshold: float | None = None,
+) -> dict[str, float | int | str | None]:
+    """All six metrics and the overkill values at once, for maps that may differ in size from image to image.
 
     Args:
         anomaly_maps (`Sequence[np.ndarray]` or `np.ndarray`): One `(H, W)` map per image (nested lists work).
@@ -298,9 +442,12 @@ def anomaly_metrics(
         image_scores (`Sequence[float]` or `np.ndarray`): One score per image.
         image_labels (`Sequence[int]` or `np.ndarray`): One label per image, 1 for anomalous.
         aupro_fpr_limit (`float`, *optional*, defaults to 0.3): Upper FPR limit of the AUPRO integral.
+        image_threshold (`float`, *optional*): Also report `operating_point_metrics` at this image threshold.
 
     Returns:
-        `dict[str, float]`: The values named in `METRIC_NAMES`, in [0, 1] or `nan` (see `pixel_metrics`).
+        `dict[str, float | int | str | None]`: The values named in `METRIC_NAMES`, in [0, 1] or `nan` (see
+        `pixel_metrics`), then those of `overkill_metrics` (and its note when they are `None`), then, with
+        `image_threshold`, those of `operating_point_metrics`.
 
     Raises:
         ValueError: On mismatched inputs or non-finite scores.
@@ -319,7 +466,27 @@ def anomaly_metrics(
     anomalous_weights = np.concatenate(weights) if weights else np.empty(0, dtype=np.float32)
     results = pixel_metrics(normal_sorted, anomalous_scores, anomalous_weights, num_regions, aupro_fpr_limit)
     results.update(image_metrics(image_scores, image_labels))
-    return {name: float(results[name]) for name in METRIC_NAMES}
+    computed: dict[str, float | int | str | None] = {name: float(results[name]) for name in METRIC_NAMES}
+    computed.update(overkill_metrics(image_scores, image_labels))
+    if image_threshold is not None:
+        computed.update(operating_point_metrics(image_scores, image_labels, image_threshold))
+    return computed
 
 
-__all__ = ["METRIC_NAMES", "THRESHOLD_NAMES", "anomaly_metrics", "image_metrics", "pixel_metrics", "split_pixels"]
+__all__ = [
+    "ESCAPE_RATES",
+    "METRIC_NAMES",
+    "NOT_CALIBRATED",
+    "OPERATING_POINT_NAMES",
+    "OPERATING_POINT_NOTE",
+    "OVERKILL_NAMES",
+    "OVERKILL_NOTE",
+    "THRESHOLD_NAMES",
+    "anomaly_metrics",
+    "image_metrics",
+    "operating_point_metrics",
+    "overkill_metrics",
+    "overkill_name",
+    "pixel_metrics",
+    "split_pixels",
+]

@@ -12,6 +12,7 @@ Example:
     ...     references=masks,  # (N, H, W) {0, 1} ground-truth masks
     ...     image_scores=image_scores,  # (N,) floats
     ...     image_labels=image_labels,  # (N,) {0, 1}
+    ...     image_threshold=0.62,  # optional: also the false-reject and escape rates at this threshold
     ... )
     ```
 """
@@ -37,7 +38,9 @@ _DESCRIPTION = """\
 Industrial anomaly-detection metrics as the CLIP-ADA paper and the MVTec-AD / VisA literature report
 them, for one category: image AUROC, pixel AUROC, pixel average precision (P-mAP), AUPRO (per-region
 overlap integrated up to FPR 0.3, divided by 0.3, on the exact curve) and F1-max (image and pixel).
-All are computed exactly by sorting (ties handled), with numpy and scipy only.
+All are computed exactly by sorting (ties handled), with numpy and scipy only. Also the operating points an
+inspection line signs off: overkill (share of normal images rejected) at 2, 5 and 10 % escape, as AdaptCLIP
+defines it, and, given an image threshold, the false-reject and escape rates with their counts.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -48,9 +51,17 @@ Args:
     image_scores (`list` of `float`): One anomaly score per image.
     image_labels (`list` of `int`): 1 for an anomalous image, 0 for a normal one.
     aupro_fpr_limit (`float`, *optional*, defaults to 0.3): Upper FPR limit of the AUPRO integral.
+    image_threshold (`float`, *optional*): A decision threshold ("anomalous when score >= threshold", compared
+        in float32): also report the false-reject and escape rates at it.
 Returns:
     image_auroc, pixel_auroc, pixel_ap, aupro, image_f1_max, pixel_f1_max (`float` in [0, 1]): `nan` when
     only one class is present (e.g. no anomalous pixel, or no normal image).
+    overkill_at_2pct_escape, overkill_at_5pct_escape, overkill_at_10pct_escape (`float` in [0, 1]): the share
+    of normal images scoring >= the 2/5/10 % quantile (linear) of the defective images' scores; `None`, with an
+    `overkill` note saying why, without defective or normal images.
+    With `image_threshold`: image_threshold, false_reject_rate, normal_images_rejected, normal_images,
+    escape_rate, defective_images_passed, defective_images (rates in [0, 1] or `None`, counts `int`), and an
+    `operating_point` note when a rate is `None`.
 Examples:
     >>> metric = evaluate.load(EVALUATE_MODULE_PATH)
     >>> results = metric.compute(
@@ -92,9 +103,10 @@ class ClipAdaAnomaly(evaluate.Metric):
         image_scores: list,
         image_labels: list,
         aupro_fpr_limit: float = 0.3,
-    ) -> dict[str, float]:
-        """Computes all six metrics; see `anomaly_metrics`."""
-        return anomaly_metrics(predictions, references, image_scores, image_labels, aupro_fpr_limit)
+        image_threshold: float | None = None,
+    ) -> dict[str, float | int | str | None]:
+        """Computes all six metrics, the overkill values and, with `image_threshold`, the operating point."""
+        return anomaly_metrics(predictions, references, image_scores, image_labels, aupro_fpr_limit, image_threshold)
 
 
 __all__ = ["ClipAdaAnomaly"]

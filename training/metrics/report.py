@@ -1,9 +1,12 @@
-"""Per-category means of the anomaly metrics, the paper's Markdown table and the notes on pixel metrics without masks.
+"""Per-category means of the anomaly metrics, the paper's Markdown table, the notes on pixel metrics without masks,
+and the operating points a line signs off (overkill at 2/5/10 % escape, false-reject and escape rates).
 
 Example:
     ```python
     >>> per_category = {"bottle": {"image_auroc": 0.98, ...}, "cable": {...}}
-    >>> print(format_metrics_table(per_category, mean_metrics(per_category)))
+    >>> mean = mean_metrics(per_category)
+    >>> print(format_metrics_table(per_category, mean))
+    >>> print(format_operating_points_table(per_category, mean))
     ```
 """
 
@@ -14,7 +17,16 @@ import warnings
 
 import numpy as np
 
-from .anomaly import THRESHOLD_NAMES
+from .anomaly import (
+    ESCAPE_RATES,
+    NOT_CALIBRATED,
+    OPERATING_POINT_NAMES,
+    OPERATING_POINT_NOTE,
+    OVERKILL_NAMES,
+    OVERKILL_NOTE,
+    THRESHOLD_NAMES,
+    overkill_name,
+)
 from .streaming import IMAGES_WITHOUT_MASK
 
 # Column headers of the paper's table, keyed by the metric names.
@@ -28,6 +40,8 @@ TABLE_COLUMNS = {
 }
 PIXEL_METRIC_NAMES = ("pixel_auroc", "pixel_ap", "aupro", "pixel_f1_max")
 PIXEL_METRICS_NOT_AVAILABLE = "not available: no ground-truth masks"
+# Keys `mean_metrics` does not average: per-category thresholds, counts and notes (the operating point is pooled).
+_NOT_AVERAGED = (*THRESHOLD_NAMES, IMAGES_WITHOUT_MASK, *OPERATING_POINT_NAMES, OVERKILL_NOTE, OPERATING_POINT_NOTE)
 
 
 def mean_metrics(per_category: dict[str, dict[str, float | None]]) -> dict[str, float | None]:
@@ -35,7 +49,10 @@ def mean_metrics(per_category: dict[str, dict[str, float | None]]) -> dict[str, 
 
     The F1-max thresholds (`THRESHOLD_NAMES`) are per category and have no meaningful mean: they are left out,
     and so is the count `images_without_mask`. A `None` value (pixel metrics not available: no ground-truth
-    masks) is skipped too; the mean is `None` when no category has the metric available.
+    masks; overkill without defective or normal images) is skipped too; the mean is `None` when no category has
+    the metric available, and an `overkill` note says over which categories the overkill mean runs when some
+    lack it. The operating point (false-reject and escape rates at the calibrated thresholds, when the categories
+    carry one) is not averaged but pooled over all images: see `pooled_operating_point`.
 
     Args:
         per_category (`dict[str, dict[str, float | None]]`): Category name to its metrics.
@@ -47,7 +64,7 @@ def mean_metrics(per_category: dict[str, dict[str, float | None]]) -> dict[str, 
     names = [
         name
         for name in dict.fromkeys(n for metrics in per_category.values() for n in metrics)
-        if name not in THRESHOLD_NAMES and name != IMAGES_WITHOUT_MASK
+        if name not in _NOT_AVERAGED
     ]
     means = {}
     for name in names:
@@ -59,7 +76,76 @@ def mean_metrics(per_category: dict[str, dict[str, float | None]]) -> dict[str, 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice" when all are nan
             means[name] = float(np.nanmean(available))
+    overkill_note = _overkill_mean_note(per_category)
+    if overkill_note:
+        means[OVERKILL_NOTE] = overkill_note
+    if any("normal_images" in metrics for metrics in per_category.values()):
+        means.update(pooled_operating_point(per_category))
     return means
+
+
+def _overkill_mean_note(per_category: dict[str, dict[str, float | None]]) -> str | None:
+    """Why the overkill mean is missing or covers only some categories; None when it covers all (or is absent)."""
+    rows = [metrics for metrics in per_category.values() if any(name in metrics for name in OVERKILL_NAMES)]
+    available = [metrics for metrics in rows if all(metrics.get(name) is not None for name in OVERKILL_NAMES)]
+    if not rows or len(available) == len(rows):
+        return None
+    if not available:
+        return "not available: no category has both defective and normal images"
+    return f"over the {len(available)} of {len(rows)} categories with defective and normal images"
+
+
+def pooled_operating_point(per_category: dict[str, dict]) -> dict[str, float | int | str | None]:
+    """The line's overall false-reject and escape rates: OK/NG counts summed over the categories, then divided.
+
+    Only categories decided with a threshold count (`image_threshold` not None); the rates are those of all their
+    images together, not a mean of the per-category rates, so they agree with the summed counts.
+
+    Args:
+        per_category (`dict[str, dict]`): Category name to its metrics, with the `OPERATING_POINT_NAMES` values.
+
+    Returns:
+        `dict[str, float | int | str | None]`: `false_reject_rate`, `normal_images_rejected`, `normal_images`,
+        `escape_rate`, `defective_images_passed`, `defective_images` and, when a rate is missing or covers only some
+        categories, an `operating_point` note (`"not calibrated"` when no category has a threshold).
+    """
+    rows = [metrics for metrics in per_category.values() if "normal_images" in metrics]
+    calibrated = [metrics for metrics in rows if metrics.get("image_threshold") is not None]
+    pooled: dict[str, float | int | str | None] = {}
+    if not calibrated:
+        pooled.update(
+            false_reject_rate=None,
+            normal_images_rejected=None,
+            normal_images=sum(metrics["normal_images"] for metrics in rows),
+            escape_rate=None,
+            defective_images_passed=None,
+            defective_images=sum(metrics["defective_images"] for metrics in rows),
+        )
+        pooled[OPERATING_POINT_NOTE] = NOT_CALIBRATED
+        return pooled
+    normal = sum(metrics["normal_images"] for metrics in calibrated)
+    rejected = sum(metrics["normal_images_rejected"] for metrics in calibrated)
+    defective = sum(metrics["defective_images"] for metrics in calibrated)
+    passed = sum(metrics["defective_images_passed"] for metrics in calibrated)
+    pooled.update(
+        false_reject_rate=rejected / normal if normal else None,
+        normal_images_rejected=rejected,
+        normal_images=normal,
+        escape_rate=passed / defective if defective else None,
+        defective_images_passed=passed,
+        defective_images=defective,
+    )
+    notes = []
+    if len(calibrated) < len(rows):
+        notes.append(f"over the {len(calibrated)} of {len(rows)} categories with thresholds")
+    notes.extend(
+        f"{name} not available: no {kind} images"
+        for name, kind, count in (("false_reject_rate", "normal", normal), ("escape_rate", "defective", defective))
+        if count == 0
+    )
+    if notes:
+        pooled[OPERATING_POINT_NOTE] = "; ".join(notes)
+    return pooled
 
 
 def pixel_metrics_notes(
@@ -141,11 +227,108 @@ def format_metrics_table(
     return "\n".join(lines)
 
 
+def _percent(value: float | None) -> str:
+    """A rate as the tables print it: percent with one decimal, "n/a" for None, "-" for nan."""
+    return "n/a" if value is None else "-" if math.isnan(value) else f"{100.0 * value:.1f}"
+
+
+def format_operating_points_table(
+    per_category: dict[str, dict[str, float | int | str | None]],
+    mean: dict[str, float | int | str | None] | None = None,
+) -> str:
+    """Formats the operating points as a Markdown table: one row per quantity, one column per category, then "Mean".
+
+    Rows: overkill at 2/5/10 % escape (percent), then, when some category was decided with a threshold, the image
+    threshold, the false-reject rate with its counts ("5.0 (1/20)": normal images rejected / normal images) and the
+    escape rate ("1.6 (1/63)": defective images passed / defective images); the "Mean" column averages the overkill
+    and pools the rates over all images. Without thresholds a line says "not calibrated"; the `overkill` and
+    `operating_point` notes follow the table, one line each.
+
+    Args:
+        per_category (`dict[str, dict]`): Category name to its metrics (as `AnomalyMetrics.compute` returns them).
+        mean (`dict`, *optional*): The "Mean" column; defaults to `mean_metrics(per_category)`.
+
+    Returns:
+        `str`: The table and its notes, lines joined by newlines, without a trailing newline.
+    """
+    if mean is None:
+        mean = mean_metrics(per_category)
+    columns = {**per_category, "Mean": mean}
+
+    def row(label: str, cell) -> str:
+        return "| " + " | ".join([label, *(cell(name, metrics) for name, metrics in columns.items())]) + " |"
+
+    def counted(rate: str, numerator: str, denominator: str):
+        def cell(name: str, metrics: dict) -> str:
+            if metrics.get(rate) is None:
+                return "n/a"
+            return f"{_percent(metrics[rate])} ({metrics[numerator]}/{metrics[denominator]})"
+
+        return cell
+
+    lines = [
+        "| " + " | ".join(["Operating point", *columns]) + " |",
+        "|:" + "---|" + "---:|" * len(columns),
+    ]
+    for rate in ESCAPE_RATES:
+        name = overkill_name(rate)
+        lines.append(
+            row(f"Overkill @ {100 * rate:g}% escape", lambda _, metrics, name=name: _percent(metrics.get(name)))
+        )
+    calibrated = mean.get(OPERATING_POINT_NOTE) != NOT_CALIBRATED and "false_reject_rate" in mean
+    if calibrated:
+
+        def threshold(name: str, metrics: dict) -> str:
+            value = metrics.get("image_threshold")
+            return "" if name == "Mean" else "n/a" if value is None else f"{value:.4g}"
+
+        lines.append(row("Image threshold", threshold))
+        lines.append(
+            row(
+                "False-reject rate (OK rejected)",
+                counted("false_reject_rate", "normal_images_rejected", "normal_images"),
+            )
+        )
+        lines.append(
+            row("Escape rate (NG passed)", counted("escape_rate", "defective_images_passed", "defective_images"))
+        )
+    notes = [
+        f"{label}: overkill {metrics[OVERKILL_NOTE]}." for label, metrics in columns.items() if OVERKILL_NOTE in metrics
+    ]
+    if calibrated:
+        notes.append("Mean: false-reject and escape rates pooled over all images of the categories with thresholds.")
+        notes.extend(
+            f"{label}: {metrics[OPERATING_POINT_NOTE]}."
+            for label, metrics in columns.items()
+            if OPERATING_POINT_NOTE in metrics
+        )
+    elif "normal_images" in mean:
+        notes.append(f"False-reject and escape rates at the checkpoint's image thresholds: {NOT_CALIBRATED}.")
+    if notes:
+        lines.append("")
+        lines.extend(notes)
+    return "\n".join(lines)
+
+
+def without_nan(value):
+    """`value` with every float `nan` (at any depth of dicts and lists) replaced by None, for strict JSON."""
+    if isinstance(value, dict):
+        return {key: without_nan(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_nan(item) for item in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
 __all__ = [
     "PIXEL_METRICS_NOT_AVAILABLE",
     "PIXEL_METRIC_NAMES",
     "TABLE_COLUMNS",
     "format_metrics_table",
+    "format_operating_points_table",
     "mean_metrics",
     "pixel_metrics_notes",
+    "pooled_operating_point",
+    "without_nan",
 ]

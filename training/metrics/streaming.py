@@ -8,6 +8,7 @@ Example:
     ...     outputs = model(batch["pixel_values"])
     ...     metrics.update(outputs.anomaly_map, batch["labels"], outputs.pred_score, batch["image_labels"])
     >>> metrics.compute()["pixel_auroc"]
+    >>> metrics.compute(image_threshold=0.62)["false_reject_rate"]  # at a calibrated threshold
     ```
 """
 
@@ -17,7 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from .anomaly import METRIC_NAMES, THRESHOLD_NAMES, image_metrics, pixel_metrics, split_pixels
+from .anomaly import (
+    METRIC_NAMES,
+    THRESHOLD_NAMES,
+    image_metrics,
+    operating_point_metrics,
+    overkill_metrics,
+    pixel_metrics,
+    split_pixels,
+)
 
 # Key of `AnomalyMetrics.compute`'s count of images left out of the pixel metrics (present only when > 0).
 IMAGES_WITHOUT_MASK = "images_without_mask"
@@ -59,7 +68,8 @@ class AnomalyMetrics:
 
     Every metric is exact (no threshold grid, no binning). A metric whose two classes are not both present
     (no anomalous pixel, no normal pixel, no normal or no anomalous image) is `float("nan")`;
-    `mean_metrics` then skips it.
+    `mean_metrics` then skips it. The overkill values at 2/5/10 % escape (`overkill_metrics`) are `None` instead,
+    with an `overkill` note saying which class is missing.
 
     Images whose ground-truth mask is not available (`mask_available` False in `update`: anomalous images
     of your own data without a mask) count for the image metrics only; `compute` reports how many there
@@ -142,17 +152,24 @@ class AnomalyMetrics:
         self._image_scores.append(scores)
         self._image_labels.append(labels)
 
-    def compute(self, include_thresholds: bool = False) -> dict[str, float | int | None]:
+    def compute(
+        self, include_thresholds: bool = False, image_threshold: float | None = None
+    ) -> dict[str, float | int | str | None]:
         """Computes the metrics over everything added since the last `reset`.
 
         Args:
             include_thresholds (`bool`, *optional*, defaults to `False`): Also return `image_f1_max_threshold`
-                and `pixel_f1_max_threshold`, the scores where the F1-max values are reached.
+                and `pixel_f1_max_threshold`, the scores where the F1-max values are reached, and the operating
+                point at `image_threshold` (`"not calibrated"` without one).
+            image_threshold (`float`, *optional*): A decision threshold (e.g. the checkpoint's calibrated one):
+                also return `operating_point_metrics` at it, the false-reject and escape rates with their counts.
 
         Returns:
-            `dict[str, float | int | None]`: `image_auroc`, `pixel_auroc`, `pixel_ap`, `aupro`, `image_f1_max`,
+            `dict[str, float | int | str | None]`: `image_auroc`, `pixel_auroc`, `pixel_ap`, `aupro`, `image_f1_max`,
             `pixel_f1_max`, each a Python float in [0, 1] or `nan`, the pixel ones `None` when not available
-            (see the class docstring); plus `images_without_mask` (`int`) when some image had no mask.
+            (see the class docstring); `overkill_at_2pct_escape`, `overkill_at_5pct_escape`,
+            `overkill_at_10pct_escape` (`None` and an `overkill` note without defective or normal images); plus
+            `images_without_mask` (`int`) when some image had no mask, and the operating point when asked for.
 
         Raises:
             ValueError: If nothing was added.
@@ -175,13 +192,17 @@ class AnomalyMetrics:
             self._num_regions,
             self.aupro_fpr_limit,
         )
-        results.update(image_metrics(np.concatenate(self._image_scores), np.concatenate(self._image_labels)))
+        image_scores, image_labels = np.concatenate(self._image_scores), np.concatenate(self._image_labels)
+        results.update(image_metrics(image_scores, image_labels))
         names = METRIC_NAMES + THRESHOLD_NAMES if include_thresholds else METRIC_NAMES
-        computed: dict[str, float | None] = {name: float(results[name]) for name in names}
+        computed: dict[str, float | int | str | None] = {name: float(results[name]) for name in names}
+        computed.update(overkill_metrics(image_scores, image_labels))
         if self._images_without_mask:
             if anomalous_scores.size == 0:  # no known anomalous pixel: not available rather than undefined
                 computed.update({name: None for name in _PIXEL_NAMES if name in computed})
             computed[IMAGES_WITHOUT_MASK] = self._images_without_mask
+        if include_thresholds or image_threshold is not None:
+            computed.update(operating_point_metrics(image_scores, image_labels, image_threshold))
         return computed
 
 
@@ -192,7 +213,8 @@ def compute_anomaly_metrics(
     image_labels: Any,
     aupro_fpr_limit: float = 0.3,
     include_thresholds: bool = False,
-) -> dict[str, float]:
+    image_threshold: float | None = None,
+) -> dict[str, float | int | str | None]:
     """Computes the six metrics of one category in one call (see `AnomalyMetrics.update` for the inputs).
 
     Args:
@@ -201,14 +223,16 @@ def compute_anomaly_metrics(
         image_scores (`np.ndarray` or `torch.Tensor` of shape `(N,)`): Image anomaly scores.
         image_labels (`np.ndarray` or `torch.Tensor` of shape `(N,)`): Image labels, 1 for anomalous.
         aupro_fpr_limit (`float`, *optional*, defaults to 0.3): Upper FPR limit of the AUPRO integral.
-        include_thresholds (`bool`, *optional*, defaults to `False`): Also return the F1-max thresholds.
+        include_thresholds (`bool`, *optional*, defaults to `False`): Also return the F1-max thresholds and the
+            operating point.
+        image_threshold (`float`, *optional*): Also return the false-reject and escape rates at this threshold.
 
     Returns:
-        `dict[str, float]`: As `AnomalyMetrics.compute`.
+        `dict[str, float | int | str | None]`: As `AnomalyMetrics.compute`.
     """
     metrics = AnomalyMetrics(aupro_fpr_limit)
     metrics.update(anomaly_maps, masks, image_scores, image_labels)
-    return metrics.compute(include_thresholds)
+    return metrics.compute(include_thresholds, image_threshold)
 
 
 __all__ = ["IMAGES_WITHOUT_MASK", "AnomalyMetrics", "compute_anomaly_metrics"]
