@@ -138,6 +138,11 @@ class ImageThreshold:
     num_defective_images: int = 0
 
     @property
+    def num_images(self) -> int:
+        """The normal images calibrated on (as `ThresholdEstimate.num_images`, which this was before escapes)."""
+        return self.num_normal_images
+
+    @property
     def notes(self) -> list[str]:
         """The candidates' notes on weak estimates."""
         return [candidate.note for candidate in (self.false_reject, self.escape) if candidate and candidate.note]
