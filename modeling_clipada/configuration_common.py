@@ -99,7 +99,8 @@ class DecisionConfigMixin:
         ):
             raise error(f"`target_escape_rate` must be a rate in (0, 1), got {self.target_escape_rate}.")
         mode_keys = {"resize_mode", "tile_size", "tile_overlap", "size"}
-        if self.calibration_mode is not None and set(self.calibration_mode) != mode_keys:
+        if self.calibration_mode is not None and not mode_keys <= set(self.calibration_mode):
+            # more keys are allowed: a later version may record more of the input settings
             raise error(f"`calibration_mode` must hold {sorted(mode_keys)}, got {sorted(self.calibration_mode)}.")
 
 

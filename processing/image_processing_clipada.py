@@ -348,7 +348,7 @@ class CLIPADAImageProcessor(PilBackend):
             numpy arrays otherwise. Squash: the model's own `pred_score` (None where `outputs` has none) and bilinear
             maps (`align_corners=False`, as `F.interpolate`). Letterbox and tiles: the top-k mean of the content crop
             or the blended map (`tiling.reassemble`), whatever the family's own score rule, so thresholds
-            calibrated in squash mode do not carry over.
+            calibrated in squash mode do not carry over (`config.calibration_mode` records the mode).
         """
         anomaly_maps = _output_field(outputs, "anomaly_map")
         if anomaly_maps is None or anomaly_maps.ndim != 3:

@@ -215,6 +215,10 @@ def test_an_export_at_another_image_size_does_not_decide_with_thresholds_of_the_
     export(str(checkpoint), folder, "onnx", image_size=2 * IMAGE_SIZE)
     rows = _predict(images, folder, tmp_path / "predictions")
     assert [row["decision"] for row in rows] == ["UNCALIBRATED", "UNCALIBRATED"]
+    from inference.deploy.runners import ExportedCLIPADA
+
+    runner_outputs = ExportedCLIPADA(folder).predict([str(path) for path in images])  # the Python API decides alike
+    assert "pred_label" not in runner_outputs and runner_outputs["pred_score"].shape == (2,)
 
 
 # ---------------------------------------------------------------------------------------------- the pipeline
@@ -236,3 +240,18 @@ def test_the_pipeline_does_not_decide_with_an_image_processor_of_another_mode(mo
     assert pipeline(PIPELINE_TASK, model=model, image_processor=tiles)(image)["label"] == "NG"
     model.config.calibration_mode = None  # not recorded: the pipeline cannot tell, and decides as before
     assert "label" in pipeline(PIPELINE_TASK, model=model, image_processor=tiles)(image)
+
+
+def test_eval_measures_the_operating_point_only_in_the_mode_of_the_thresholds(save_checkpoint, workspace, tmp_path):
+    """`clipada eval --tile_size` on a squash-calibrated checkpoint: the paper's metrics and overkill, but no
+    false-reject or escape rate at thresholds of another scale; in the checkpoint's own mode they are measured."""
+    from training import evaluation
+
+    checkpoint = save_checkpoint(
+        "eval-mode", CLIPADAImageProcessor(size=IMAGE_SIZE), **THRESHOLDS, calibration_mode=SQUASH
+    )
+    common = ["--model_name_or_path", str(checkpoint), "--dataset_name", str(workspace / "data"), "--num_heatmaps", "0"]
+    tiled = evaluation.main([*common, "--output_dir", str(tmp_path / "tiles"), *TILE_FLAGS])["mean"]
+    assert tiled["false_reject_rate"] is None and tiled["escape_rate"] is None and tiled["image_auroc"] is not None
+    squashed = evaluation.main([*common, "--output_dir", str(tmp_path / "squash")])["mean"]
+    assert squashed["false_reject_rate"] is not None or squashed["escape_rate"] is not None

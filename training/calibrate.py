@@ -48,6 +48,7 @@ from training.calibration import (
 )
 from training.data import DatasetFormatError, load_anomaly_dataset
 from training.evaluation import evaluate_model
+from training.metrics.report import without_nan
 
 CALIBRATION_FILE = "calibration.json"
 DEFAULT_TARGET_FPR = 0.01
@@ -102,7 +103,8 @@ def calibrate_model(
 def write_calibration_report(folder: str | Path, result: CalibrationResult, extra: dict | None = None) -> Path:
     """Writes `calibration.json` (thresholds, intervals, estimators, and `extra`); returns its path."""
     path = Path(folder) / CALIBRATION_FILE
-    path.write_text(json.dumps({**result.to_dict(), **(extra or {})}, indent=2) + "\n")
+    payload = without_nan({**result.to_dict(), **(extra or {})})  # strict JSON: null where a value is undefined
+    path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
     return path
 
 
@@ -229,7 +231,9 @@ def main(argv: list[str] | None = None) -> CalibrationResult:
         device = resolve_device(args.device)
         model = load_clipada_model(args.model_name_or_path, dtype=getattr(torch, args.dtype))
         own_processor = load_processor(args.model_name_or_path)
-        processor = with_inference_mode(own_processor, args.resize_mode, args.tile_size, args.tile_overlap)
+        processor = with_inference_mode(
+            own_processor, args.resize_mode, args.tile_size, args.tile_overlap, note=False
+        )  # calibrate says itself that the thresholds hold in this mode
         new_mode = input_mode(processor) != input_mode(own_processor)
         split = _load_split(args.dataset_name, args.split, args)
         labelled = _load_split(args.calibrate_on, args.calibrate_on_split, args) if args.calibrate_on else None

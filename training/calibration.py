@@ -143,6 +143,16 @@ class ImageThreshold:
         return self.num_normal_images
 
     @property
+    def target_fpr(self) -> float | None:
+        """The false-reject target (as `ThresholdEstimate.target_fpr`), None without one."""
+        return None if self.false_reject is None else self.false_reject.target_fpr
+
+    @property
+    def note(self) -> str | None:
+        """The candidates' notes in one line (as `ThresholdEstimate.note`), None when the estimates are sound."""
+        return "; ".join(self.notes) or None
+
+    @property
     def notes(self) -> list[str]:
         """The candidates' notes on weak estimates."""
         return [candidate.note for candidate in (self.false_reject, self.escape) if candidate and candidate.note]
@@ -159,6 +169,10 @@ class ImageThreshold:
             "value": self.value,
             "interval": list(self.interval),
             "binding": self.binding,
+            # the fields of 0.1's calibration.json, kept at the top for its readers
+            "target_fpr": self.target_fpr,
+            "num_images": self.num_images,
+            "note": self.note,
             **chosen,
             **counts,
             **candidates,

@@ -16,6 +16,7 @@ Example:
 
 import argparse
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +28,14 @@ from transformers import PreTrainedModel
 from inference.command_line import device_arguments, non_negative_int, positive_int, usage_errors
 from inference.devices import configure_threads, resolve_device
 from inference.loading import add_class_names, load_clipada_model, load_processor
-from inference.modes import add_inference_mode_arguments, check_inference_mode_arguments, with_inference_mode
+from inference.modes import (
+    add_inference_mode_arguments,
+    check_inference_mode_arguments,
+    fitting_decision_config,
+    saved_processor,
+    thresholds_note,
+    with_inference_mode,
+)
 from inference.overlays import save_heatmap
 from inference.scoring import score_inputs
 from inference.torch_backend import TorchBackend
@@ -54,6 +62,7 @@ def evaluate_model(
     save_predictions: bool = False,
     num_heatmaps: int = 4,
     num_workers: int = 0,
+    decision_config=None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Runs the model over a test split, category by category.
 
@@ -65,6 +74,9 @@ def evaluate_model(
             `masks` (N, H, W) uint8 and `mask_available` (N,) bool per category.
         num_heatmaps: image | ground truth | anomaly-map overlays per category (anomalous samples first).
 
+        decision_config: Whose thresholds the operating point (false-reject and escape rates) is measured at:
+            `model.config` by default; `inference.modes.NO_THRESHOLDS` where they were calibrated in another mode.
+
     Returns:
         `(per_category, mean)`: metric dicts (`image_auroc`, `pixel_auroc`, `pixel_ap`, `aupro`, `image_f1_max`,
         `pixel_f1_max`, `overkill_at_{2,5,10}pct_escape`), values in [0, 1]; each category's also holds
@@ -75,6 +87,7 @@ def evaluate_model(
         per category, pooled over all images in `mean`; `None` with `"operating_point": "not calibrated"` without one.
     """
     backend = TorchBackend(model, device)
+    decision_config = model.config if decision_config is None else decision_config
     output_dir = Path(output_dir) if output_dir is not None else None
     categories = np.asarray(test_dataset["category"])
     labels = np.asarray(test_dataset["label"])
@@ -114,7 +127,7 @@ def evaluate_model(
                         batch["labels"][offset],
                         anomaly_maps[offset],
                     )
-        image_threshold = resolve_thresholds(model.config, category).image
+        image_threshold = resolve_thresholds(decision_config, category).image
         per_category[category] = metrics.compute(include_thresholds=True, image_threshold=image_threshold)
         if save_predictions and output_dir is not None:
             save_category_predictions(output_dir / "predictions" / f"{category}.npz", predictions)
@@ -268,8 +281,14 @@ def main(argv: list[str] | None = None) -> dict:
     with usage_errors():  # a bad device, checkpoint or dataset
         device = resolve_device(args.device)
         model = load_clipada_model(args.model_name_or_path, dtype=getattr(torch, args.dtype))
+        own_processor = saved_processor(args.model_name_or_path)
         processor = load_processor(args.model_name_or_path, image_size=args.image_size)
-        processor = with_inference_mode(processor, args.resize_mode, args.tile_size, args.tile_overlap)
+        processor = with_inference_mode(processor, args.resize_mode, args.tile_size, args.tile_overlap, note=False)
+        # the operating point is measured only where the checkpoint's thresholds apply (the mode they were made in)
+        decision_config = fitting_decision_config(model.config, processor, own_processor)
+        mode_note = thresholds_note(model.config, processor, own_processor, args.model_name_or_path)
+        if mode_note:
+            print(f"note: {mode_note}", file=sys.stderr)
         dataset = load_anomaly_dataset(
             args.dataset_name,
             dataset=args.dataset,
@@ -290,6 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
             save_predictions=args.save_predictions,
             num_heatmaps=args.num_heatmaps,
             num_workers=args.dataloader_num_workers,
+            decision_config=decision_config,
         )
     print(write_evaluation(args.output_dir, per_category, mean))
     return {"per_category": per_category, "mean": mean}

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.command_line import positive_int, threads_argument, usage_errors
+from inference.modes import input_mode, same_mode
 from modeling_clipada.decisions import per_image_thresholds
 from processing import CLIPADAImageProcessor
 
@@ -163,6 +164,11 @@ class ExportedCLIPADA:
                 f"{self.input_size}, squashed): export again, or restore the exported preprocessor_config.json"
             )
         self.image_score_top_k = (self.config.get("model") or {}).get("image_score_top_k")
+        # thresholds calibrated in another mode than the export's inputs (e.g. exported at another --image_size)
+        # never decide: the graph's pred_label/pred_mask are left out, as without thresholds
+        self.thresholds_fit_inputs = self.calibration_mode is None or same_mode(
+            self.calibration_mode, input_mode(self.processor)
+        )
         if export_format == "onnx":
             self.session = OnnxRuntimeSession(model_file, num_threads)
         else:
@@ -202,7 +208,7 @@ class ExportedCLIPADA:
         Returns:
             `anomaly_map` `(batch_size, H, W)` float32, `pred_score` `(batch_size,)` float32, and with thresholds
             `pred_label` `(batch_size,)` bool and `pred_mask` `(batch_size, H, W)` bool (not where
-            `clipada_export.json` holds no thresholds any more).
+            `clipada_export.json` holds no thresholds any more, nor where they were calibrated in another mode).
 
         Raises:
             ExportedModelError: `pixel_values` of another shape than `(batch, 3, H, W)` at the input size, or
@@ -217,12 +223,14 @@ class ExportedCLIPADA:
         feeds = {"pixel_values": np.ascontiguousarray(pixel_values, dtype=np.float32)}
         if not self.has_thresholds:
             return self.session(feeds)
+        decides = self.thresholds_fit_inputs
         try:
             image, pixel = self.thresholds_for(categories, len(pixel_values))
         except ExportedModelError:
             if categories is not None and len(categories) != len(pixel_values):
                 raise
-            # thresholds taken out of clipada_export.json: the graph still takes its inputs; no decisions come out
+            decides = False  # thresholds taken out of clipada_export.json
+        if not decides:  # the graph still takes its threshold inputs; no decisions come out
             image = pixel = np.zeros(len(pixel_values), dtype=np.float32)
             outputs = self.session({**feeds, "image_threshold": image, "pixel_threshold": pixel})
             return {name: outputs[name] for name in ("anomaly_map", "pred_score")}
