@@ -1,4 +1,4 @@
-"""Tests of the atomic folder write (training/atomic.py)."""
+"""Tests of the atomic folder write (inference/atomic.py)."""
 
 from __future__ import annotations
 
