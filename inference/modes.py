@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Any
 
 from inference.loading import ModelLoadError, load_processor
+from modeling_clipada.decisions import decision_field
 from processing import CLIPADAImageProcessor
 from processing.tiling import RESIZE_MODES
 
@@ -113,8 +114,7 @@ def calibration_mode(config: Any, own_processor: CLIPADAImageProcessor | None = 
     Returns:
         `{"resize_mode", "tile_size", "tile_overlap", "size"}` as [`input_mode`] writes it, or None when unknown.
     """
-    field_of = config.get if isinstance(config, Mapping) else lambda name: getattr(config, name, None)
-    recorded = field_of("calibration_mode")
+    recorded = decision_field(config, "calibration_mode")
     if recorded is not None:
         return dict(recorded)
     return None if own_processor is None else input_mode(own_processor)
@@ -135,9 +135,8 @@ def same_mode(first: Mapping, second: Mapping) -> bool:
 
 def has_thresholds(config: Any) -> bool:
     """Whether `config` holds any calibrated threshold (global or per category)."""
-    field_of = config.get if isinstance(config, Mapping) else lambda name: getattr(config, name, None)
-    return any(field_of(name) is not None for name in ("image_threshold", "pixel_threshold")) or bool(
-        field_of("category_thresholds")
+    return any(decision_field(config, name) is not None for name in ("image_threshold", "pixel_threshold")) or bool(
+        decision_field(config, "category_thresholds")
     )
 
 
@@ -208,6 +207,19 @@ def thresholds_note(
     )
 
 
+def load_processors(
+    name_or_path: str, image_size: int | None = None
+) -> tuple[CLIPADAImageProcessor, CLIPADAImageProcessor | None]:
+    """The processor a command runs (`inference.loading.load_processor`, at `image_size` when given) and the one the
+    folder saved ([`saved_processor`]), read once where they are the same.
+
+    Returns:
+        `(processor, own_processor)`; `own_processor` is None when the folder has no preprocessor_config.json.
+    """
+    processor = load_processor(name_or_path, image_size=image_size)
+    return processor, processor if image_size is None else saved_processor(name_or_path)
+
+
 def saved_processor(name_or_path: str) -> CLIPADAImageProcessor | None:
     """The processor of a checkpoint or export folder as saved (its preprocessor_config.json, before any override;
     `inference.loading.load_processor`), or None when it has none: the mode its older thresholds were calibrated in."""
@@ -227,6 +239,7 @@ __all__ = [
     "fitting_decision_config",
     "has_thresholds",
     "input_mode",
+    "load_processors",
     "mode_words",
     "same_mode",
     "saved_processor",

@@ -54,6 +54,12 @@ class ImageThresholds(NamedTuple):
     pixel_source: str
 
 
+def decision_field(config: Any, name: str) -> Any:
+    """A decision field of `config`: a mapping's item (the `thresholds` of `clipada_export.json`) or an attribute (a
+    family's config, an export's runner); None when missing."""
+    return config.get(name) if isinstance(config, Mapping) else getattr(config, name, None)
+
+
 def resolve_thresholds(config: Any, category: str | None = None) -> ImageThresholds:
     """The thresholds of an image of `category`: the category's where calibrated, else the global ones.
 
@@ -66,14 +72,13 @@ def resolve_thresholds(config: Any, category: str | None = None) -> ImageThresho
     Returns:
         [`ImageThresholds`].
     """
-    field_of = config.get if isinstance(config, Mapping) else lambda name: getattr(config, name, None)
-    per_category = (field_of("category_thresholds") or {}).get(category, {}) if category else {}
+    per_category = (decision_field(config, "category_thresholds") or {}).get(category, {}) if category else {}
     chosen = []
     for field in ("image_threshold", "pixel_threshold"):
         if per_category.get(field) is not None:
             chosen.append((float(per_category[field]), "category"))
-        elif field_of(field) is not None:
-            chosen.append((float(field_of(field)), "global"))
+        elif decision_field(config, field) is not None:
+            chosen.append((float(decision_field(config, field)), "global"))
         else:
             chosen.append((None, "none"))
     (image, image_source), (pixel, pixel_source) = chosen
@@ -172,6 +177,7 @@ __all__ = [
     "DECISION_FIELDS",
     "ImageThresholds",
     "apply_thresholds",
+    "decision_field",
     "normalize_scores",
     "per_image_thresholds",
     "reaches",

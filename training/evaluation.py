@@ -27,12 +27,12 @@ from transformers import PreTrainedModel
 
 from inference.command_line import device_arguments, non_negative_int, positive_int, usage_errors
 from inference.devices import configure_threads, resolve_device
-from inference.loading import add_class_names, load_clipada_model, load_processor
+from inference.loading import add_class_names, load_clipada_model
 from inference.modes import (
     add_inference_mode_arguments,
     check_inference_mode_arguments,
     fitting_decision_config,
-    saved_processor,
+    load_processors,
     thresholds_note,
     with_inference_mode,
 )
@@ -281,8 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
     with usage_errors():  # a bad device, checkpoint or dataset
         device = resolve_device(args.device)
         model = load_clipada_model(args.model_name_or_path, dtype=getattr(torch, args.dtype))
-        own_processor = saved_processor(args.model_name_or_path)
-        processor = load_processor(args.model_name_or_path, image_size=args.image_size)
+        processor, own_processor = load_processors(args.model_name_or_path, args.image_size)
         processor = with_inference_mode(processor, args.resize_mode, args.tile_size, args.tile_overlap, note=False)
         # the operating point is measured only where the checkpoint's thresholds apply (the mode they were made in)
         decision_config = fitting_decision_config(model.config, processor, own_processor)

@@ -29,8 +29,8 @@ from inference.command_line import overwrite_argument, positive_int, threads_arg
 from inference.deploy.graph import CLIPADAExportGraph, export_program, write_onnx, write_openvino
 from inference.deploy.runners import EXPORT_CONFIG_NAME, MODEL_FILES, ExportedCLIPADA, ExportedModelError
 from inference.devices import configure_threads
-from inference.loading import ModelLoadError, check_model_location, load_clipada_model, load_processor, saved_model_type
-from inference.modes import calibration_mode, saved_processor
+from inference.loading import ModelLoadError, check_model_location, load_clipada_model, saved_model_type
+from inference.modes import calibration_mode, load_processors
 from modeling_clipada import CLIPADAConfig
 from modeling_clipada.decisions import DECISION_FIELDS
 
@@ -176,7 +176,7 @@ def export(
             f"trained CLIP-ADA ({CLIPADAConfig.model_type!r}) checkpoints only"
         )
     model = load_clipada_model(model_name_or_path, dtype=torch.float32).eval()
-    processor = load_processor(model_name_or_path, image_size)
+    processor, own_processor = load_processors(model_name_or_path, image_size)
     if processor.tile_size or processor.resize_mode != "squash":
         raise ExportError(
             f"{model_name_or_path} uses resize_mode={processor.resize_mode!r}, tile_size={processor.tile_size}: the "
@@ -210,7 +210,7 @@ def export(
                 **{field: getattr(model.config, field) for field in DECISION_FIELDS},
                 # the mode they were calibrated in (older checkpoints: their own preprocessor_config.json's), so that
                 # an export at another --image_size, or predict in another mode, does not decide with them
-                "calibration_mode": calibration_mode(model.config, saved_processor(model_name_or_path)),
+                "calibration_mode": calibration_mode(model.config, own_processor),
             }
             if model.config.has_thresholds
             else None,

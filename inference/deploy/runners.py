@@ -262,9 +262,9 @@ def cli(argv: list[str] | None = None) -> None:
 
     from inference.backends import ExportedBackend  # here: inference.backends imports this module
     from inference.modes import fitting_decision_config, thresholds_note
+    from inference.predict.command import predicted_batches
     from inference.predict.inputs import collect_inputs
-    from inference.predict.rows import choose_thresholds, error_row, prediction_row
-    from inference.scoring import score_images
+    from inference.predict.rows import choose_thresholds
 
     parser = argparse.ArgumentParser(
         description="Run an exported CLIP-ADA folder on images (no torch needed).", parents=[threads_argument()]
@@ -290,22 +290,10 @@ def cli(argv: list[str] | None = None) -> None:
     applied = fitting_decision_config(backend.decision_config, processor, processor)
     thresholds = choose_thresholds(applied, args.category)
     failed = 0
-    for start in range(0, len(paths), args.batch_size):
-        rows, images, read = [], [], []
-        for path in paths[start : start + args.batch_size]:
-            try:
-                images.append(processor.process_image(str(path), name=str(path)))
-                read.append(len(rows))
-                rows.append(None)
-            except (ValueError, TypeError, OSError) as error:
-                rows.append(error_row(str(path), args.category, str(error)))
-                failed += 1
-        if images:
-            scored = score_images(backend, processor, images, [args.category] * len(images))
-            for index, anomaly_map, score in zip(read, scored.anomaly_maps, scored.scores):
-                path = paths[start + index]
-                rows[index] = prediction_row(str(path), args.category, anomaly_map, float(score), thresholds)[0]
-        for row in rows:
+    for batch in predicted_batches(paths, backend, processor, thresholds, args.category, args.batch_size):
+        for predicted in sorted(batch, key=lambda predicted: predicted.index):  # one line per input, in order
+            row = predicted.row
+            failed += row["decision"] == "ERROR"
             print(json.dumps({key: value for key, value in row.items() if value not in (None, "")}), flush=True)
     if failed:
         raise SystemExit(1)

@@ -16,18 +16,20 @@ Example:
 import argparse
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from inference.backends import BACKENDS, AnomalyBackend, load_backend
 from inference.command_line import device_arguments, open_unit_interval, overwrite_argument, positive_int, usage_errors
-from inference.loading import load_processor
 from inference.modes import (
     add_inference_mode_arguments,
     check_inference_mode_arguments,
     fitting_decision_config,
-    saved_processor,
+    load_processors,
     thresholds_note,
     with_inference_mode,
 )
@@ -80,6 +82,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@dataclass
+class PredictedImage:
+    """One input after reading, scoring and deciding.
+
+    Attributes:
+        index: Its position in the paths given.
+        row: Its `predictions.csv` row (keys `inference.predict.rows.COLUMNS`; `overlay` and `map` empty).
+        image: `(3, H, W)` in [0, 1], None for a file that could not be read (an `ERROR` row).
+        anomaly_map: `(H, W)` at the image's own size, or None.
+        pred_mask: `(H, W)` bool at the pixel threshold, or None.
+    """
+
+    index: int
+    row: dict
+    image: np.ndarray | None = None
+    anomaly_map: np.ndarray | None = None
+    pred_mask: np.ndarray | None = None
+
+
+def predicted_batches(
+    paths: list[Path],
+    backend: AnomalyBackend,
+    processor: CLIPADAImageProcessor,
+    thresholds: Thresholds,
+    category: str | None = None,
+    batch_size: int = 8,
+) -> Iterator[list[PredictedImage]]:
+    """Reads, scores (`inference.scoring.score_images`) and decides the images one batch at a time.
+
+    Yields:
+        Per batch, its files that could not be read (`ERROR` rows) first, then the scored ones, in input order.
+    """
+    for start in range(0, len(paths), batch_size):
+        done, read, images = [], [], []
+        for index in range(start, min(start + batch_size, len(paths))):
+            try:
+                images.append(processor.process_image(str(paths[index]), name="image"))  # (3, H, W) in [0, 1]
+                read.append(index)
+            except (ValueError, TypeError, OSError) as error:
+                done.append(PredictedImage(index, error_row(str(paths[index]), category, str(error))))
+        if images:
+            scored = score_images(backend, processor, images, [category] * len(images))
+            for index, image, anomaly_map, score in zip(read, images, scored.anomaly_maps, scored.scores):
+                row, pred_mask = prediction_row(str(paths[index]), category, anomaly_map, float(score), thresholds)
+                done.append(PredictedImage(index, row, image, anomaly_map, pred_mask))
+        yield done
+
+
 def predict_images(
     paths: list[Path],
     backend: AnomalyBackend,
@@ -114,36 +164,23 @@ def predict_images(
             (output_dir / folder).mkdir(exist_ok=True)
     counts: Counter = Counter()
     with PredictionWriter(output_dir) as writer, tqdm(total=len(paths), unit="img", desc="predict") as progress:
-        for start in range(0, len(paths), batch_size):
-            batch, images = [], []
-            for path, name in zip(paths[start : start + batch_size], names[start : start + batch_size]):
-                try:
-                    images.append(processor.process_image(str(path), name="image"))  # (3, H, W) in [0, 1]
-                    batch.append((path, name))
-                except (ValueError, TypeError, OSError) as error:
-                    writer.write(error_row(str(path), category, str(error)))
-                    counts["ERROR"] += 1
-            if images:
-                scored = score_images(backend, processor, images, [category] * len(images))
-                for (path, name), image, anomaly_map, score in zip(batch, images, scored.anomaly_maps, scored.scores):
-                    row, pred_mask = prediction_row(str(path), category, anomaly_map, float(score), thresholds)
-                    if draw_overlays:
-                        picture = draw_overlay(
-                            image, anomaly_map, pred_mask, row["score"], row["decision"], thresholds.image,
-                            title=str(path), pixel_threshold=thresholds.pixel,
-                        )  # fmt: skip
-                        picture.save(output_dir / "overlays" / f"{name}.png", compress_level=1)
-                        row["overlay"] = f"overlays/{name}.png"
-                    if map_format is not None:
-                        row["map"] = (
-                            save_map(output_dir / "maps" / name, anomaly_map, map_format)
-                            .relative_to(output_dir)
-                            .as_posix()
-                        )
-                    writer.write(row)
-                    counts[row["decision"]] += 1
+        for batch in predicted_batches(paths, backend, processor, thresholds, category, batch_size):
+            for predicted in batch:
+                row, name = predicted.row, names[predicted.index]
+                if predicted.image is not None and draw_overlays:
+                    picture = draw_overlay(
+                        predicted.image, predicted.anomaly_map, predicted.pred_mask, row["score"], row["decision"],
+                        thresholds.image, title=str(paths[predicted.index]), pixel_threshold=thresholds.pixel,
+                    )  # fmt: skip
+                    picture.save(output_dir / "overlays" / f"{name}.png", compress_level=1)
+                    row["overlay"] = f"overlays/{name}.png"
+                if predicted.image is not None and map_format is not None:
+                    saved = save_map(output_dir / "maps" / name, predicted.anomaly_map, map_format)
+                    row["map"] = saved.relative_to(output_dir).as_posix()
+                writer.write(row)
+                counts[row["decision"]] += 1
             writer.flush()
-            progress.update(min(batch_size, len(paths) - start))
+            progress.update(len(batch))
     return counts
 
 
@@ -169,9 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
         backend = load_backend(args.backend, args.model_name_or_path, args.device, args.dtype, args.num_threads)
         if args.image_size is not None and backend.name != "torch":
             raise ValueError("--image_size does not apply to an export: its graph takes the size it was exported at")
-        processor = load_processor(args.model_name_or_path, image_size=args.image_size)
-        # the mode older thresholds were calibrated in: the checkpoint's own preprocessor_config.json, as saved
-        own_processor = processor if args.image_size is None else saved_processor(args.model_name_or_path)
+        # the checkpoint's own preprocessor_config.json, as saved: the mode older thresholds were calibrated in
+        processor, own_processor = load_processors(args.model_name_or_path, args.image_size)
         processor = with_inference_mode(processor, args.resize_mode, args.tile_size, args.tile_overlap, note=False)
         prepare_output_dir(output_dir, args.overwrite_output_dir)
     config = backend.decision_config
