@@ -50,13 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_command(name: str, argv: Sequence[str]) -> None:
     """Imports the command's module and runs its `cli`, with usage and errors naming `clipada <name>`; a missing
-    optional package (torch where no extra brought it) is one line naming the extra to install, exit status 2."""
+    optional package (torch where no extra brought it) is one line naming the extra to install, exit status 2;
+    Ctrl-C is one line and exit status 130 (128 + SIGINT, as shells report it)."""
     program = sys.argv[0] if sys.argv else None
     sys.argv[:1] = [f"clipada {name}"]  # argparse names the program after sys.argv[0]
     try:
         with missing_extras():  # every command handles its own bad input
             module = importlib.import_module(COMMANDS[name][0])
             module.cli(list(argv))
+    except KeyboardInterrupt:
+        print(f"\nclipada {name}: interrupted (Ctrl-C)", file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
         sys.argv[:1] = [] if program is None else [program]
 
