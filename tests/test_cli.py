@@ -184,3 +184,42 @@ def test_the_older_scripts_are_the_umbrella_under_another_name(monkeypatch):
     cli.aliases.prepare_dataset()
     assert seen == [["prepare-dataset", "--help"]]
     assert {name.replace("_", "-") for name in vars(cli.aliases)} == set(cli.COMMANDS)
+
+
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_ctrl_c_in_any_command_is_one_line_and_exit_130(name, monkeypatch, capsys):
+    def interrupted(argv=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(cli.COMMANDS[name][0]), "cli", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([name, "--output_dir", "out"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 130
+    assert err.strip() == f"clipada {name}: interrupted (Ctrl-C)" and "Traceback" not in err
+
+
+def test_ctrl_c_in_a_real_predict_process_prints_no_traceback(tiny_checkpoint_dir, tmp_path):
+    """SIGINT while predict scores a long list of images: one line, exit 130, no KeyboardInterrupt traceback."""
+    import signal
+    import time
+
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(1500):
+        Image.new("RGB", (32, 32), (120, index % 256, 40)).save(images / f"part_{index:04d}.png")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "training", "predict", str(images), "--model_name_or_path", str(tiny_checkpoint_dir),
+         "--output_dir", str(tmp_path / "out"), "--no-overlays", "--num_threads", "1", "--device", "cpu"],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    rows = tmp_path / "out" / "predictions.jsonl"
+    while not (rows.exists() and rows.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "clipada predict: interrupted (Ctrl-C)" in err
