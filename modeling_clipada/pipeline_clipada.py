@@ -17,7 +17,7 @@ import os
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from transformers import Pipeline
 from transformers.image_utils import load_image
 from transformers.utils import logging
@@ -31,7 +31,10 @@ logger = logging.get_logger(__name__)
 class ImageAnomalyDetectionPipeline(Pipeline):
     """Anomaly detection with a CLIP-ADA model (or any model whose output has `anomaly_map` and `pred_score`).
 
-    Call it with one image or a list: PIL images, local paths, or http(s) URLs. Each result is a dict:
+    Call it with one image or a list: PIL images, local paths, or http(s) URLs. They are read by the image processor's
+    rules (`processing/image_inputs.py`): PIL images and files are `(H, W, C)` whatever their size, multi-frame files
+    are refused, images above the processor's `max_image_pixels` are refused before decoding (URLs: after download,
+    Pillow's own limit first). Each result is a dict:
 
     - **score** (`float`): the image anomaly score in [0, 1].
     - **label** (`str`, only with calibrated thresholds): `"NG"` (anomalous) or `"OK"`.
@@ -49,6 +52,9 @@ class ImageAnomalyDetectionPipeline(Pipeline):
     whose processor letterboxes or tiles gets its maps merged back, as `clipada-predict` does. Thresholds decide only
     in the mode they were calibrated in (`config.calibration_mode`): with an image processor of another mode (resize
     mode, tiles, input size) there is no label and no mask, and `uncalibrated` says why.
+
+    A model whose score or map holds NaN or inf (NaN weights, a `preprocessor_config.json` that loads NaN) raises a
+    `ValueError` naming the image: a non-finite score is never a decision.
     """
 
     _load_processor = False
@@ -63,14 +69,16 @@ class ImageAnomalyDetectionPipeline(Pipeline):
         return preprocess_params, {"category": category}, {}
 
     def preprocess(self, image: "Image.Image | str | os.PathLike", timeout: float | None = None) -> dict:
-        """One image -> `pixel_values` `(N, 3, H, W)` (N = 1, or its tiles), its size and its layout (letterbox,
-        tiles: the processor's `image_layouts`)."""
-        image = _read_image(image, timeout)
-        inputs = self.image_processor(images=image, return_tensors="pt")
+        """One image -> `pixel_values` `(N, 3, H, W)` (N = 1, or its tiles), its size, its layout (letterbox,
+        tiles: the processor's `image_layouts`) and its name for errors."""
+        source, name = _image_source(image, timeout)
+        pixels = self.image_processor.process_image(source, name)  # (3, H, W) in [0, 1], read by the rules
+        inputs = self.image_processor.model_inputs([pixels], names=[name], return_tensors="pt")
         return {
             "pixel_values": inputs["pixel_values"].to(self.dtype),
-            "target_size": (image.height, image.width),
+            "target_size": tuple(int(side) for side in pixels.shape[-2:]),
             "image_layouts": inputs.get("image_layouts"),
+            "name": name,
         }
 
     def _forward(self, model_inputs: dict, category: str | None = None) -> dict:
@@ -83,6 +91,7 @@ class ImageAnomalyDetectionPipeline(Pipeline):
             "target_size": model_inputs["target_size"],
             "image_layouts": model_inputs["image_layouts"],
             "category": category,
+            "name": model_inputs["name"],
         }
 
     def postprocess(self, model_outputs: dict) -> dict[str, Any]:
@@ -96,6 +105,7 @@ class ImageAnomalyDetectionPipeline(Pipeline):
             **({} if top_k is None else {"image_score_top_k": top_k}),
         )
         anomaly_map, score = maps[0].float(), scores.reshape(-1)[:1].float()
+        _check_finite(score, anomaly_map, _unbatched(model_outputs["name"]))
         display = anomaly_map.clamp(0.0, 1.0)  # maps are probabilities; a sum over several layers can exceed 1
         result = {
             "score": float(score),
@@ -146,19 +156,33 @@ def _mode_mismatch(calibration_mode: dict | None, image_processor: Any) -> str:
     return message
 
 
-def _read_image(image: "Image.Image | str | os.PathLike", timeout: float | None) -> Image.Image:
-    """A PIL image, upright; local files keep their mode (16-bit stays 16-bit), URLs go through `load_image`."""
+def _image_source(image: "Image.Image | str | os.PathLike", timeout: float | None) -> tuple[Any, str]:
+    """What the image processor reads, and the image's name in errors: a PIL image or a local path as it is (the
+    processor checks frames and size before decoding a file); an http(s) URL or data URI downloaded by `load_image`."""
     if isinstance(image, Image.Image):
-        return image
-    if isinstance(image, (str, os.PathLike)) and os.path.isfile(image):
+        return image, "image"
+    if isinstance(image, str) and image.startswith(("http://", "https://", "data:image/")):
         try:
-            with Image.open(image) as opened:
-                return ImageOps.exif_transpose(opened)  # a loaded copy
-        except Exception as error:  # PIL raises many types for broken files
-            raise ValueError(f"cannot read image file {str(image)!r}: {error}") from error
-    if isinstance(image, str):
-        return load_image(image, timeout=timeout)
+            return load_image(image, timeout=timeout), image
+        except Image.DecompressionBombError as error:
+            raise ValueError(f"{image} is too large to open safely ({error}); Pillow refuses it.") from error
+    if isinstance(image, (str, os.PathLike)):
+        return image, os.path.basename(image) or str(image)
     raise TypeError(f"expected a PIL image, an image path or an http(s) URL, got {type(image).__name__}")
+
+
+def _unbatched(value: Any) -> Any:
+    """A value the pipeline's batching wrapped in a list of one, unwrapped."""
+    return value[0] if isinstance(value, list) and len(value) == 1 else value
+
+
+def _check_finite(score: Any, anomaly_map: Any, name: str) -> None:
+    """Refuses NaN or inf in a score `(1,)` or map `(H, W)`: they would pass as OK."""
+    if not bool(score.isfinite().all()) or not bool(anomaly_map.isfinite().all()):
+        raise ValueError(
+            f"{name}: the model produced non-finite scores (NaN or inf) for this image, so no decision is given: "
+            "check the checkpoint's weights and the image_mean/image_std of its preprocessor_config.json."
+        )
 
 
 def custom_pipelines_entry() -> dict[str, dict[str, Any]]:

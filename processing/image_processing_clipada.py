@@ -1,11 +1,12 @@
 """Image processor for CLIP-ADA: images and masks in, `pixel_values` and `labels` out; anomaly maps back to image sizes.
 
 Built on transformers' `PilBackend` (as Segformer's PIL processor): the backend stores and validates the settings,
-turns each image channels-first, runs resize -> normalise and saves `preprocessor_config.json`. This file adds what is
-CLIP-ADA's own: pixels scaled to [0, 1] by bit depth (8-bit /255, 16-bit /65535) when an image is read, resizing in
-float precision, masks (`segmentation_maps=`) -> binary `labels` (B, H, W) resized with nearest neighbour and never
-normalised, `normalize()` for tensors already on the device, and `post_process_anomaly_maps`. `resize_mode` and
-`tile_size` choose letterboxed or tiled inputs (`tiling.py`); `post_process_anomaly_detection` merges them back.
+runs resize -> normalise and saves `preprocessor_config.json`. This file adds what is CLIP-ADA's own: images read by
+the rules of `image_inputs.py` (PIL images and files always `(H, W, C)`, pixels scaled to [0, 1] by bit depth, one
+frame, at most `max_image_pixels` checked before decoding), settings with bounds, resizing in float precision,
+masks (`segmentation_maps=`) -> binary `labels` (B, H, W) resized with nearest neighbour and never normalised,
+`normalize()` for tensors already on the device, and `post_process_anomaly_maps`. `resize_mode` and `tile_size`
+choose letterboxed or tiled inputs (`tiling.py`); `post_process_anomaly_detection` merges them back.
 
 Example:
     ```python
@@ -32,14 +33,25 @@ from transformers.image_utils import PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs, Unpack
 
 from .image_inputs import (
+    DEFAULT_MAX_IMAGE_PIXELS,
     ImageLike,
     as_list,
     check_finite,
     item_name,
-    to_array,
+    to_channels_first,
     to_unit_range,
+    with_file_name,
 )
-from .tiling import DEFAULT_IMAGE_SCORE_TOP_K, RESIZE_MODES, cut_inputs, image_layouts, reassemble
+from .tiling import (
+    DEFAULT_IMAGE_SCORE_TOP_K,
+    MAX_TILE_OVERLAP,
+    MAX_TILE_SIZE,
+    MIN_TILE_SIZE,
+    RESIZE_MODES,
+    cut_inputs,
+    image_layouts,
+    reassemble,
+)
 
 try:
     import torch
@@ -51,6 +63,9 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _SIZE_DICT = "{'height': int, 'width': int}"
 _RESAMPLES = (PILImageResampling.NEAREST, PILImageResampling.BILINEAR, PILImageResampling.BICUBIC)
+# CLIP vision towers take 224-448 px (some 1024); a side above 4096 px (200 MB of float32 per input) is a typo, and
+# `--image_size 20000` would otherwise allocate gigabytes per image before the model even runs.
+MAX_SIZE = 4096
 
 
 class CLIPADAImageProcessorKwargs(ImagesKwargs, total=False):
@@ -59,6 +74,7 @@ class CLIPADAImageProcessorKwargs(ImagesKwargs, total=False):
     resize_mode: str | None
     tile_size: int | None
     tile_overlap: float | None
+    max_image_pixels: int | None
 
 
 class CLIPADAImageProcessor(PilBackend):
@@ -67,15 +83,15 @@ class CLIPADAImageProcessor(PilBackend):
 
     Args:
         size (`int`, `tuple[int, int]` or `dict`, *optional*, defaults to 224):
-            Output size; an int gives a square, a dict has `height` and `width`. No crop: MVTec-AD and VisA
-            defects can sit at the border, and maps must cover the whole image.
+            Output size, 1 to 4096 px a side; an int gives a square, a dict has `height` and `width`. No crop:
+            MVTec-AD and VisA defects can sit at the border, and maps must cover the whole image.
         resample (`int`, *optional*, defaults to `PIL.Image.BICUBIC`):
             Resampling filter for images (PIL's bicubic or bilinear, antialiased, as CLIP's own processor, computed
             in float precision); masks always use nearest neighbour.
         image_mean (`tuple[float]`, *optional*, defaults to CLIP's mean):
-            Per-channel mean subtracted from pixels in [0, 1].
+            Per-channel mean subtracted from pixels in [0, 1]: one finite value, or 3 (R, G, B).
         image_std (`tuple[float]`, *optional*, defaults to CLIP's std):
-            Per-channel standard deviation divided after subtracting the mean.
+            Per-channel standard deviation divided after subtracting the mean: one, or 3, finite and positive.
         do_normalize (`bool`, *optional*, defaults to `True`):
             Apply the mean/std normalisation. Training turns it off to synthesise anomalies in [0, 1] pixel space,
             then calls [`normalize`] on the device.
@@ -83,11 +99,15 @@ class CLIPADAImageProcessor(PilBackend):
             `"squash"` resizes the whole image to `size`; `"letterbox"` keeps its proportions and pads with the mean
             colour (0 after normalisation); the padding is cropped off the map again and never scored.
         tile_size (`int`, *optional*):
-            When set, each image is cut into square tiles of this many image pixels (each resized to `size`, which
-            must be square) instead; an image whose short side is smaller is enlarged to hold one tile. Outputs then
-            carry `image_layouts`, and [`post_process_anomaly_detection`] blends the tile maps into one.
+            When set, each image is cut into square tiles of this many image pixels, 16 to 4096 (each resized to
+            `size`, which must be square) instead; an image whose short side is smaller is enlarged to hold one
+            tile. Outputs then carry `image_layouts`, and [`post_process_anomaly_detection`] blends the tile maps
+            into one. The tiles of one image are bounded (`tiling.MAX_TILE_INPUT_PIXELS`).
         tile_overlap (`float`, *optional*, defaults to 0.25):
-            Fraction of a tile that neighbouring tiles share at least, in [0, 1).
+            Fraction of a tile that neighbouring tiles share at least, in [0, 0.75].
+        max_image_pixels (`int`, *optional*, defaults to 50,000,000):
+            Images above this many pixels (width x height) are refused with an error naming them; for files,
+            before they are decoded.
     """
 
     resample = PILImageResampling.BICUBIC
@@ -100,6 +120,7 @@ class CLIPADAImageProcessor(PilBackend):
     resize_mode = "squash"
     tile_size = None
     tile_overlap = 0.25
+    max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
     valid_kwargs = CLIPADAImageProcessorKwargs
 
     def __init__(self, **kwargs: Unpack[ImagesKwargs]) -> None:
@@ -107,6 +128,7 @@ class CLIPADAImageProcessor(PilBackend):
         self._validate_preprocess_kwargs(
             size=self.size, resample=self.resample, image_mean=self.image_mean, image_std=self.image_std,
             resize_mode=self.resize_mode, tile_size=self.tile_size, tile_overlap=self.tile_overlap,
+            max_image_pixels=self.max_image_pixels,
         )  # fmt: skip
 
     def preprocess(
@@ -118,9 +140,11 @@ class CLIPADAImageProcessor(PilBackend):
         """Turns images (and masks) into model inputs.
 
         Args:
-            images: one image or a list of images: PIL images (modes L, RGB, RGBA, I;16, I, ...), numpy arrays or
-                torch tensors of shape (H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4} (uint8, uint16, bool, or
-                float in [0, 1]), a (B, ...) batch array, or paths to image files.
+            images: one image or a list of images: PIL images (modes L, RGB, RGBA, I;16, I, F, ...) and paths to
+                image files, always read as (H, W, C); numpy arrays or torch tensors of shape (H, W), (H, W, C) or
+                (C, H, W) with C in {1, 3, 4} (uint8, uint16, bool, or float in [0, 1]), or a (B, ...) batch array.
+                A 3-D array is (H, W, C) when its last axis can be channels; pass
+                `input_data_format="channels_first"` for a (C, H, W) array whose width is 1, 3 or 4.
             segmentation_maps: optional masks, one per image, same kinds as `images`; any value > 0 is anomalous.
                 `None` in the list stands for an all-normal image.
             **kwargs: per-call overrides of the settings (`size`, `do_normalize`, ...); `return_tensors` is `"pt"`
@@ -133,11 +157,14 @@ class CLIPADAImageProcessor(PilBackend):
         kwargs["return_tensors"] = kwargs.get("return_tensors") or "pt"
         return super().preprocess(images, segmentation_maps, **kwargs)
 
-    def model_inputs(self, pixels: Sequence[np.ndarray], **kwargs: Unpack[ImagesKwargs]) -> BatchFeature:
+    def model_inputs(
+        self, pixels: Sequence[np.ndarray], names: Sequence[str] | None = None, **kwargs: Unpack[ImagesKwargs]
+    ) -> BatchFeature:
         """Images already read by [`process_image`] -> model inputs, without reading them again.
 
         Args:
             pixels: float32 `(3, H, W)` arrays in [0, 1], one per image.
+            names: How errors name each image (an image cut into too many tiles); default `images[i]`.
             **kwargs: As in [`preprocess`]; `return_tensors` defaults to `"np"` here.
 
         Returns:
@@ -148,7 +175,7 @@ class CLIPADAImageProcessor(PilBackend):
         kwargs = self._merge_and_standardize_kwargs(**kwargs)
         self._validate_preprocess_kwargs(**kwargs)
         return_tensors = kwargs.pop("return_tensors")
-        data, _ = self._pixel_inputs(list(pixels), kwargs)
+        data, _ = self._pixel_inputs(list(pixels), kwargs, names)
         return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=["image_layouts"])
 
     def _preprocess_image_like_inputs(
@@ -162,10 +189,11 @@ class CLIPADAImageProcessor(PilBackend):
 
         Letterbox and tiles cut the inputs here (`tiling.py`), with the same geometry for masks (padded with 0), and
         the backend only normalises them."""
+        reading = {key: kwargs.get(key) for key in ("max_image_pixels", "input_data_format")}
         image_list = as_list(images, "images")
         names = [item_name("images", index, image) for index, image in enumerate(image_list)]
-        pixels = [self.process_image(image, name) for image, name in zip(image_list, names)]
-        data, kwargs = self._pixel_inputs(pixels, kwargs)
+        pixels = [self.process_image(image, name, **reading) for image, name in zip(image_list, names)]
+        data, kwargs = self._pixel_inputs(pixels, kwargs, names)
         layouts = data.get("image_layouts")
         if segmentation_maps is not None:
             mask_list = as_list(segmentation_maps, "segmentation_maps", allow_none_items=True)
@@ -175,7 +203,9 @@ class CLIPADAImageProcessor(PilBackend):
                     "(None for a normal image)."
                 )
             masks = [
-                self.process_mask(mask, item_name("segmentation_maps", index, mask), image_name, image.shape[-2:])
+                self.process_mask(
+                    mask, item_name("segmentation_maps", index, mask), image_name, image.shape[-2:], **reading
+                )
                 for index, (mask, image_name, image) in enumerate(zip(mask_list, names, pixels))
             ]
             if layouts is not None:
@@ -185,13 +215,17 @@ class CLIPADAImageProcessor(PilBackend):
             data["labels"] = [label[0].astype(np.int64) for label in labels]
         return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=["image_layouts"])
 
-    def _pixel_inputs(self, pixels: list[np.ndarray], kwargs: dict[str, Any]) -> tuple[dict, dict[str, Any]]:
+    def _pixel_inputs(
+        self, pixels: list[np.ndarray], kwargs: dict[str, Any], names: Sequence[str] | None = None
+    ) -> tuple[dict, dict[str, Any]]:
         """Read images `(3, H, W)` -> `{"pixel_values": [...], "image_layouts": [...] (letterbox, tiles)}`, and the
-        settings the masks are then processed with (the layout fields taken out; no resize where inputs were cut)."""
+        settings the masks are then processed with (the layout fields taken out; no resize where inputs were cut).
+        `names` name the images in errors (too many tiles); default `images[i]`."""
         kwargs = dict(kwargs)
         modes = {key: kwargs.pop(key) for key in ("resize_mode", "tile_size", "tile_overlap")}
         input_size = (kwargs["size"].height, kwargs["size"].width)
-        layouts = image_layouts([image.shape[-2:] for image in pixels], input_size, **modes)
+        names = names or [f"images[{index}]" for index in range(len(pixels))]
+        layouts = image_layouts([image.shape[-2:] for image in pixels], input_size, **modes, names=names)
         fill = np.broadcast_to(np.asarray(kwargs["image_mean"], dtype=np.float32), (3,))  # 0 once normalised
         inputs = pixels
         if layouts is not None:
@@ -209,21 +243,38 @@ class CLIPADAImageProcessor(PilBackend):
 
         return [cut for array, layout in zip(arrays, layouts) for cut in cut_inputs(array, layout, resize, fill)]
 
-    def process_image(self, image: ImageLike, name: str = "image", **kwargs: Any) -> np.ndarray:
-        """One image -> float32 `(3, H, W)` in [0, 1], scaled by its bit depth; grey is repeated, alpha dropped."""
-        array = self._channels_first(image, name)
+    def process_image(
+        self,
+        image: ImageLike,
+        name: str = "image",
+        max_image_pixels: int | None = None,
+        input_data_format: str | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """One image -> float32 `(3, H, W)` in [0, 1], scaled by its bit depth; grey is repeated, alpha dropped.
+
+        Files and PIL images are `(H, W, C)`; `input_data_format` settles the layout of an ambiguous raw array;
+        `max_image_pixels` defaults to the processor's. Errors name `name` (and the file name of a path)."""
+        name = with_file_name(name, image)
+        array = self._channels_first(image, name, max_image_pixels, input_data_format)
         pixels = to_unit_range(array, name)
         if pixels.shape[0] == 1:
             return np.repeat(pixels, 3, axis=0)
         return pixels[:3]  # RGBA: the alpha channel is dropped, as PIL's convert("RGB") does
 
     def process_mask(
-        self, mask: ImageLike | None, name: str, image_name: str, image_size: tuple[int, int]
+        self,
+        mask: ImageLike | None,
+        name: str,
+        image_name: str,
+        image_size: tuple[int, int],
+        max_image_pixels: int | None = None,
+        input_data_format: str | None = None,
     ) -> np.ndarray:
         """One mask (None = normal) -> float32 `(1, H, W)` in {0, 1} at its image's size: any value > 0 is anomalous."""
         if mask is None:
             return np.zeros((1, *image_size), dtype=np.float32)
-        array = self._channels_first(mask, name)
+        array = self._channels_first(mask, with_file_name(name, mask), max_image_pixels, input_data_format)
         if tuple(array.shape[-2:]) != tuple(image_size):
             raise ValueError(
                 f"{name} has size {tuple(array.shape[-2:])} (H, W) but its image {image_name} has "
@@ -238,15 +289,12 @@ class CLIPADAImageProcessor(PilBackend):
             )
         return (array > 0).any(axis=0, keepdims=True).astype(np.float32)
 
-    def _channels_first(self, image: ImageLike, name: str) -> np.ndarray:
-        """Any supported input -> a numpy array `(C, H, W)` in its own dtype, through the backend's `process_image`."""
-        array = to_array(image, name)
-        channel_layout = array.ndim == 3 and (array.shape[0] in (1, 3, 4) or array.shape[-1] in (1, 3, 4))
-        if array.ndim != 2 and not channel_layout:
-            raise ValueError(
-                f"{name} has shape {tuple(array.shape)}; expected (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4."
-            )
-        array = super().process_image(array, do_convert_rgb=False)
+    def _channels_first(
+        self, image: ImageLike, name: str, max_image_pixels: int | None, input_data_format: str | None
+    ) -> np.ndarray:
+        """Any supported input -> a numpy array `(C, H, W)` in its own dtype (`image_inputs.to_channels_first`)."""
+        max_pixels = self.max_image_pixels if max_image_pixels is None else max_image_pixels
+        array = to_channels_first(image, name, max_pixels, input_data_format)
         if min(array.shape[-2:]) == 0:
             raise ValueError(f"{name} is empty: {array.shape[-1]}x{array.shape[-2]} pixels (W x H).")
         return array
@@ -301,26 +349,29 @@ class CLIPADAImageProcessor(PilBackend):
         resize_mode: str | None = None,
         tile_size: int | None = None,
         tile_overlap: float | None = None,
+        max_image_pixels: int | None = None,
         **kwargs: Any,
     ) -> None:
-        """Checks the settings, at construction and on every call, naming the faulty field."""
+        """Checks the settings, at construction (so also when a saved config loads) and on every call, naming the
+        faulty field."""
         if resize_mode not in RESIZE_MODES:
             raise ValueError(f"`resize_mode` must be one of {', '.join(RESIZE_MODES)}, got {resize_mode!r}.")
-        if tile_size is not None and (not isinstance(tile_size, int) or tile_size < 1):
-            raise ValueError(f"`tile_size` must be a positive int (image pixels) or None, got {tile_size!r}.")
+        _check_tile_settings(tile_size, tile_overlap)
         if tile_size is not None and size is not None and size.height != size.width:
             raise ValueError(f"`tile_size` needs a square `size` (tiles are square), got {dict(size)}.")
-        if not isinstance(tile_overlap, (int, float)) or not 0.0 <= tile_overlap < 1.0:
-            raise ValueError(f"`tile_overlap` must be a fraction of a tile in [0, 1), got {tile_overlap!r}.")
         if size is None or dict(size).keys() != {"height", "width"} or min(size.height, size.width) < 1:
             raise ValueError(f"`size` must be a positive int, (height, width) or {_SIZE_DICT}, got {size}.")
+        if max(size.height, size.width) > MAX_SIZE:
+            raise ValueError(
+                f"`size` must be at most {MAX_SIZE} px a side (CLIP inputs are 224-448 px), got {dict(size)}."
+            )
         if resample not in _RESAMPLES:
             raise ValueError(f"`resample` must be PIL NEAREST (0), BILINEAR (2) or BICUBIC (3), got {resample}.")
-        for field, values in (("image_mean", image_mean), ("image_std", image_std)):
-            if isinstance(values, Sequence) and len(values) != 3:
-                raise ValueError(f"`{field}` must have 3 values (R, G, B), got {values}.")
-        if np.min(image_std) <= 0:
+        _channel_values(image_mean, "image_mean")
+        if np.min(_channel_values(image_std, "image_std")) <= 0:
             raise ValueError(f"`image_std` must be positive, got {image_std}.")
+        if max_image_pixels is not None and (not _is_int(max_image_pixels) or max_image_pixels < 1):
+            raise ValueError(f"`max_image_pixels` must be a positive int (width x height), got {max_image_pixels!r}.")
         super()._validate_preprocess_kwargs(
             size=size, resample=resample, image_mean=image_mean, image_std=image_std, **kwargs
         )
@@ -355,6 +406,7 @@ class CLIPADAImageProcessor(PilBackend):
             raise ValueError("`outputs` must have an `anomaly_map` of shape (batch, H, W), e.g. a CLIPADAOutput.")
         as_torch = torch is not None and isinstance(anomaly_maps, torch.Tensor)
         if image_layouts is not None:
+            image_score_top_k = _check_top_k(image_score_top_k)
             if as_torch:
                 anomaly_maps = anomaly_maps.detach().float().cpu().numpy()
             maps, scores = reassemble(np.asarray(anomaly_maps, dtype=np.float32), image_layouts, image_score_top_k)
@@ -402,6 +454,52 @@ class CLIPADAImageProcessor(PilBackend):
             B maps `(height_i, width_i)`, probabilities in [0, 1]; torch tensors for torch outputs.
         """
         return self.post_process_anomaly_detection(outputs, target_sizes, image_layouts)[0]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_tile_settings(tile_size: Any, tile_overlap: Any) -> None:
+    """`tile_size`: None or an int in [MIN_TILE_SIZE, MAX_TILE_SIZE]; `tile_overlap`: a fraction in
+    [0, MAX_TILE_OVERLAP]."""
+    if tile_size is not None and (not _is_int(tile_size) or not MIN_TILE_SIZE <= tile_size <= MAX_TILE_SIZE):
+        raise ValueError(
+            f"`tile_size` must be None (no tiles) or an int from {MIN_TILE_SIZE} to {MAX_TILE_SIZE} image pixels, "
+            f"got {tile_size!r}."
+        )
+    if isinstance(tile_overlap, bool) or not isinstance(tile_overlap, (int, float, np.floating)):
+        raise ValueError(
+            f"`tile_overlap` must be a fraction of a tile in [0, {MAX_TILE_OVERLAP}], got {tile_overlap!r}."
+        )
+    if not 0.0 <= tile_overlap <= MAX_TILE_OVERLAP:  # False for NaN too
+        raise ValueError(
+            f"`tile_overlap` must be a fraction of a tile in [0, {MAX_TILE_OVERLAP}] (more overlap multiplies the "
+            f"tiles by 1 / (1 - overlap)^2), got {tile_overlap!r}."
+        )
+
+
+def _channel_values(values: Any, field: str) -> np.ndarray:
+    """`image_mean` / `image_std`: one finite number or three (R, G, B) -> a float64 array; else an error naming
+    `field`."""
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or array.shape not in ((), (3,)):
+        raise ValueError(f"`{field}` must be one number or 3 values (R, G, B), got {values!r}.")
+    if not np.isfinite(array).all():
+        raise ValueError(f"`{field}` must be finite (no NaN or inf), got {values!r}.")
+    return array
+
+
+def _check_top_k(image_score_top_k: Any) -> int:
+    """`image_score_top_k` as a positive int (an integral float from a JSON config is accepted)."""
+    if isinstance(image_score_top_k, float) and image_score_top_k.is_integer():
+        image_score_top_k = int(image_score_top_k)
+    if not _is_int(image_score_top_k) or image_score_top_k < 1:
+        raise ValueError(f"`image_score_top_k` must be a positive int (pixels), got {image_score_top_k!r}.")
+    return int(image_score_top_k)
 
 
 def _output_field(outputs: Any, name: str) -> Any:

@@ -13,6 +13,10 @@ The image score of both is the mean of the top k pixels of the merged map (the c
 resolution, or the blended map at the tiled resolution), with k scaled to its area:
 `k = round(image_score_top_k * area / input_area)`, the same fraction of pixels as CLIP-ADA's top-k at the input size.
 
+Bounds: `tile_size` from 16 to 4096 image pixels, `tile_overlap` at most 0.75, the tiles of one image at most
+`MAX_TILE_INPUT_PIXELS` model-input pixels (1024 tiles at 224 px), and an image enlarged to hold one tile at most
+`MAX_WORKING_PIXELS`; a layout beyond them is refused with an error naming the image size and the settings.
+
 Only numpy and PIL are used, so the exported-model runners can use it without torch.
 
 Example:
@@ -32,7 +36,18 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .image_inputs import DEFAULT_MAX_IMAGE_PIXELS
+
 RESIZE_MODES = ("squash", "letterbox")
+# A tile smaller than one 16-px patch of a CLIP ViT-B/16 holds too little of the image to tell anything; above
+# 4096 px a tile is larger than nearly any image, so every image is enlarged to gigapixels to hold one.
+MIN_TILE_SIZE, MAX_TILE_SIZE = 16, 4096
+# Overlap multiplies the tiles by 1 / (1 - overlap)^2: 16 x at 0.75, 10^6 x at 0.999, for no better seams.
+MAX_TILE_OVERLAP = 0.75
+# All tiles of an image go through the model in one forward: 1024 tiles at 224 px, 617 MB as float32 inputs.
+MAX_TILE_INPUT_PIXELS = 1024 * 224 * 224
+# An image whose short side is below a tile is enlarged to hold one: at most as large as the pixel limit for images.
+MAX_WORKING_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
 # The paper's K (pixels at the model's input size) for families whose config has no `image_score_top_k`.
 DEFAULT_IMAGE_SCORE_TOP_K = 500
 
@@ -94,22 +109,49 @@ def letterbox_layout(image_size: Sequence[int], input_size: Sequence[int]) -> Le
     )
 
 
+def tile_count(length: int, tile_size: int, overlap: int) -> int:
+    """How many tiles cover `length` pixels with neighbours sharing at least `overlap` pixels."""
+    if length <= tile_size:
+        return 1
+    return math.ceil((length - tile_size) / (tile_size - overlap)) + 1
+
+
 def tile_origins(length: int, tile_size: int, overlap: int) -> list[int]:
     """Evenly spread starts of tiles covering `length` pixels, neighbours sharing at least `overlap` pixels."""
-    if length <= tile_size:
+    count = tile_count(length, tile_size, overlap)
+    if count == 1:
         return [0]
-    count = math.ceil((length - tile_size) / (tile_size - overlap)) + 1
     return [round(index * (length - tile_size) / (count - 1)) for index in range(count)]
 
 
 def tile_layout(
     image_size: Sequence[int], input_size: Sequence[int], tile_size: int, tile_overlap: float
 ) -> TileLayout:
-    """Tiles of `tile_size` image pixels, overlapping by `tile_overlap` of a tile (a fraction in [0, 1))."""
+    """Tiles of `tile_size` image pixels, overlapping by `tile_overlap` of a tile (a fraction in [0, 1)).
+
+    Raises:
+        ValueError: The image enlarged to hold one tile would exceed `MAX_WORKING_PIXELS`, or its tiles
+            `MAX_TILE_INPUT_PIXELS`; the message names the image size, `tile_size` and `tile_overlap`.
+    """
     height, width = int(image_size[0]), int(image_size[1])
     scale = max(1.0, tile_size / min(height, width))  # a side shorter than a tile: enlarge, keeping proportions
     working_size = (max(tile_size, round(height * scale)), max(tile_size, round(width * scale)))
+    if scale > 1 and working_size[0] * working_size[1] > MAX_WORKING_PIXELS:
+        raise ValueError(
+            f"a {width}x{height} image would be enlarged to {working_size[1]}x{working_size[0]} pixels for its "
+            f"short side to hold one tile of `tile_size` {tile_size}, above {MAX_WORKING_PIXELS:,} pixels: use a "
+            "smaller `tile_size` (or no tiles) for images this thin."
+        )
     overlap = min(round(tile_overlap * tile_size), tile_size - 1)
+    count = math.prod(tile_count(length, tile_size, overlap) for length in working_size)
+    input_pixels = int(input_size[0]) * int(input_size[1])
+    if count * input_pixels > MAX_TILE_INPUT_PIXELS:
+        raise ValueError(
+            f"`tile_size` {tile_size} with `tile_overlap` {tile_overlap:g} cuts a {width}x{height} image into "
+            f"{count:,} tiles of {input_size[1]}x{input_size[0]} model-input pixels, above the bound of "
+            f"{MAX_TILE_INPUT_PIXELS // input_pixels:,} tiles per image at this input size: use a larger "
+            "`tile_size` or a smaller `tile_overlap`, or resize the image."
+        )
     rows, columns = (tile_origins(length, tile_size, overlap) for length in working_size)
     origins = tuple((top, left) for top in rows for left in columns)
     return TileLayout((height, width), tuple(int(v) for v in input_size), working_size, tile_size, overlap, origins)
@@ -121,14 +163,28 @@ def image_layouts(
     resize_mode: str = "squash",
     tile_size: int | None = None,
     tile_overlap: float = 0.25,
+    names: Sequence[str] | None = None,
 ) -> list[LetterboxLayout | TileLayout] | None:
     """Each image's layout: tiles when `tile_size` is set, else letterbox for `resize_mode="letterbox"`; `None` for
-    squash. Sizes are `(height, width)`."""
+    squash. Sizes are `(height, width)`; `names` (one per image) start the message of an image refused."""
     if tile_size:
-        return [tile_layout(image_size, input_size, tile_size, tile_overlap) for image_size in image_sizes]
+        names = names or [f"images[{index}]" for index in range(len(image_sizes))]
+        return [
+            _named_tile_layout(size, input_size, tile_size, tile_overlap, name)
+            for size, name in zip(image_sizes, names)
+        ]
     if resize_mode == "letterbox":
         return [letterbox_layout(image_size, input_size) for image_size in image_sizes]
     return None
+
+
+def _named_tile_layout(
+    image_size: Sequence[int], input_size: Sequence[int], tile_size: int, tile_overlap: float, name: str
+) -> TileLayout:
+    try:
+        return tile_layout(image_size, input_size, tile_size, tile_overlap)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
 
 
 def cut_inputs(
@@ -241,6 +297,12 @@ __all__ = [
     "merge_maps",
     "reassemble",
     "resize_map",
+    "MAX_TILE_INPUT_PIXELS",
+    "MAX_TILE_OVERLAP",
+    "MAX_TILE_SIZE",
+    "MAX_WORKING_PIXELS",
+    "MIN_TILE_SIZE",
+    "tile_count",
     "tile_layout",
     "tile_origins",
     "top_k_score",

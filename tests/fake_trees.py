@@ -369,6 +369,19 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]],
         writer.writerows(rows)
 
 
+def read_visa_rows(root: str | Path) -> list[list[str]]:
+    """The rows of a VisA tree's ``split_csv/1cls.csv``, without its header (for tests that edit them)."""
+    with open(Path(root) / "split_csv" / "1cls.csv", newline="", encoding="utf-8") as handle:
+        return list(csv.reader(handle))[1:]
+
+
+def write_visa_rows(root: str | Path, rows: Sequence[Sequence[str]]) -> Path:
+    """Replace the rows of a VisA tree's ``split_csv/1cls.csv``; return the csv's path."""
+    csv_file = Path(root) / "split_csv" / "1cls.csv"
+    _write_csv(csv_file, VISA_HEADER, rows)
+    return csv_file
+
+
 def zero_size_png() -> bytes:
     """Return a structurally valid PNG whose header says 0x0 pixels (an RGB image without any pixel)."""
 
@@ -392,8 +405,10 @@ __all__ = [
     "MVTEC_BAD_CASES",
     "VISA_BAD_CASES",
     "FakeTree",
+    "read_visa_rows",
     "write_folder_tree",
     "write_mvtec_tree",
+    "write_visa_rows",
     "write_visa_tree",
     "zero_size_png",
 ]

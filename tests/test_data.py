@@ -364,12 +364,16 @@ def test_saved_dataset_carries_our_marker_and_is_replaced_only_with_overwrite(tm
     dataset = build_mvtec_ad(write_mvtec_tree(tmp_path / "raw", categories=("bottle",)).root)
     out = save_dataset_atomically(dataset, tmp_path / "out")
     assert json.loads((out / ".clipada_dataset.json").read_text())["version"] == 1
-    (out / "notes.txt").write_text("added by the user")
     with pytest.raises(DatasetFormatError, match=f"{re.escape(str(out))}: .*overwrite=True"):
         save_dataset_atomically(dataset, out)
-    assert (out / "notes.txt").read_text() == "added by the user"
+    (out / "notes.txt").write_text("added by the user")
+    for overwrite in (False, True):  # a file the user added is never replaced, flag or not
+        with pytest.raises(DatasetFormatError, match=f"{re.escape(str(out))}: .*did not write \\(notes.txt\\)"):
+            save_dataset_atomically(dataset, out, overwrite=overwrite)
+        assert (out / "notes.txt").read_text() == "added by the user"
+    (out / "notes.txt").unlink()
     save_dataset_atomically(dataset, out, overwrite=True)
-    assert not (out / "notes.txt").exists() and (out / ".clipada_dataset.json").is_file()
+    assert (out / ".clipada_dataset.json").is_file()
 
 
 @pytest.mark.parametrize("flag", [[], ["--overwrite_output_dir"]])

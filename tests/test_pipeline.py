@@ -10,6 +10,7 @@ from PIL import Image
 from run_helpers import run_without_project
 from tiny_clip import IMAGE_SIZE, make_tiny_clip
 from transformers import pipeline
+from transformers.image_utils import SizeDict
 
 from modeling_clipada import PIPELINE_TASK, CLIPADAForAnomalySegmentation
 from processing import CLIPADAImageProcessor
@@ -117,3 +118,56 @@ def test_pipeline_loads_as_remote_code_where_the_project_is_blocked(tmp_path):
     assert module.startswith("transformers_modules.") and module.endswith(".pipeline_clipada")
     assert float(score) == pytest.approx(expected_score, abs=1e-6)
     assert label == ("NG" if expected_label else "OK")
+
+
+# Issue 19: thin images keep their size, NaN models raise, bad files and settings are named.
+
+
+@pytest.mark.parametrize("height, width", [(3, 200), (1, 120), (4, 64), (3, 3)])
+def test_thin_images_keep_their_height_and_width(tmp_path, height, width):
+    model, processor = _model(**THRESHOLDS), CLIPADAImageProcessor(size=IMAGE_SIZE)
+    detector = pipeline(PIPELINE_TASK, model=model, image_processor=processor)
+    image = _image(height, width)
+    image.save(tmp_path / "thin.png")
+    pixels = np.moveaxis(np.asarray(image), -1, 0).astype(np.float32) / 255  # (3, H, W), read by hand
+    pixel_values = processor.normalize(processor.resize(pixels, SizeDict(height=IMAGE_SIZE, width=IMAGE_SIZE)))
+    with torch.no_grad():
+        expected = model(torch.from_numpy(pixel_values)[None]).pred_score.item()
+    for source in (image, str(tmp_path / "thin.png")):
+        result = detector(source)
+        assert result["anomaly_map"].size == (width, height) and result["mask"].size == (width, height)
+        assert tuple(result["predicted_anomaly_map"].shape) == (height, width)
+        assert result["score"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_model_that_gives_nan_raises_instead_of_deciding():
+    model = _model(**THRESHOLDS)
+    with torch.no_grad():
+        next(parameter for parameter in model.parameters() if parameter.requires_grad).fill_(float("nan"))
+    detector = pipeline(PIPELINE_TASK, model=model, image_processor=CLIPADAImageProcessor(size=IMAGE_SIZE))
+    with pytest.raises(ValueError, match="non-finite"):
+        detector(_image(20, 30))
+
+
+def test_a_preprocessor_with_nan_image_std_is_refused_at_load(tmp_path):
+    _model(**THRESHOLDS).save_pretrained(tmp_path)
+    CLIPADAImageProcessor(size=IMAGE_SIZE).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    config["image_std"] = [float("nan")] * 3
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="`image_std`"):
+        pipeline(PIPELINE_TASK, model=str(tmp_path), trust_remote_code=True)
+
+
+def test_multi_frame_and_oversized_files_are_named(tmp_path):
+    detector = pipeline(PIPELINE_TASK, model=_model(), image_processor=CLIPADAImageProcessor(size=IMAGE_SIZE))
+    frames = [_image(10, 12, seed) for seed in range(3)]
+    frames[0].save(tmp_path / "clip.gif", save_all=True, append_images=frames[1:])
+    with pytest.raises(ValueError, match=r"clip\.gif.*3 frames"):
+        detector(str(tmp_path / "clip.gif"))
+    _image(20, 30).save(tmp_path / "big.png")
+    strict = pipeline(
+        PIPELINE_TASK, model=_model(), image_processor=CLIPADAImageProcessor(size=IMAGE_SIZE, max_image_pixels=500)
+    )
+    with pytest.raises(ValueError, match=r"big\.png.*30x20.*max_image_pixels"):
+        strict(str(tmp_path / "big.png"))

@@ -3,10 +3,13 @@
 The output folder (written with `save_to_disk`, splits ``train`` and ``test``) embeds the image and
 mask bytes, so it survives deleting the raw folder; it appears only once complete. A non-empty output
 folder is never replaced unless it is a dataset this command wrote earlier (it holds
-``.clipada_dataset.json``) and ``--overwrite_output_dir`` is given. Bad input, a refused output folder or
-a failed write (e.g. a full disk) prints ``error: ...`` naming the offending file or folder and exits with
-code 2, leaving the output folder as it was. Your own images (``--dataset folder``) need only ``train/good``;
-``test/<defect>`` and ``ground_truth/<defect>`` masks are optional (see `training.data.folder`).
+``.clipada_dataset.json`` and nothing it did not write) and ``--overwrite_output_dir`` is given; it never lies
+inside ``--data_dir`` or contains it. Bad input (including a category, defect or image name that is not a single
+file name, and one image file listed or reachable twice), a refused output folder or a failed write (e.g. a full
+disk) prints ``error: ...`` naming the offending file or folder and exits with code 2, leaving the output folder
+as it was; Ctrl-C prints one line, exits with code 130 and leaves no staging or cache folder behind. Your own
+images (``--dataset folder``) need only ``train/good``; ``test/<defect>`` and ``ground_truth/<defect>`` masks are
+optional (see `training.data.folder`).
 
 Example:
     $ python -m training.prepare_dataset --dataset mvtec_ad --data_dir ~/mvtec_anomaly_detection \\
@@ -88,9 +91,10 @@ def prepare_dataset(
 ) -> datasets.DatasetDict:
     """Build the dataset of a raw folder and save it atomically to ``output_dir``.
 
-    ``output_dir`` is checked before anything is built (see `training.data.check_output_dir`). The Arrow
-    cache used while building lives in a temporary folder beside ``output_dir`` (same disk) and is removed
-    afterwards, so nothing is left in the `datasets` cache.
+    ``output_dir`` is checked before anything is built (see `check_apart` and `training.data.check_output_dir`).
+    The Arrow cache used while building lives in a temporary folder beside ``output_dir`` (same disk) and is
+    removed afterwards, also when the run is interrupted (Ctrl-C), so nothing is left in the `datasets` cache or
+    beside ``output_dir``.
 
     Args:
         data_dir: The raw MVTec-AD, VisA or own-images folder (a saved dataset folder is re-saved, filtered).
@@ -109,7 +113,9 @@ def prepare_dataset(
     """
     data_dir, output_dir = Path(data_dir).expanduser(), Path(output_dir).expanduser().absolute()
     if not data_dir.is_dir():
-        raise DatasetFormatError(f"{data_dir}: data_dir not found (expected a folder)")
+        found = "is a file" if data_dir.exists() else "not found"
+        raise DatasetFormatError(f"{data_dir}: data_dir {found} (expected a folder)")
+    check_apart(data_dir, output_dir)
     check_output_dir(output_dir, overwrite)
     try:
         output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +132,27 @@ def prepare_dataset(
             f"{output_dir}: building or writing the dataset failed ({error}); the folder was left as it was"
         ) from error
     return datasets.load_from_disk(str(output_dir))
+
+
+def check_apart(data_dir: Path, output_dir: Path) -> None:
+    """Raise when ``output_dir`` lies inside ``data_dir`` or contains it (symbolic links followed).
+
+    The output may be ``data_dir`` itself only when that is a dataset saved by this command (re-saving it
+    filtered); `check_output_dir` refuses any other non-empty folder.
+
+    Raises:
+        DatasetFormatError: Naming both folders.
+    """
+    data, output = data_dir.resolve(), output_dir.resolve()
+    if data in output.parents:
+        raise DatasetFormatError(
+            f"{output_dir}: output folder lies inside the input folder {data_dir} (--data_dir); choose a folder "
+            "outside it"
+        )
+    if output in data.parents:
+        raise DatasetFormatError(
+            f"{output_dir}: output folder contains the input folder {data_dir} (--data_dir); choose another folder"
+        )
 
 
 def count_samples(dataset_dict: datasets.DatasetDict) -> dict[str, Counter]:
@@ -223,6 +250,7 @@ def cli(argv: Sequence[str] | None = None) -> None:
 
 
 __all__ = [
+    "check_apart",
     "cli",
     "count_images_without_mask",
     "count_samples",
@@ -234,4 +262,6 @@ __all__ = [
 
 
 if __name__ == "__main__":
-    cli()
+    from training.cli import run_command  # Ctrl-C as one line and exit code 130, as in `clipada prepare-dataset`
+
+    run_command("prepare-dataset", sys.argv[1:])

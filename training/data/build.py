@@ -13,7 +13,8 @@ from .schema import SPLIT_NAMES, DatasetFormatError, Sample, anomaly_features
 
 # Bump when the encoding of the rows changes, so stale generator caches are not reused.
 # 2: EXIF orientation applied when reading, 16-bit images scaled by their bit depth.
-_ENCODING_VERSION = "2"
+# 3: float images read as values in [0, 1] (predict's rule), multi-frame files refused.
+_ENCODING_VERSION = "3"
 # Rows buffered in RAM before they are flushed to the Arrow cache (a row holds one encoded image).
 _WRITER_BATCH_SIZE = 16
 
@@ -28,7 +29,8 @@ def encode_sample(sample: Sample) -> dict:
         The row, with the image and mask as encoded bytes.
 
     Raises:
-        DatasetFormatError: A file cannot be decoded, or the mask's size differs from its (upright) image.
+        DatasetFormatError: A file cannot be decoded or holds several frames, float pixels lie outside [0, 1] (a
+            float mask holds NaN), or the mask's size differs from its (upright) image.
     """
     image, image_data = read_image_file(sample.image_file)
     mask_bytes = None
@@ -39,9 +41,9 @@ def encode_sample(sample: Sample) -> dict:
                 f"{sample.mask_file}: mask size {mask.size[0]}x{mask.size[1]} differs from the size "
                 f"{image.size[0]}x{image.size[1]} of its image {sample.image_file}"
             )
-        mask_bytes = encode_binary_mask(mask, mask_data)
+        mask_bytes = encode_binary_mask(mask, mask_data, sample.mask_file)
     return {
-        "image": encode_rgb_image(image, image_data),
+        "image": encode_rgb_image(image, image_data, sample.image_file),
         "mask": mask_bytes,
         "label": sample.label,
         "category": sample.category,

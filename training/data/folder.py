@@ -27,8 +27,17 @@ from pathlib import Path
 import datasets
 
 from .build import build_dataset_dict
-from .mvtec import MASK_SUFFIX, list_images, mvtec_sample, reject_orphan_masks
-from .schema import NORMAL_DEFECT_TYPE, DatasetFormatError, Sample, existing_dir, select_categories, subdirs
+from .mvtec import MASK_SUFFIX, category_root, list_images, mvtec_sample, reject_orphan_masks
+from .schema import (
+    NORMAL_DEFECT_TYPE,
+    DatasetFormatError,
+    Sample,
+    checked_name,
+    existing_dir,
+    reject_repeated_images,
+    select_categories,
+    subdirs,
+)
 
 _LAYOUT_HINT = "expected train/good/ (one category) or <category>/train/good/ (several)"
 
@@ -57,14 +66,14 @@ def build_folder_dataset(
     root, available = _folder_root_and_categories(existing_dir(data_dir))
     selected = select_categories(available, categories, root)
     samples = [sample for category in selected for sample in _folder_category_samples(root, category)]
+    reject_repeated_images(samples)
     return build_dataset_dict(samples, cache_dir)
 
 
 def _folder_root_and_categories(data_dir: Path) -> tuple[Path, list[str]]:
     """Return the root and the category names; a folder holding ``train/good`` is its own one category."""
     if (data_dir / "train" / "good").is_dir():
-        data_dir = data_dir.absolute()  # so that "." has a parent and a name
-        return data_dir.parent, [data_dir.name]
+        return category_root(data_dir)
     if (data_dir / "train").is_dir() or (data_dir / "test").is_dir():
         raise DatasetFormatError(f"{data_dir / 'train' / 'good'}: folder not found; {_LAYOUT_HINT}")
     categories = [d.name for d in subdirs(data_dir)]
@@ -75,6 +84,7 @@ def _folder_root_and_categories(data_dir: Path) -> tuple[Path, list[str]]:
 
 def _folder_category_samples(root: Path, category: str) -> list[Sample]:
     """Locate the train images and the (optional) test images of one category."""
+    checked_name(category, f"{root}: category folder name")
     train_dir = root / category / "train" / "good"
     if not train_dir.is_dir():
         raise DatasetFormatError(f"{train_dir}: folder not found; every category needs train/good/ (normal images)")
@@ -97,6 +107,7 @@ def _folder_test_samples(root: Path, category: str) -> list[Sample]:
         )
     samples = []
     for defect in defects:
+        checked_name(defect, f"{test_dir}: defect folder name")
         images = list_images(test_dir / defect)
         masks = {} if defect == NORMAL_DEFECT_TYPE else _list_folder_masks(truth_dir / defect)
         for stem, image in images.items():

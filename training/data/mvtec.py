@@ -14,7 +14,9 @@ from .schema import (
     NORMAL_DEFECT_TYPE,
     DatasetFormatError,
     Sample,
+    checked_name,
     existing_dir,
+    reject_repeated_images,
     select_categories,
     subdirs,
 )
@@ -50,22 +52,33 @@ def build_mvtec_ad(
     root, available = _mvtec_root_and_categories(existing_dir(data_dir))
     selected = select_categories(available, categories, root)
     samples = [sample for category in selected for sample in _mvtec_category_samples(root, category)]
+    reject_repeated_images(samples)
     return build_dataset_dict(samples, cache_dir)
 
 
 def _mvtec_root_and_categories(data_dir: Path) -> tuple[Path, list[str]]:
     """Return the MVTec-AD root and its category names; a category folder is its own one-category root."""
     if (data_dir / "train" / "good").is_dir():
-        data_dir = data_dir.absolute()  # so that "." has a parent and a name
-        return data_dir.parent, [data_dir.name]
+        return category_root(data_dir)
     categories = [d.name for d in subdirs(data_dir)]
     if not categories:
         raise DatasetFormatError(f"{data_dir}: no category folders; expected <category>/train/good/ (MVTec-AD)")
     return data_dir, categories
 
 
+def category_root(category_dir: Path) -> tuple[Path, list[str]]:
+    """Return the root of a category folder given as the dataset root, and its one category name.
+
+    The path is made absolute lexically (``"."`` and ``".."`` are resolved, symbolic links are not), so the
+    category is the folder's own name, never ``".."``.
+    """
+    category_dir = Path(os.path.abspath(category_dir))
+    return category_dir.parent, [category_dir.name]
+
+
 def _mvtec_category_samples(root: Path, category: str) -> list[Sample]:
     """Locate every train and test image of one MVTec-AD category and pair test images with masks."""
+    checked_name(category, f"{root}: category folder name")
     category_dir = root / category
     train_dir, test_dir = category_dir / "train" / "good", category_dir / "test"
     if not train_dir.is_dir():
@@ -90,6 +103,7 @@ def _mvtec_test_samples(root: Path, category: str) -> list[Sample]:
     defects = [d.name for d in subdirs(test_dir)]
     samples = []
     for defect in defects:
+        checked_name(defect, f"{test_dir}: defect folder name")
         images = list_images(test_dir / defect)
         masks = {} if defect == NORMAL_DEFECT_TYPE else _list_masks(truth_dir / defect)
         for stem, image in images.items():
@@ -116,19 +130,29 @@ def reject_orphan_masks(masks: dict[str, Path], images: dict[str, Path], image_d
 
 
 def mvtec_sample(root: Path, split: str, category: str, defect: str, image: Path, mask: Path | None) -> Sample:
-    """Describe one MVTec-AD image."""
+    """Describe one MVTec-AD image (its file name must be a safe file name, see `checked_name`)."""
+    checked_name(image.name, f"{image.parent}: image file name")
     label = 0 if defect == NORMAL_DEFECT_TYPE else 1
     relative = image.relative_to(root).as_posix()
     return Sample(split, image, mask, label, category, defect, relative)
 
 
 def list_images(folder: Path) -> dict[str, Path]:
-    """Map file stem to image path for the image files directly in ``folder`` (sorted, strays ignored)."""
+    """Map file stem to image path for the image files directly in ``folder`` (sorted, strays ignored).
+
+    Raises:
+        DatasetFormatError: Two images share a stem, or an image name is a broken symbolic link (its target is
+            missing: the image would be left out silently).
+    """
     images: dict[str, Path] = {}
     if not folder.is_dir():
         return images
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if path.is_symlink() and not path.exists():
+            raise DatasetFormatError(f"{path}: broken symbolic link (its target {os.readlink(path)} does not exist)")
+        if not path.is_file():
             continue
         if path.stem in images:
             raise DatasetFormatError(f"{path}: two images share the stem {path.stem!r} (other: {images[path.stem]})")
@@ -144,4 +168,4 @@ def _list_masks(folder: Path) -> dict[str, Path]:
     }
 
 
-__all__ = ["MASK_SUFFIX", "build_mvtec_ad", "list_images", "mvtec_sample", "reject_orphan_masks"]
+__all__ = ["MASK_SUFFIX", "build_mvtec_ad", "category_root", "list_images", "mvtec_sample", "reject_orphan_masks"]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import datasets
 
+from inference.output_folder import OutputFolderError, safe_name
+
 LABEL_NAMES = ("good", "anomaly")
 DATASET_NAMES = ("mvtec_ad", "visa", "folder")
 SPLIT_NAMES = ("train", "test")
@@ -38,6 +40,7 @@ class Sample:
         category: Category (MVTec-AD) or object (VisA) name.
         defect_type: Defect name, ``"good"`` for normal images.
         image_path: The image's path relative to the dataset root, posix style.
+        line: The line of the csv that listed the image (VisA), for errors; ``None`` for folder layouts.
     """
 
     split: str
@@ -47,6 +50,7 @@ class Sample:
     category: str
     defect_type: str
     image_path: str
+    line: int | None = None
 
 
 def anomaly_features() -> datasets.Features:
@@ -118,6 +122,77 @@ def select_categories(
     return selected
 
 
+def checked_name(value: str, field: str) -> str:
+    """Return ``value`` when it can be one file name (categories, defect types and image names become output
+    file names, e.g. ``predictions/<category>.npz``); raise naming ``field`` otherwise.
+
+    Args:
+        value: The name as the data gives it.
+        field: Where it comes from, e.g. ``"<csv> line 12: column 'object'"`` or ``"<folder>: category folder name"``.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        DatasetFormatError: ``value`` is empty, ``.`` or ``..``, holds a path separator or a control character, or
+            is too long for a file name (the rule of `inference.output_folder.safe_name`).
+    """
+    try:
+        return safe_name(value, field)
+    except OutputFolderError as error:
+        raise DatasetFormatError(str(error)) from None
+
+
+def reject_repeated_images(samples: Sequence[Sample], listing: Path | None = None) -> None:
+    """Raise when two samples are the same image file: a path listed twice, or one file reached again through
+    another spelling of its path, a symbolic link or a hard link (train/test leakage, or one image with two labels).
+
+    Args:
+        samples: The located samples whose image files exist.
+        listing: The csv that listed them (VisA; the error then names its two lines), or ``None`` for a folder
+            layout (the error names the two paths).
+
+    Raises:
+        DatasetFormatError: Naming both rows (or paths) and what the repetition would do.
+    """
+    first_of: dict[tuple[int, int], Sample] = {}
+    for sample in samples:
+        identity = _file_identity(sample.image_file)
+        if identity is None:
+            continue  # unreadable: reading it reports the problem
+        first = first_of.setdefault(identity, sample)
+        if first is not sample:
+            raise DatasetFormatError(_repetition_message(first, sample, listing))
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """The (device, inode) of the file ``path`` leads to, links followed; ``None`` when it cannot be read."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _repetition_message(first: Sample, second: Sample, listing: Path | None) -> str:
+    """Say where one image file appears twice and why that is refused."""
+    if first.split != second.split:
+        problem = "is in both the train and test splits (the test image would leak into training)"
+    elif first.label != second.label:
+        problem = "is both normal and anomalous"
+    else:
+        problem = f"is listed twice in the {first.split} split (it would count twice)"
+    if listing is not None:
+        return (
+            f"{listing} lines {first.line} and {second.line}: the same image file {second.image_file} {problem}; "
+            "remove one of the rows"
+        )
+    return (
+        f"{first.image_file} and {second.image_file}: the same image file (a link or another path to it) {problem}; "
+        "keep one of them"
+    )
+
+
 def existing_dir(data_dir: str | os.PathLike) -> Path:
     """Return ``data_dir`` as a path, raising when it is not an existing folder.
 
@@ -162,8 +237,10 @@ __all__ = [
     "DatasetFormatError",
     "Sample",
     "anomaly_features",
+    "checked_name",
     "existing_dir",
     "has_ground_truth",
+    "reject_repeated_images",
     "select_categories",
     "subdirs",
 ]

@@ -16,6 +16,7 @@ from .schema import (
     REQUIRED_COLUMNS,
     SPLIT_NAMES,
     DatasetFormatError,
+    checked_name,
     existing_dir,
     select_categories,
     subdirs,
@@ -51,7 +52,9 @@ def load_anomaly_dataset(
         A `DatasetDict` with the splits ``train`` and ``test`` and the columns of `anomaly_features`.
 
     Raises:
-        DatasetFormatError: The input is missing, of an unknown layout, or malformed.
+        DatasetFormatError: The input is missing, of an unknown layout, or malformed; a saved or Hub dataset whose
+            ``category`` or ``defect_type`` is not a single file name, or whose ``image_path`` is not a relative
+            path inside the dataset (these values become output file names, see `checked_name`).
     """
     if dataset is not None and dataset not in DATASET_NAMES:
         raise DatasetFormatError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASET_NAMES)} or None")
@@ -73,6 +76,7 @@ def load_anomaly_dataset(
     else:
         dataset_dict = _load_hub_dataset(name)
     _check_schema(dataset_dict, name)
+    _check_names(dataset_dict, name)
     return filter_categories(dataset_dict, categories, name)
 
 
@@ -182,6 +186,32 @@ def _check_schema(dataset_dict: datasets.DatasetDict, source: str) -> None:
                 f"{source}: split {name!r} lacks the columns {', '.join(missing)}; "
                 f"expected {', '.join(REQUIRED_COLUMNS)} (as written by training.prepare_dataset)"
             )
+
+
+def _check_names(dataset_dict: datasets.DatasetDict, source: str) -> None:
+    """Raise unless every ``category`` and ``defect_type`` is a single file name and every ``image_path`` a relative
+    path inside the dataset, as the raw-folder readers guarantee (a hand-made dataset is checked here)."""
+    for split_name, split in dataset_dict.items():
+        for column in ("category", "defect_type"):
+            for value in split.unique(column):
+                checked_name(value, f"{source}: split {split_name!r} column {column!r}")
+        if "image_path" in split.column_names:
+            for value in split.unique("image_path"):
+                _check_relative_path(value, f"{source}: split {split_name!r} column 'image_path'")
+
+
+def _check_relative_path(value: str | None, field: str) -> None:
+    """Raise unless ``value`` is ``None`` or a relative posix path whose every part is a single file name."""
+    if value is None:
+        return
+    try:
+        for part in str(value).split("/"):  # an absolute path starts with the empty part
+            checked_name(part, field)
+    except DatasetFormatError:
+        raise DatasetFormatError(
+            f"{field} {value!r} is not a relative path inside the dataset (names joined by '/', none of them empty, "
+            "'.', '..' or holding a control character)"
+        ) from None
 
 
 __all__ = ["filter_categories", "infer_dataset_layout", "load_anomaly_dataset"]

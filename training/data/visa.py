@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import logging
 import os
+import posixpath
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -17,7 +18,9 @@ from .schema import (
     SPLIT_NAMES,
     DatasetFormatError,
     Sample,
+    checked_name,
     existing_dir,
+    reject_repeated_images,
     select_categories,
 )
 
@@ -43,7 +46,9 @@ def build_visa(
 
     The defect type of an anomaly comes from ``<object>/image_anno.csv`` when it lists the image (VisA's
     own label, e.g. ``"bubble"``), otherwise it is ``"anomaly"``. Every path in the csv must lie inside
-    ``data_dir`` once symlinks are resolved, so a csv cannot pull in other files of the machine.
+    ``data_dir`` once symlinks are resolved, so a csv cannot pull in other files of the machine; objects, defect
+    labels and image file names must be single file names (see `checked_name`: they become output file names);
+    and no image file may be listed twice (a duplicated row, train/test leakage, or normal and anomalous at once).
 
     Args:
         data_dir: The VisA root, holding ``split_csv/1cls.csv`` and one folder per object.
@@ -57,8 +62,8 @@ def build_visa(
 
     Raises:
         DatasetFormatError: A missing folder or csv, a csv that is not UTF-8 text, a malformed csv row, a
-            path outside ``data_dir``, a missing file, an unknown object, an empty split, a corrupt image or
-            a mask whose size differs from its image.
+            path outside ``data_dir``, a name that is not a single file name, an image listed twice, a missing
+            file, an unknown object, an empty split, a corrupt image or a mask whose size differs from its image.
     """
     root = existing_dir(data_dir)
     csv_file = root / VISA_SPLIT_CSV
@@ -73,6 +78,7 @@ def build_visa(
         raise DatasetFormatError(f"{csv_file}: none of the files listed for {', '.join(selected)} exist under {root}")
     if allow_missing_files and categories is None:
         selected = [c for c in selected if any(s.category == c for s in samples)]
+    reject_repeated_images(samples, csv_file)
     samples = _with_visa_defect_types(root, samples)
     for category in selected:
         _check_category_splits(samples, category, csv_file)
@@ -80,12 +86,17 @@ def build_visa(
 
 
 def _read_csv(csv_file: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Read a UTF-8 csv (BOM allowed) into its header and rows; each row gets its 1-based file ``line``."""
+    """Read a UTF-8 csv (BOM allowed) into its header and rows; each row gets the 1-based file ``line`` it starts
+    on (a quoted field may span lines)."""
     try:
         with open(csv_file, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
-            rows = [{**row, "line": str(reader.line_num)} for row in reader]
-            return list(reader.fieldnames or []), rows
+            header = list(reader.fieldnames or [])  # reads the header line(s)
+            rows, start = [], reader.line_num + 1
+            for row in reader:
+                rows.append({**row, "line": str(start)})
+                start = reader.line_num + 1
+            return header, rows
     except UnicodeDecodeError as error:
         raise DatasetFormatError(
             f"{csv_file}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start})"
@@ -107,7 +118,8 @@ def _read_visa_rows(csv_file: Path) -> list[dict[str, str]]:
 
 
 def _check_visa_row(csv_file: Path, row: dict[str, str]) -> None:
-    """Raise when a split-csv row has an unknown split or label, or a mask that does not fit its label."""
+    """Raise when a split-csv row has an unknown split or label, an object or image name that is not a single
+    file name, or a mask that does not fit its label."""
     where = f"{csv_file} line {row['line']}"
     if row["split"] not in SPLIT_NAMES:
         raise DatasetFormatError(f"{where}: unknown split {row['split']!r}; expected train or test")
@@ -115,6 +127,8 @@ def _check_visa_row(csv_file: Path, row: dict[str, str]) -> None:
         raise DatasetFormatError(f"{where}: unknown label {row['label']!r}; expected normal or anomaly")
     if not row["object"] or not row["image"]:
         raise DatasetFormatError(f"{where}: empty object or image field")
+    checked_name(row["object"], f"{where}: column 'object'")
+    checked_name(PurePosixPath(row["image"].replace("\\", "/")).name, f"{where}: column 'image', file name")
     if row["label"] == "anomaly" and not row["mask"]:
         raise DatasetFormatError(f"{csv_file.parents[1] / row['image']}: anomalous image without its mask ({where})")
     if row["label"] == "normal" and row["mask"]:
@@ -123,12 +137,12 @@ def _check_visa_row(csv_file: Path, row: dict[str, str]) -> None:
 
 def _visa_sample(root: Path, csv_file: Path, row: dict[str, str]) -> Sample:
     """Describe the image of one split-csv row (its defect type is filled in later)."""
-    image_path = PurePosixPath(row["image"].replace("\\", "/")).as_posix()
-    image = _path_inside(root, image_path, csv_file, row)
+    image = _path_inside(root, row["image"].replace("\\", "/"), csv_file, row)
     mask = _path_inside(root, row["mask"].replace("\\", "/"), csv_file, row) if row["mask"] else None
+    image_path = _relative_path(root, image)
     label = VISA_LABELS[row["label"]]
     defect = NORMAL_DEFECT_TYPE if label == 0 else VISA_UNKNOWN_DEFECT_TYPE
-    return Sample(row["split"], image, mask, label, row["object"], defect, image_path)
+    return Sample(row["split"], image, mask, label, row["object"], defect, image_path, int(row["line"]))
 
 
 def _path_inside(root: Path, relative: str, csv_file: Path, row: dict[str, str]) -> Path:
@@ -140,6 +154,15 @@ def _path_inside(root: Path, relative: str, csv_file: Path, row: dict[str, str])
             "csv paths must be relative to it and stay inside it"
         )
     return path
+
+
+def _relative_path(root: Path, path: Path) -> str:
+    """``path`` (inside ``root``) relative to ``root``, posix style, without ``.`` or ``..`` parts: lexically when
+    it stays inside ``root`` so, else (an absolute path reached through a link) after resolving links."""
+    normal, base = Path(os.path.abspath(path)), Path(os.path.abspath(root))
+    if normal.is_relative_to(base):
+        return normal.relative_to(base).as_posix()
+    return path.resolve().relative_to(root.resolve()).as_posix()
 
 
 def _require_files(samples: list[Sample], csv_file: Path) -> list[Sample]:
@@ -176,14 +199,17 @@ def _with_visa_defect_types(root: Path, samples: list[Sample]) -> list[Sample]:
 
 
 def _read_visa_annotations(anno_file: Path) -> dict[str, str]:
-    """Map image path to defect label from a VisA ``image_anno.csv`` (empty when the file is absent)."""
+    """Map image path to defect label from a VisA ``image_anno.csv`` (empty when the file is absent); every
+    label must be a single file name (it becomes one, see `checked_name`)."""
     if not anno_file.is_file():
         return {}
     header, rows = _read_csv(anno_file)
     if not {"image", "label"} <= set(header):
         raise DatasetFormatError(f"{anno_file}: expected the columns image,label,mask")
     return {
-        PurePosixPath(row["image"].strip().replace("\\", "/")).as_posix(): row["label"].strip()
+        posixpath.normpath(row["image"].strip().replace("\\", "/")): checked_name(
+            row["label"].strip(), f"{anno_file} line {row['line']}: column 'label'"
+        )
         for row in rows
         if row["image"] and row["label"] and row["label"].strip() != "normal"
     }
