@@ -135,7 +135,8 @@ def load_backend(
         configure_threads(num_threads)
         return TorchBackend.from_pretrained(model_name_or_path, device=device, dtype=dtype)
     if device not in (None, "cpu") or dtype != "float32":
-        raise ValueError(f"--backend {name} runs on the CPU in float32; drop --device {device} --dtype {dtype}")
+        extra = [f"--device {device}"] * (device not in (None, "cpu")) + [f"--dtype {dtype}"] * (dtype != "float32")
+        raise ValueError(f"--backend {name} runs on the CPU in float32; drop {' '.join(extra)}")
     return ExportedBackend(model_name_or_path, name, num_threads=num_threads)
 
 

@@ -199,8 +199,11 @@ def test_thresholds_change_after_export_without_exporting_again(exports, tmp_pat
     outputs = ExportedCLIPADA(folder).predict(sample_images())
     assert outputs["pred_label"].all() and not outputs["pred_mask"].any()
     runner = ExportedCLIPADA(folder)
-    runner.image_threshold = 2.0
+    runner.image_threshold = 1.0  # scores are probabilities: none of these reaches 1
     assert not runner.predict(sample_images())["pred_label"].any()
+    runner.image_threshold = 2.0  # issue 19: out of [0, 1] is refused, not "everything OK"
+    with pytest.raises(ExportedModelError, match=r"`image_threshold` must be a score in \[0, 1\], got 2.0"):
+        runner.predict(sample_images())
 
 
 # ---------------------------------------------------------------------------------------------- no torch
@@ -233,7 +236,7 @@ def test_onnx_runner_runs_where_torch_cannot_be_imported(exports, tmp_path):
     assert part["path"] == str(image_file) and part["decision"] == "NG"  # screw: image threshold 0
     assert part["anomalous_area"] == 0.0 and part["boxes"] == []  # screw: pixel threshold 1.0
     assert part["threshold_source"] == "category" and part["width"] == sample_images()[0].shape[1]
-    assert missing["decision"] == "ERROR" and "missing.png" in missing["error"]
+    assert missing["decision"] == "ERROR" and missing["path"].endswith("missing.png") and missing["error"]
 
 
 @pytest.mark.slow
@@ -274,7 +277,7 @@ def test_clipada_predict_scores_an_export_folder_where_torch_cannot_be_imported(
         reference = runs["torch"][path]
         assert row["decision"] == reference["decision"] and row["decision"] in ("OK", "NG", "ERROR")
         if row["decision"] == "ERROR":
-            assert path.endswith("missing.png") and "missing.png" in row["error"]
+            assert path.endswith("missing.png") and row["error"]  # the row's path names the file
         else:
             assert abs(row["score"] - reference["score"]) <= 1e-5 and row["boxes"] == reference["boxes"]
             assert (tmp_path / "onnx" / row["overlay"]).is_file()
@@ -302,10 +305,11 @@ def test_existing_output_folder_is_refused_and_kept(tmp_path, capsys):
     folder.mkdir()
     (folder / "keep.txt").write_text("mine")
     with pytest.raises(SystemExit) as exit_info:
-        main(["--model_name_or_path", str(tmp_path), "--output_dir", str(folder), "--format", "onnx"])
+        main(["--model_name_or_path", str(tmp_path / "model"), "--output_dir", str(folder), "--format", "onnx"])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip() == (
-        f"error: --output_dir {folder} exists; pass --overwrite_output_dir to replace it"
+    assert capsys.readouterr().err.strip() == (  # issue 19: a folder export did not write, flag or not
+        f"error: --output_dir {folder} is not empty (keep.txt) and was not written by clipada export; choose a new "
+        "folder (nothing is replaced in a folder this command did not write, even with --overwrite_output_dir)"
     )
     assert (folder / "keep.txt").read_text() == "mine"
 

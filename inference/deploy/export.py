@@ -1,10 +1,13 @@
 """Export a CLIP-ADA checkpoint for deployment without PyTorch: ONNX (ONNX Runtime) or OpenVINO IR (`clipada export`).
 
 The output folder holds the graph (`model.onnx`, or `model.xml` + `model.bin`), the checkpoint's
-`preprocessor_config.json`, and `clipada_export.json`: input size, opset, graph inputs and outputs, the thresholds
-(editable: the runners feed them to the graph, see `inference.deploy.runners`), the source checkpoint's SHA-256 and
-the parity with PyTorch measured on the written file. The graph is `inference.deploy.graph.CLIPADAExportGraph`:
-the text embedding is a constant, layers after `feature_layer` are absent, the batch size is dynamic.
+`preprocessor_config.json`, `clipada_export.json` (input size, opset, graph inputs and outputs, the thresholds --
+editable: the runners feed them to the graph, see `inference.deploy.runners` --, the SHA-256 of the graph files and
+of the source checkpoint, and the parity with PyTorch measured on the written file) and the ownership marker
+`.clipada_output.json` (`inference.output_folder`): `--overwrite_output_dir` replaces an earlier export of
+`clipada export` only, never a folder it did not write, nor the source checkpoint. The graph is
+`inference.deploy.graph.CLIPADAExportGraph`: the text embedding is a constant, layers after `feature_layer` are
+absent, the batch size is dynamic.
 
 Example:
     ```bash
@@ -14,10 +17,13 @@ Example:
 """
 
 import argparse
-import hashlib
+import contextlib
 import importlib.util
 import json
+import logging
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,18 +33,36 @@ import transformers
 from inference.atomic import atomic_dir
 from inference.command_line import overwrite_argument, positive_int, threads_argument, usage_errors
 from inference.deploy.graph import CLIPADAExportGraph, export_program, write_onnx, write_openvino
-from inference.deploy.runners import EXPORT_CONFIG_NAME, MODEL_FILES, ExportedCLIPADA, ExportedModelError
+from inference.deploy.runners import (
+    EXPORT_CONFIG_NAME,
+    GRAPH_FILES,
+    MODEL_FILES,
+    ExportedCLIPADA,
+    ExportedModelError,
+    file_sha256,
+)
 from inference.devices import configure_threads
 from inference.loading import ModelLoadError, check_model_location, load_clipada_model, saved_model_type
 from inference.modes import calibration_mode, load_processors
+from inference.output_folder import (
+    OUTPUT_MARKER,
+    OutputFolderError,
+    check_output_folder,
+    read_marker,
+    write_marker,
+)
 from modeling_clipada import CLIPADAConfig
 from modeling_clipada.decisions import DECISION_FIELDS
 
+COMMAND = "clipada export"
 FORMATS = tuple(MODEL_FILES)
 DEFAULT_OPSET = 20
 # 18: the oldest opset torch's dynamo exporter writes; 23: the newest ONNX Runtime 1.2x runs throughout.
 SUPPORTED_OPSETS = range(18, 24)
 PARITY_BATCH_SIZE = 4
+# The largest --image_size: the parity check runs PARITY_BATCH_SIZE images through the ViT, whose attention grows
+# with the square of the patch count (1024 px, patch 16: 4096 tokens, a few GB); larger images are tiled at predict.
+MAX_IMAGE_SIZE = 1024
 
 
 class ExportError(ValueError):
@@ -61,12 +85,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n")[0], parents=[overwrite_argument("an earlier export"), threads_argument()]
     )
     parser.add_argument("--model_name_or_path", required=True, help="a trained CLIP-ADA checkpoint folder or Hub id")
-    parser.add_argument("--output_dir", required=True, help="the export folder (refused when it exists)")
+    parser.add_argument(
+        "--output_dir", required=True, help="the export folder: new, or an earlier export (--overwrite_output_dir)"
+    )
     parser.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset, 18 to 23 (default 20)")
     parser.add_argument("--fp16", action="store_true", help="OpenVINO only: store the weights as float16")
     parser.add_argument(
-        "--image_size", type=positive_int, default=None, help="input side; default the checkpoint processor's"
+        "--image_size",
+        type=positive_int,
+        default=None,
+        help=f"input side, a multiple of the patch size, at most {MAX_IMAGE_SIZE}; default the checkpoint processor's",
     )
     parser.add_argument("--overwrite", action=_DeprecatedOverwrite, dest="overwrite_output_dir", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -76,12 +105,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 _RUNTIME_MODULES = {"onnx": ("onnx", "onnxscript", "onnxruntime", "onnx_ir"), "openvino": ("openvino",)}
 
 
-def check_request(export_format: str, opset: int, fp16: bool, output_dir: Path, overwrite: bool) -> None:
+def check_request(
+    export_format: str,
+    opset: int,
+    fp16: bool,
+    output_dir: Path,
+    overwrite: bool,
+    model_name_or_path: str | None = None,
+    image_size: int | None = None,
+) -> None:
     """Refuses what cannot be exported before anything is loaded.
 
     Raises:
-        ExportError: An unknown format, an opset outside 18..23, `--fp16` with ONNX, an existing output folder
-            without `--overwrite_output_dir`.
+        ExportError: An unknown format, an opset outside 18..23, `--fp16` with ONNX, an `--image_size` below 1 or
+            above `MAX_IMAGE_SIZE`, a missing runtime.
+        OutputFolderError: An output folder `clipada export` may not write ([`check_output_folder`]).
     """
     if export_format not in FORMATS:
         raise ExportError(f"--format {export_format!r} is not supported; choose one of {', '.join(FORMATS)}")
@@ -91,15 +129,35 @@ def check_request(export_format: str, opset: int, fp16: bool, output_dir: Path, 
         )
     if fp16 and export_format != "openvino":
         raise ExportError("--fp16 stores OpenVINO weights as float16; ONNX exports are float32 (drop --fp16)")
-    if output_dir.exists() and not overwrite:
-        raise ExportError(f"--output_dir {output_dir} exists; pass --overwrite_output_dir to replace it")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ExportError(f"--output_dir {output_dir} is a file")
+    if image_size is not None and (
+        not isinstance(image_size, int) or isinstance(image_size, bool) or not 1 <= image_size <= MAX_IMAGE_SIZE
+    ):
+        raise ExportError(f"--image_size {image_size!r} must be a whole number of pixels from 1 to {MAX_IMAGE_SIZE}")
+    check_export_folder(output_dir, overwrite, model_name_or_path)
     missing = [name for name in _RUNTIME_MODULES[export_format] if importlib.util.find_spec(name) is None]
     if missing:
         raise ExportError(
             f"--format {export_format} needs {', '.join(missing)}: pip install 'clipada[{export_format}]'"
         )
+
+
+def check_export_folder(output_dir: Path, overwrite: bool, model_name_or_path: str | None = None) -> None:
+    """Refuses an `--output_dir` that `clipada export` may not replace: the source checkpoint, a folder inside it or
+    holding it, a folder it did not write, an earlier export without `--overwrite_output_dir`, and an export written
+    before exports carried the ownership marker (it may hold the user's own files: they delete it themselves).
+
+    Raises:
+        ExportError, OutputFolderError: Naming the folder and what to do.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.is_dir() and (output_dir / EXPORT_CONFIG_NAME).exists() and read_marker(output_dir) is None:
+        raise ExportError(
+            f"--output_dir {output_dir} holds an export written before exports were marked with {OUTPUT_MARKER}, so "
+            f"it may hold files that are not the export's, and {COMMAND} does not replace it; delete the folder "
+            "yourself and export again, or choose another --output_dir"
+        )
+    sources = [Path(model_name_or_path)] if model_name_or_path and Path(model_name_or_path).exists() else []
+    check_output_folder(output_dir, COMMAND, overwrite=overwrite, sources=sources)
 
 
 def checkpoint_hashes(model_name_or_path: str) -> dict[str, str]:
@@ -108,15 +166,28 @@ def checkpoint_hashes(model_name_or_path: str) -> dict[str, str]:
     if not folder.is_dir():
         return {}
     files = [folder / "config.json", *sorted(folder.glob("*.safetensors"))]
-    return {path.name: _sha256(path) for path in files if path.is_file()}
+    return {path.name: file_sha256(path) for path in files if path.is_file()}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+@contextlib.contextmanager
+def quiet_known_warnings() -> Iterator[None]:
+    """Silences, around tracing and writing the graph only, the library messages known to be harmless here:
+
+    - torch.onnx's registry logs "torchvision is not installed. Skipping torchvision::nms" (and roi_align, ...):
+      torchvision's operators are not in this graph, and torchvision is no dependency of this project.
+    - torch.export's pytree code emits `FutureWarning: isinstance(treespec, LeafSpec) is deprecated` from torch's
+      own internals (not from this project's code); nothing the user can act on.
+    Every other warning still shows.
+    """
+    registry_logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_logger.level
+    registry_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated", category=FutureWarning)
+            yield
+    finally:
+        registry_logger.setLevel(level)
 
 
 def measure_parity(model, exported: ExportedCLIPADA, seed: int = 0) -> dict:
@@ -163,11 +234,11 @@ def export(
         The content of `clipada_export.json`.
 
     Raises:
-        ExportError, ModelLoadError: A refused request, or a checkpoint that is missing, damaged or not CLIP-ADA,
-            naming the flag or folder.
+        ExportError, OutputFolderError, ModelLoadError: A refused request or output folder, or a checkpoint that is
+            missing, damaged or not CLIP-ADA, naming the flag or folder.
     """
     output_dir = Path(output_dir)
-    check_request(export_format, opset, fp16, output_dir, overwrite)
+    check_request(export_format, opset, fp16, output_dir, overwrite, str(model_name_or_path), image_size)
     check_model_location(model_name_or_path)
     model_type = saved_model_type(model_name_or_path)
     if model_type != CLIPADAConfig.model_type:
@@ -186,15 +257,22 @@ def export(
     size = (processor.size["height"], processor.size["width"])
     patch = model.config.vision_config.patch_size
     if size[0] % patch or size[1] % patch:
-        raise ExportError(f"the input size {size} is not a multiple of the patch size {patch}; pass --image_size")
+        if image_size is not None:
+            raise ExportError(f"--image_size {image_size} is not a multiple of the model's patch size {patch}")
+        raise ExportError(
+            f"the input size {size} of {model_name_or_path}'s preprocessor_config.json is not a multiple of the patch "
+            f"size {patch}; pass --image_size"
+        )
     graph = CLIPADAExportGraph(model, size, with_thresholds=model.config.has_thresholds)
-    program = export_program(graph)
+    with quiet_known_warnings():
+        program = export_program(graph)
     with atomic_dir(output_dir) as staging:
         model_file = staging / MODEL_FILES[export_format]
-        if export_format == "onnx":
-            write_onnx(program, model_file, opset, graph)
-        else:
-            write_openvino(program, model_file, graph, fp16)
+        with quiet_known_warnings():
+            if export_format == "onnx":
+                write_onnx(program, model_file, opset, graph)
+            else:
+                write_openvino(program, model_file, graph, fp16)
         processor.save_pretrained(staging)
         metadata = {
             "format": export_format,
@@ -206,6 +284,7 @@ def export(
             "batch_size": "dynamic",
             "graph_inputs": list(graph.input_names),
             "graph_outputs": list(graph.output_names),
+            "file_sha256": {name: file_sha256(staging / name) for name in GRAPH_FILES[export_format]},
             "thresholds": {
                 **{field: getattr(model.config, field) for field in DECISION_FIELDS},
                 # the mode they were calibrated in (older checkpoints: their own preprocessor_config.json's), so that
@@ -224,6 +303,7 @@ def export(
         (staging / EXPORT_CONFIG_NAME).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
         metadata["parity"] = measure_parity(model, ExportedCLIPADA(staging))
         (staging / EXPORT_CONFIG_NAME).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        write_marker(staging, COMMAND)  # last: it lists every entry of the folder
     return metadata
 
 
@@ -245,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Parses the command line and exports; a refused request prints one line `error: ...` and exits 2."""
     args = parse_args(argv)
     configure_threads(args.num_threads)
-    with usage_errors(ExportError, ExportedModelError, ModelLoadError, OSError):
+    with usage_errors(ExportError, ExportedModelError, ModelLoadError, OutputFolderError, OSError):
         metadata = export(
             args.model_name_or_path,
             args.output_dir,
@@ -268,7 +348,17 @@ def cli(argv: list[str] | None = None) -> None:
     main(argv)
 
 
-__all__ = ["ExportError", "check_request", "checkpoint_hashes", "export", "main", "measure_parity", "parse_args"]
+__all__ = [
+    "ExportError",
+    "check_export_folder",
+    "check_request",
+    "checkpoint_hashes",
+    "export",
+    "main",
+    "measure_parity",
+    "parse_args",
+    "quiet_known_warnings",
+]
 
 
 if __name__ == "__main__":

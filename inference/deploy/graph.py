@@ -21,12 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from inference.deploy.runners import ANOMALY_OUTPUTS, DECISION_OUTPUTS, THRESHOLD_INPUTS
 from modeling_clipada import CLIPADAForAnomalySegmentation
 from modeling_clipada.decisions import apply_thresholds
-
-ANOMALY_OUTPUTS = ("anomaly_map", "pred_score")
-DECISION_OUTPUTS = ("pred_label", "pred_mask")
-THRESHOLD_INPUTS = ("image_threshold", "pixel_threshold")
 
 
 class CLIPADAExportGraph(nn.Module):

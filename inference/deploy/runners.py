@@ -20,21 +20,34 @@ Example:
 """
 
 import argparse
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 
 from inference.command_line import positive_int, threads_argument, usage_errors
 from inference.modes import input_mode, same_mode
-from modeling_clipada.decisions import per_image_thresholds
+from modeling_clipada.configuration_clipada import CLIPADAConfig
+from modeling_clipada.decisions import DECISION_FIELDS, per_image_thresholds
 from processing import CLIPADAImageProcessor
 
 EXPORT_CONFIG_NAME = "clipada_export.json"
 MODEL_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
+# every file of the graph, per format: what `file_sha256` in clipada_export.json may name
+GRAPH_FILES = {"onnx": ("model.onnx",), "openvino": ("model.xml", "model.bin")}
 BACKEND_FORMATS = {"onnxruntime": "onnx", "openvino": "openvino"}
 OPENVINO_PRECISIONS = ("f32", "bf16", "f16")
+# the graph's inputs and outputs (`inference.deploy.graph.CLIPADAExportGraph`); the decisions only with thresholds
+ANOMALY_OUTPUTS = ("anomaly_map", "pred_score")
+DECISION_OUTPUTS = ("pred_label", "pred_mask")
+THRESHOLD_INPUTS = ("image_threshold", "pixel_threshold")
+GRAPH_SIGNATURES = (
+    (("pixel_values",), ANOMALY_OUTPUTS),
+    (("pixel_values", *THRESHOLD_INPUTS), ANOMALY_OUTPUTS + DECISION_OUTPUTS),
+)
 
 
 class ExportedModelError(ValueError):
@@ -42,24 +55,137 @@ class ExportedModelError(ValueError):
 
 
 def read_export_config(folder: str | Path) -> dict:
-    """The `clipada_export.json` of an export folder, checked for the fields the runners use.
+    """The `clipada_export.json` of an export folder, with every field the runners use checked.
+
+    The decision fields (`thresholds`) and `model.image_score_top_k` are checked by the rules of a checkpoint's
+    config (`CLIPADAConfig`: types, thresholds in [0, 1], rates in (0, 1), ...), so an edited file never decides
+    with NaN, negative or out-of-range thresholds.
 
     Raises:
-        ExportedModelError: The folder, the file or a field is missing, or the file is not JSON.
+        ExportedModelError: The folder, the file or a field is missing or invalid, or the file is not JSON; the
+            message names the file and the field.
     """
     path = Path(folder) / EXPORT_CONFIG_NAME
     if not path.is_file():
         raise ExportedModelError(f"{folder} has no {EXPORT_CONFIG_NAME}: not a clipada-export folder")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ExportedModelError(f"{path} is not valid JSON ({error})") from error
+    except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
+        raise ExportedModelError(f"{path} is not valid JSON ({_one_line(error)})") from error
+    if not isinstance(config, dict):
+        raise ExportedModelError(f"{path} must hold a JSON object, got {type(config).__name__}")
     for field in ("format", "input_size", "thresholds"):
         if field not in config:
             raise ExportedModelError(f"{path} lacks the field {field!r}")
-    if config["format"] not in MODEL_FILES:
+    if not isinstance(config["format"], str) or config["format"] not in MODEL_FILES:
         raise ExportedModelError(f"{path}: unknown format {config['format']!r}; expected one of {sorted(MODEL_FILES)}")
+    _check_input_size(path, config["input_size"])
+    _check_graph_names(path, config)
+    _check_decision_fields(path, config["thresholds"], config.get("model"))
+    _check_file_hashes(path, config)
     return config
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _check_input_size(path: Path, input_size) -> None:
+    if (
+        not isinstance(input_size, list)
+        or len(input_size) != 2
+        or not all(isinstance(side, int) and not isinstance(side, bool) and side >= 1 for side in input_size)
+    ):
+        raise ExportedModelError(f"{path}: `input_size` must be [height, width] in pixels, got {input_size!r}")
+
+
+def _check_graph_names(path: Path, config: dict) -> None:
+    """`graph_inputs` / `graph_outputs` (optional: older exports) must be one of the graph's two signatures."""
+    inputs, outputs = config.get("graph_inputs"), config.get("graph_outputs")
+    if inputs is None and outputs is None:
+        return
+    signatures = [[list(names) for names in signature] for signature in GRAPH_SIGNATURES]
+    if [inputs, outputs] not in signatures:
+        raise ExportedModelError(
+            f"{path}: `graph_inputs` {inputs!r} and `graph_outputs` {outputs!r} are not those of a clipada export "
+            f"({' or '.join(f'{list(i)} -> {list(o)}' for i, o in GRAPH_SIGNATURES)})"
+        )
+
+
+def check_decision_fields(source: str | Path, thresholds, image_score_top_k=None) -> None:
+    """Checks decision fields by the rules of a checkpoint's config ([`CLIPADAConfig`]), reused, not copied.
+
+    Args:
+        source: What the fields come from, for the error (the JSON file, or the runner).
+        thresholds: None (not calibrated) or a mapping of decision fields (`DECISION_FIELDS`); others are ignored.
+        image_score_top_k: The number of top pixels an image score averages, or None.
+
+    Raises:
+        ExportedModelError: Naming `source` and the field.
+    """
+    if thresholds is None and image_score_top_k is None:
+        return
+    if thresholds is not None and not isinstance(thresholds, dict):
+        raise ExportedModelError(
+            f"{source}: `thresholds` must be an object of decision fields or null, got {type(thresholds).__name__}"
+        )
+    fields = {name: value for name, value in (thresholds or {}).items() if name in DECISION_FIELDS}
+    if image_score_top_k is not None:
+        fields["image_score_top_k"] = image_score_top_k
+    try:
+        CLIPADAConfig(**fields)
+    except (ValueError, TypeError) as error:
+        raise ExportedModelError(f"{source}: {_one_line(error)}") from error
+
+
+def _check_decision_fields(path: Path, thresholds, model) -> None:
+    if model is not None and not isinstance(model, dict):
+        raise ExportedModelError(f"{path}: `model` must be an object, got {type(model).__name__}")
+    check_decision_fields(path, thresholds, (model or {}).get("image_score_top_k"))
+
+
+def _check_file_hashes(path: Path, config: dict) -> None:
+    """Each graph file against the SHA-256 that export recorded (`file_sha256`; absent in older exports): a damaged
+    or replaced `model.onnx` / `model.bin` / `model.xml` is named before a runtime reads it."""
+    recorded = config.get("file_sha256")
+    if recorded is None:
+        return
+    names = GRAPH_FILES[config["format"]]
+    if not isinstance(recorded, dict) or sorted(recorded) != sorted(names):
+        raise ExportedModelError(f"{path}: `file_sha256` must hold the SHA-256 of {', '.join(names)}")
+    for name in names:
+        file = path.parent / name
+        if not file.is_file():
+            raise ExportedModelError(f"{file} is missing")
+        if file_sha256(file) != recorded[name]:
+            raise ExportedModelError(
+                f"{file} does not match the SHA-256 recorded in {path} at export: the file is damaged or was "
+                "replaced; export the checkpoint again"
+            )
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _runtime_error(model_files: str | Path, runtime: str, error: BaseException) -> ExportedModelError:
+    """One line naming the file(s) a runtime could not load; OpenVINO's messages list its C++ source lines first."""
+    lines = [line for line in str(error).splitlines() if line.strip() and not line.startswith("Exception from")]
+    return ExportedModelError(f"{model_files} cannot be loaded by {runtime}: {_one_line(' '.join(lines[:3]))}")
+
+
+def _check_signature(model_file: Path, input_names: list[str], output_names: list[str]) -> None:
+    """The graph's inputs and outputs must be an export's (another ONNX/IR file in its place would fail later)."""
+    if (tuple(input_names), tuple(output_names)) not in GRAPH_SIGNATURES:
+        raise ExportedModelError(
+            f"{model_file} is not a clipada export graph (inputs {input_names}, outputs {output_names}); export the "
+            "checkpoint again"
+        )
 
 
 class OnnxRuntimeSession:
@@ -79,8 +205,12 @@ class OnnxRuntimeSession:
         options.log_severity_level = 3
         if num_threads:
             options.intra_op_num_threads, options.inter_op_num_threads = num_threads, 1
-        self.session = onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # ONNX Runtime's errors (InvalidProtobuf, Fail, ...) derive from Exception only
+            raise _runtime_error(model_file, "ONNX Runtime", error) from error
         self.output_names = [output.name for output in self.session.get_outputs()]
+        _check_signature(model_file, [node.name for node in self.session.get_inputs()], self.output_names)
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
@@ -106,13 +236,44 @@ class OpenVINOSession:
         config = {"INFERENCE_PRECISION_HINT": precision}
         if num_threads:
             config["INFERENCE_NUM_THREADS"] = num_threads
-        self.compiled = openvino.Core().compile_model(str(model_file), "CPU", config)
+        weights_file = _check_openvino_files(model_file)
+        core = openvino.Core()
+        try:
+            self.compiled = core.compile_model(core.read_model(str(model_file), str(weights_file)), "CPU", config)
+        except RuntimeError as error:
+            raise _runtime_error(f"{model_file} (with {weights_file.name})", "OpenVINO", error) from error
         self.request = self.compiled.create_infer_request()
+        _check_signature(
+            model_file,
+            [port.get_any_name() for port in self.compiled.inputs],
+            [port.get_any_name() for port in self.compiled.outputs],
+        )
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self.request.infer(feeds)
         # copies: the request reuses its output buffers on the next call
         return {port.get_any_name(): np.array(results[port]) for port in self.compiled.outputs}
+
+
+def _check_openvino_files(model_file: Path) -> Path:
+    """`model.xml` must be an OpenVINO IR (XML with a `<net>` root) and `model.bin` beside it; checked here because
+    OpenVINO tries its other front ends (TensorFlow, ...) on a file its IR reader refuses, printing their errors.
+
+    Returns:
+        The weights file.
+    """
+    try:
+        root = ElementTree.parse(model_file).getroot()
+    except (ElementTree.ParseError, OSError) as error:
+        raise ExportedModelError(f"{model_file} is not an OpenVINO IR file ({_one_line(error)})") from error
+    if root.tag != "net":
+        raise ExportedModelError(
+            f"{model_file} is not an OpenVINO IR file (its root element is <{root.tag}>, not <net>)"
+        )
+    weights_file = model_file.with_suffix(".bin")
+    if not weights_file.is_file():
+        raise ExportedModelError(f"{weights_file} is missing")
+    return weights_file
 
 
 class ExportedCLIPADA:
@@ -139,7 +300,7 @@ class ExportedCLIPADA:
         export_format = self.config["format"]
         if backend is not None and BACKEND_FORMATS.get(backend) != export_format:
             raise ExportedModelError(
-                f"--backend {backend} cannot run {self.folder}, a {export_format} export; choose --backend "
+                f"--backend {backend} cannot run {self.folder}, an {export_format} export; choose --backend "
                 f"{next(name for name, fmt in BACKEND_FORMATS.items() if fmt == export_format)}"
             )
         model_file = self.folder / MODEL_FILES[export_format]
@@ -154,8 +315,10 @@ class ExportedCLIPADA:
         self.input_size = tuple(self.config["input_size"])
         try:
             self.processor = CLIPADAImageProcessor.from_pretrained(self.folder)
-        except (OSError, ValueError) as error:
-            raise ExportedModelError(f"{self.folder}: cannot load preprocessor_config.json ({error})") from error
+        except (OSError, ValueError, TypeError, AttributeError) as error:  # the last two: a JSON list, not an object
+            raise ExportedModelError(
+                f"{self.folder / 'preprocessor_config.json'} cannot be loaded ({_one_line(error)})"
+            ) from error
         processor_size = (self.processor.size.height, self.processor.size.width)
         if processor_size != self.input_size or self.processor.resize_mode != "squash" or self.processor.tile_size:
             raise ExportedModelError(
@@ -180,6 +343,17 @@ class ExportedCLIPADA:
         export_format = read_export_config(folder)["format"]
         return next(name for name, fmt in BACKEND_FORMATS.items() if fmt == export_format)
 
+    def check_thresholds(self) -> None:
+        """The runner's thresholds (from the JSON, or set on it since) by a checkpoint config's rules.
+
+        Raises:
+            ExportedModelError: Naming the runner's folder and the field.
+        """
+        check_decision_fields(
+            f"{type(self).__name__}({str(self.folder)!r})",
+            {name: getattr(self, name) for name in ("image_threshold", "pixel_threshold", "category_thresholds")},
+        )
+
     def thresholds_for(self, categories: Sequence[str | None] | None, batch_size: int) -> tuple[np.ndarray, ...]:
         """Each image's thresholds ([`modeling_clipada.decisions.per_image_thresholds`]: its category's when
         calibrated, else the global ones).
@@ -188,8 +362,10 @@ class ExportedCLIPADA:
             `(image_thresholds, pixel_thresholds)`, float32 `(batch_size,)` each.
 
         Raises:
-            ExportedModelError: No thresholds at all, or `categories` not one per image.
+            ExportedModelError: No thresholds at all, thresholds set on the runner that a checkpoint's config would
+                refuse (NaN, outside [0, 1], ...), or `categories` not one per image.
         """
+        self.check_thresholds()
         try:
             image, pixel = per_image_thresholds(self, categories, batch_size)
         except ValueError as error:
@@ -211,8 +387,8 @@ class ExportedCLIPADA:
             `clipada_export.json` holds no thresholds any more, nor where they were calibrated in another mode).
 
         Raises:
-            ExportedModelError: `pixel_values` of another shape than `(batch, 3, H, W)` at the input size, or
-                `categories` not one per image.
+            ExportedModelError: `pixel_values` of another shape than `(batch, 3, H, W)` at the input size,
+                `categories` not one per image, or thresholds set on the runner that are invalid.
         """
         pixel_values = np.asarray(pixel_values)
         height, width = self.input_size
@@ -224,6 +400,7 @@ class ExportedCLIPADA:
         if not self.has_thresholds:
             return self.session(feeds)
         decides = self.thresholds_fit_inputs
+        self.check_thresholds()  # an invalid threshold set on the runner is an error, not "no decisions"
         try:
             image, pixel = self.thresholds_for(categories, len(pixel_values))
         except ExportedModelError:
@@ -300,14 +477,20 @@ def cli(argv: list[str] | None = None) -> None:
 
 
 __all__ = [
+    "ANOMALY_OUTPUTS",
     "BACKEND_FORMATS",
+    "DECISION_OUTPUTS",
     "EXPORT_CONFIG_NAME",
+    "GRAPH_FILES",
     "MODEL_FILES",
+    "THRESHOLD_INPUTS",
     "ExportedCLIPADA",
     "ExportedModelError",
     "OnnxRuntimeSession",
     "OpenVINOSession",
+    "check_decision_fields",
     "cli",
+    "file_sha256",
     "read_export_config",
 ]
 
