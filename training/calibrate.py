@@ -21,7 +21,7 @@ Example:
 
 import argparse
 import json
-import shutil
+import os
 import tempfile
 from pathlib import Path
 
@@ -29,7 +29,14 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from inference.command_line import device_arguments, open_unit_interval, positive_int, usage_errors
+from inference.atomic import atomic_dir
+from inference.command_line import (
+    device_arguments,
+    open_unit_interval,
+    overwrite_argument,
+    positive_int,
+    usage_errors,
+)
 from inference.devices import configure_threads, resolve_device
 from inference.loading import add_class_names, load_clipada_model, load_processor
 from inference.modes import (
@@ -39,17 +46,20 @@ from inference.modes import (
     input_mode,
     with_inference_mode,
 )
+from inference.output_folder import check_output_folder, write_marker
 from processing import CLIPADAImageProcessor
 from training.calibration import (
     CalibrationResult,
     calibrate,
     collect_defect_scores,
     collect_normal_scores,
+    count,
 )
 from training.data import DatasetFormatError, load_anomaly_dataset
 from training.evaluation import evaluate_model
 from training.metrics.report import without_nan
 
+COMMAND = "clipada calibrate"
 CALIBRATION_FILE = "calibration.json"
 DEFAULT_TARGET_FPR = 0.01
 BINDING_NAMES = {"false_reject": "false-reject target", "escape": "escape target"}
@@ -144,17 +154,22 @@ def format_calibration(result: CalibrationResult) -> str:
                     f"| {_percent(rates['escape_rate'])} |"
                 )
     resolved = result.resolution()
+    normal, defective = resolved["normal_images"], resolved["defective_images"]
     summary = (
-        f"resolution: {resolved['normal_images']} normal images resolve false-reject rates down to "
+        f"resolution: {count(normal, 'normal image')} {_resolve(normal)} false-reject rates down to "
         f"{resolved['smallest_false_reject_rate']:.3g}"
     )
-    if resolved["defective_images"]:
+    if defective:
         summary += (
-            f", {resolved['defective_images']} defective images resolve escape rates down to "
+            f", {count(defective, 'defective image')} {_resolve(defective)} escape rates down to "
             f"{resolved['smallest_escape_rate']:.3g}"
         )
     notes = [note for _, estimates in rows for note in estimates["image_threshold"].notes]
     return "\n".join([*lines, summary] + [f"note: {note}" for note in dict.fromkeys(notes)])
+
+
+def _resolve(number: int) -> str:
+    return "resolves" if number == 1 else "resolve"
 
 
 def _percent(rate: float | None) -> str:
@@ -162,7 +177,10 @@ def _percent(rate: float | None) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[device_arguments()])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        parents=[device_arguments(), overwrite_argument("a calibrated copy an earlier clipada calibrate wrote")],
+    )
     parser.add_argument("--model_name_or_path", required=True, help="A CLIP-ADA checkpoint folder or Hub id.")
     parser.add_argument("--dataset_name", required=True, help="Normal images: a raw folder, a saved dataset or Hub id.")
     parser.add_argument("--dataset", choices=["mvtec_ad", "visa", "folder"], default=None)
@@ -201,7 +219,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--output_dir",
         default=None,
-        help="Write the calibrated checkpoint here (default: update the checkpoint folder in place).",
+        help="Write a calibrated copy of the checkpoint here: a new folder, or one an earlier clipada calibrate wrote "
+        "(replaced with --overwrite_output_dir); never the checkpoint itself. Default: update the checkpoint folder "
+        "in place (its config.json, calibration.json and, in another mode, preprocessor_config.json).",
     )
     parser.add_argument("--per_device_eval_batch_size", type=positive_int, default=16)
     parser.add_argument("--seed", type=int, default=0)
@@ -210,6 +230,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check_inference_mode_arguments(parser, args)
     if args.output_dir is None and not Path(args.model_name_or_path).is_dir():
         parser.error("--output_dir is required when --model_name_or_path is a Hub id")
+    if args.overwrite_output_dir and args.output_dir is None:
+        parser.error("--overwrite_output_dir needs --output_dir (without it the checkpoint is updated in place)")
     if args.target_fpr is None and args.target_escape_rate is None:
         args.target_fpr = DEFAULT_TARGET_FPR
     return args
@@ -227,7 +249,17 @@ def _load_split(name: str, split: str, args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> CalibrationResult:
     args = parse_args(argv)
     configure_threads(args.num_threads)
-    with usage_errors():  # a bad device, checkpoint or dataset
+    in_place = args.output_dir is None
+    output_dir = Path(args.model_name_or_path if in_place else args.output_dir)
+    with usage_errors():  # a folder calibrate may not write, a bad device, checkpoint or dataset, NaN scores
+        if not in_place:
+            inputs = [args.model_name_or_path, args.dataset_name, *([args.calibrate_on] if args.calibrate_on else [])]
+            check_output_folder(
+                output_dir,
+                COMMAND,
+                overwrite=args.overwrite_output_dir,
+                sources=[Path(name) for name in inputs if Path(name).exists()],
+            )
         device = resolve_device(args.device)
         model = load_clipada_model(args.model_name_or_path, dtype=getattr(torch, args.dtype))
         own_processor = load_processor(args.model_name_or_path)
@@ -253,20 +285,11 @@ def main(argv: list[str] | None = None) -> CalibrationResult:
             target_escape_rate=args.target_escape_rate,
             split_name=f"the {args.split!r} split of {args.dataset_name}",
         )
-    extra = {"calibrated_on": {"dataset": args.dataset_name, "split": args.split}}
-    if labelled is not None:
-        per_category, _ = evaluate_model(model, processor, labelled, device=device, num_heatmaps=0)
-        extra["f1_optimal_thresholds"] = {
-            "dataset": args.calibrate_on,
-            "split": args.calibrate_on_split,
-            "per_category": {
-                category: {name: metrics[name] for name in ("image_f1_max_threshold", "pixel_f1_max_threshold")}
-                for category, metrics in per_category.items()
-            },
-        }
-    output_dir = Path(args.output_dir or args.model_name_or_path)
-    _save_calibrated(model, processor, output_dir, in_place=args.output_dir is None, with_processor=new_mode)
-    report = write_calibration_report(output_dir, result, extra)
+        extra = {"calibrated_on": {"dataset": args.dataset_name, "split": args.split}}
+        if labelled is not None:
+            extra["f1_optimal_thresholds"] = _f1_optimal_thresholds(model, processor, labelled, device, args)
+    with usage_errors(OSError):  # a read-only folder, a full disk: one line, and the checkpoint is left as it was
+        report = _save_calibrated(model, processor, output_dir, result, extra, in_place, with_processor=new_mode)
     print(format_calibration(result))
     if new_mode:
         print(
@@ -280,21 +303,57 @@ def main(argv: list[str] | None = None) -> CalibrationResult:
     return result
 
 
-def _save_calibrated(model, processor, output_dir: Path, in_place: bool, with_processor: bool) -> None:
-    """In place only config.json changes, and preprocessor_config.json `with_processor` (each written beside, then
-    renamed over the old one); else a full copy."""
+def _f1_optimal_thresholds(model, processor, labelled, device, args: argparse.Namespace) -> dict:
+    """The F1-optimal image and pixel thresholds per category of the labelled split, for calibration.json."""
+    per_category, _ = evaluate_model(model, processor, labelled, device=device, num_heatmaps=0)
+    return {
+        "dataset": args.calibrate_on,
+        "split": args.calibrate_on_split,
+        "per_category": {
+            category: {name: metrics[name] for name in ("image_f1_max_threshold", "pixel_f1_max_threshold")}
+            for category, metrics in per_category.items()
+        },
+    }
+
+
+def _save_calibrated(
+    model, processor, output_dir: Path, result: CalibrationResult, extra: dict, in_place: bool, with_processor: bool
+) -> Path:
+    """Writes the calibrated checkpoint with its calibration.json into `output_dir`; returns the report's path.
+
+    In place only config.json, calibration.json and, `with_processor`, preprocessor_config.json change (each written
+    into a staging folder beside, then renamed over the old one). Else a full copy is written into a staging folder
+    beside `output_dir`, marked as written by clipada calibrate, and swapped in whole (`inference.atomic`): an error
+    leaves `output_dir` as it was. The files get the mode the umask gives new files (safetensors writes 0600).
+    """
     if not in_place:
-        model.save_pretrained(output_dir)
-        processor.save_pretrained(output_dir)
-        return
+        with atomic_dir(output_dir.resolve() if output_dir.is_symlink() else output_dir) as staging:
+            model.save_pretrained(staging)
+            processor.save_pretrained(staging)
+            write_calibration_report(staging, result, extra)
+            write_marker(staging, COMMAND)
+            _give_umask_mode(staging)
+        return output_dir / CALIBRATION_FILE
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=".calibrate-") as staging:
         model.config.save_pretrained(staging)
-        names = ["config.json"]
+        write_calibration_report(staging, result, extra)
+        names = ["config.json", CALIBRATION_FILE]
         if with_processor:
             processor.save_pretrained(staging)
             names.append("preprocessor_config.json")
+        _give_umask_mode(Path(staging))
         for name in names:
-            shutil.move(Path(staging) / name, output_dir / name)
+            os.replace(Path(staging) / name, output_dir / name)
+    return output_dir / CALIBRATION_FILE
+
+
+def _give_umask_mode(folder: Path) -> None:
+    """Gives every file under `folder` the mode a new file gets (0666 less the umask)."""
+    umask = os.umask(0)  # the only way to read it
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~umask)
 
 
 def cli(argv: list[str] | None = None) -> None:

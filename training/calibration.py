@@ -45,6 +45,7 @@ from transformers import BatchFeature, PreTrainedModel
 from inference.scoring import score_inputs
 from inference.torch_backend import TorchBackend
 from processing import CLIPADAImageProcessor
+from training.metrics.finite import NonFiniteCount
 
 PIXELS_PER_IMAGE = 4096
 NUM_RESAMPLES = 2000
@@ -427,14 +428,23 @@ def _percentile_interval(estimates: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def count(number: int, noun: str) -> str:
+    """`"1 normal image"`, `"3 normal images"`: a count with its noun in the right number."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _they(number: int) -> str:
+    return "it resolves" if number == 1 else "they resolve"
+
+
 def _resolution_note(num_images: int, target_fpr: float) -> str | None:
     if resolves(num_images, target_fpr):
         return None
     return (
-        f"{num_images} normal images cannot resolve a false-positive rate of {target_fpr:g} (that needs at least "
-        f"{int(np.ceil(1 / target_fpr - 1e-9))}; they resolve rates down to 1/{num_images} = {1 / num_images:.3g}): "
-        "the threshold lies near the largest normal score, and the real rate on new normal images may be higher. "
-        "Calibrate on more normal images."
+        f"{count(num_images, 'normal image')} cannot resolve a false-positive rate of {target_fpr:g} (that needs at "
+        f"least {int(np.ceil(1 / target_fpr - 1e-9))}; {_they(num_images)} rates down to 1/{num_images} = "
+        f"{1 / num_images:.3g}): the threshold lies near the largest normal score, and the real rate on new normal "
+        "images may be higher. Calibrate on more normal images."
     )
 
 
@@ -442,10 +452,10 @@ def _escape_resolution_note(num_images: int, target_escape_rate: float) -> str |
     if resolves(num_images, target_escape_rate):
         return None
     return (
-        f"{num_images} defective images cannot resolve an escape rate of {target_escape_rate:g} (that needs at least "
-        f"{int(np.ceil(1 / target_escape_rate - 1e-9))}; they resolve rates down to 1/{num_images} = "
-        f"{1 / num_images:.3g}): the threshold is the lowest defect score, so none of them escapes, and the real rate "
-        "on new defects may be higher. Calibrate on more defective images."
+        f"{count(num_images, 'defective image')} cannot resolve an escape rate of {target_escape_rate:g} (that needs "
+        f"at least {int(np.ceil(1 / target_escape_rate - 1e-9))}; {_they(num_images)} rates down to 1/{num_images} "
+        f"= {1 / num_images:.3g}): the threshold is the lowest defect score, so none of them escapes, and the real "
+        "rate on new defects may be higher. Calibrate on more defective images."
     )
 
 
@@ -537,19 +547,23 @@ def collect_normal_scores(
 
     Raises:
         ValueError: If the split holds no normal image.
+        NonFiniteScoresError: If the model scored some of them NaN or infinite (counted over the whole split).
     """
     split = split.select(np.flatnonzero(np.asarray(split["label"]) == 0))
     if len(split) == 0:
         raise ValueError("the split holds no normal image to calibrate on")
     rng = np.random.default_rng(seed)
     image_scores, pixel_samples = [], []
-    for scored in _scored_batches(model, processor, split, device, batch_size):
+    non_finite = NonFiniteCount("normal images")
+    for scored, categories in _scored_batches(model, processor, split, device, batch_size):
+        non_finite.add(scored.scores, scored.anomaly_maps, categories)
         image_scores.append(scored.scores)
         for anomaly_map in scored.anomaly_maps:
             flat = anomaly_map.ravel()
             if flat.size > PIXELS_PER_IMAGE:
                 flat = flat[rng.choice(flat.size, PIXELS_PER_IMAGE, replace=False)]
             pixel_samples.append(flat.copy())
+    non_finite.check()
     return NormalScores(np.concatenate(image_scores), np.asarray(split["category"]), pixel_samples)
 
 
@@ -565,11 +579,16 @@ def collect_defect_scores(
 
     Raises:
         ValueError: If the split holds no defective image.
+        NonFiniteScoresError: If the model scored some of them NaN or infinite (counted over the whole split).
     """
     split = split.select(np.flatnonzero(np.asarray(split["label"]) == 1))
     if len(split) == 0:
         raise ValueError("the split holds no defective image (label 1) to calibrate on")
-    image_scores = [scored.scores for scored in _scored_batches(model, processor, split, device, batch_size)]
+    image_scores, non_finite = [], NonFiniteCount("defective images")
+    for scored, categories in _scored_batches(model, processor, split, device, batch_size):
+        non_finite.add(scored.scores, scored.anomaly_maps, categories)
+        image_scores.append(scored.scores)
+    non_finite.check()
     return DefectScores(np.concatenate(image_scores), np.asarray(split["category"]))
 
 
@@ -580,11 +599,12 @@ def _scored_batches(
     device: torch.device | str,
     batch_size: int,
 ) -> Iterator:
-    """The scored batches of `split` (`inference.scoring.score_inputs`' output: `scores`, `anomaly_maps`)."""
+    """`(scored, categories)` per batch of `split`: `inference.scoring.score_inputs`' output (`scores`,
+    `anomaly_maps`) and the B images' categories."""
     backend = TorchBackend(model, device)
     for inputs, categories in _image_batches(split, processor, batch_size):
         # squash maps at the input size; letterbox and tiles per image, as evaluation and predict score them
-        yield score_inputs(backend, processor, inputs, categories)
+        yield score_inputs(backend, processor, inputs, categories), categories
 
 
 def _image_batches(
@@ -644,6 +664,7 @@ __all__ = [
     "calibrate",
     "calibration_rates",
     "choose_image_threshold",
+    "count",
     "collect_defect_scores",
     "collect_normal_scores",
     "escape_threshold",

@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             "0.05",
             "--seed",
             str(args.seed),
+            "--overwrite_output_dir",  # the demo's own folder: a rerun of the demo replaces its earlier run
             *(["--num_threads", str(args.num_threads)] if args.num_threads else []),
         ]
     )

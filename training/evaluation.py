@@ -25,7 +25,14 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 
-from inference.command_line import device_arguments, non_negative_int, positive_int, usage_errors
+from inference.atomic import atomic_dir
+from inference.command_line import (
+    device_arguments,
+    non_negative_int,
+    overwrite_argument,
+    positive_int,
+    usage_errors,
+)
 from inference.devices import configure_threads, resolve_device
 from inference.loading import add_class_names, load_clipada_model
 from inference.modes import (
@@ -36,7 +43,9 @@ from inference.modes import (
     thresholds_note,
     with_inference_mode,
 )
-from inference.overlays import save_heatmap
+from inference.output_folder import check_output_folder, inside, read_marker, safe_name, write_marker
+from inference.overlays import display_name, save_heatmap
+from inference.predict.rows import decide
 from inference.scoring import score_inputs
 from inference.torch_backend import TorchBackend
 from modeling_clipada.decisions import resolve_thresholds
@@ -49,7 +58,14 @@ from training.metrics import (
     format_operating_points_table,
     mean_metrics,
 )
+from training.metrics.finite import NonFiniteCount, NonFiniteScoresError
 from training.metrics.report import pixel_metrics_notes, without_nan
+
+COMMAND = "clipada eval"
+# what `clipada eval` writes into --output_dir (the entries of its `.clipada_output.json`)
+EVALUATION_ENTRIES = ("metrics.json", "metrics.md", "heatmaps", "predictions")
+# dataset columns whose values become file names (heatmaps/<category>_0001.png, predictions/<category>.npz)
+NAME_COLUMNS = ("category", "defect_type")
 
 
 def evaluate_model(
@@ -72,7 +88,8 @@ def evaluate_model(
         output_dir: where heatmaps (`heatmaps/<category>_<i>.png`) and predictions (`predictions/<category>.npz`) go.
         save_predictions: write `image_scores` (N,), `image_labels` (N,), `anomaly_maps` (N, H, W) float16,
             `masks` (N, H, W) uint8 and `mask_available` (N,) bool per category.
-        num_heatmaps: image | ground truth | anomaly-map overlays per category (anomalous samples first).
+        num_heatmaps: Heatmaps per category (anomalous samples first): drawn like predict's overlays (colour map,
+            colour bar, score, decision at the category's thresholds, name), with the ground truth outlined.
 
         decision_config: Whose thresholds the operating point (false-reject and escape rates) is measured at:
             `model.config` by default; `inference.modes.NO_THRESHOLDS` where they were calibrated in another mode.
@@ -85,10 +102,17 @@ def evaluate_model(
         out (when any). The operating point at the model's own image threshold (its category's where calibrated, else
         the global one: `resolve_thresholds`): `image_threshold`, `false_reject_rate`, `escape_rate` and their counts
         per category, pooled over all images in `mean`; `None` with `"operating_point": "not calibrated"` without one.
+
+    Raises:
+        OutputFolderError: A category or defect type is not a single file name (`..`, a separator, a control
+            character: it would lead a file out of `output_dir`), before anything is written.
+        NonFiniteScoresError: The model scored images NaN or infinite; the error counts them over the whole split.
     """
+    check_dataset_names(test_dataset)
     backend = TorchBackend(model, device)
     decision_config = model.config if decision_config is None else decision_config
     output_dir = Path(output_dir) if output_dir is not None else None
+    non_finite = NonFiniteCount("images")
     categories = np.asarray(test_dataset["category"])
     labels = np.asarray(test_dataset["label"])
     per_category = {}
@@ -103,6 +127,9 @@ def evaluate_model(
             image_labels, available = batch["image_labels"], batch["mask_available"]
             # all inputs of the batch (every tile of every image) in one forward; squash maps stay at the input size
             scored = score_inputs(backend, processor, batch, [category] * len(image_labels))
+            non_finite.add(scored.scores, scored.anomaly_maps, [category] * len(image_labels))
+            if non_finite.count:  # the evaluation ends in an error: the remaining images are only counted
+                continue
             anomaly_maps = [torch.from_numpy(anomaly_map) for anomaly_map in scored.anomaly_maps]
             scores = torch.from_numpy(scored.scores)
             if "image_layouts" in batch:  # letterbox or tiles: one map per image at its own size, fed image by image
@@ -121,17 +148,51 @@ def evaluate_model(
                         predictions[key].append(value.numpy())
             for offset in range(len(scores)):
                 if output_dir is not None and start + offset in heatmap_rows:
-                    save_heatmap(
-                        output_dir / "heatmaps" / f"{category}_{start + offset:04d}.png",
-                        batch["raw_images"][offset],
-                        batch["labels"][offset],
-                        anomaly_maps[offset],
-                    )
+                    heatmap = (batch["raw_images"][offset], batch["labels"][offset], anomaly_maps[offset])
+                    name = _heatmap_title(subset, start + offset, category, int(image_labels[offset]))
+                    _write_heatmap(output_dir, category, start + offset, *heatmap, float(scores[offset]), name,
+                                   decision_config)  # fmt: skip
+        if non_finite.count:
+            continue
         image_threshold = resolve_thresholds(decision_config, category).image
         per_category[category] = metrics.compute(include_thresholds=True, image_threshold=image_threshold)
         if save_predictions and output_dir is not None:
-            save_category_predictions(output_dir / "predictions" / f"{category}.npz", predictions)
+            save_category_predictions(inside(output_dir, output_dir / "predictions" / f"{category}.npz"), predictions)
+    non_finite.check()
     return per_category, mean_metrics(per_category)
+
+
+def check_dataset_names(test_dataset) -> None:
+    """Raises `OutputFolderError` unless every value of the `NAME_COLUMNS` a split has is a single file name: a
+    saved or Hub dataset may hold any text there, and these values become output file names.
+
+    Args:
+        test_dataset: A `datasets.Dataset` (the columns it lacks are skipped).
+    """
+    for column in NAME_COLUMNS:
+        if column in test_dataset.column_names:
+            for value in test_dataset.unique(column):
+                safe_name(value, f"the dataset's {column}")
+
+
+def _write_heatmap(
+    output_dir: Path, category: str, row: int, image, mask, anomaly_map, score: float, title: str, decision_config
+) -> None:
+    """`heatmaps/<category>_<row>.png`: the image drawn like predict's overlays (`inference.overlays.save_heatmap`),
+    decided at the category's thresholds, with the ground truth outlined: image `(3, H, W)`, mask and map `(H, W)`."""
+    thresholds = resolve_thresholds(decision_config, category)
+    path = inside(output_dir, output_dir / "heatmaps" / f"{category}_{row:04d}.png")
+    save_heatmap(
+        path, image, mask, anomaly_map, score, decide(score, thresholds.image), thresholds.image, title,
+        pixel_threshold=thresholds.pixel,
+    )  # fmt: skip
+
+
+def _heatmap_title(subset, row: int, category: str, label: int) -> str:
+    """`bottle · broken_large/000.png (anomalous)`: the image's file where the dataset keeps it, else its row."""
+    path = subset.select_columns(["image_path"])[row]["image_path"] if "image_path" in subset.column_names else None
+    name = display_name(Path(path)) if path else f"#{row:04d}"
+    return f"{category} · {name} ({'anomalous' if label else 'normal'})"
 
 
 def _heatmap_rows(labels: np.ndarray, count: int) -> np.ndarray:
@@ -218,12 +279,16 @@ def save_category_predictions(path: Path, predictions: dict[str, list[np.ndarray
 
 
 def write_evaluation(output_dir: str | Path, per_category: dict, mean: dict) -> str:
-    """Writes `metrics.json` ({"per_category": ..., "mean": ...}) and `metrics.md`; returns the Markdown of metrics.md.
+    """Writes `metrics.json` ({"per_category": ..., "mean": ...}) and `metrics.md`, and marks `output_dir` as written
+    by `clipada eval` (`.clipada_output.json`, listing the `EVALUATION_ENTRIES` it holds, so a later
+    `clipada eval --overwrite_output_dir` may replace them); returns the Markdown of metrics.md.
 
     Pixel metrics that are not available (no ground-truth masks) are `null` in the JSON and "n/a" in the table; the
     rows concerned carry a `"pixel_metrics"` note (e.g. "not available: no ground-truth masks"), as the table does.
-    Undefined (`nan`) values are `null` too: the JSON is strict. metrics.md holds the paper's table, then the
-    operating points (overkill at 2/5/10 % escape; false-reject and escape rates at the checkpoint's thresholds).
+    Undefined (`nan`) values are `null` too, never a bare `NaN` (the JSON is strict), with the reason: an
+    `"image_metrics"` note (e.g. "not defined: no defective images") or a `"pixel_metrics"` one (e.g. "not defined: no
+    anomalous pixel in the ground-truth masks"). metrics.md holds the paper's table, then the operating points
+    (overkill at 2/5/10 % escape; false-reject and escape rates at the checkpoint's thresholds).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -240,11 +305,25 @@ def write_evaluation(output_dir: str | Path, per_category: dict, mean: dict) -> 
     if any(OVERKILL_NAMES[0] in metrics for metrics in per_category.values()):
         table += "\n\n" + format_operating_points_table(per_category, mean)
     (output_dir / "metrics.md").write_text(table + "\n")
+    _mark_as_evaluation(output_dir)
     return table
 
 
+def _mark_as_evaluation(output_dir: Path) -> None:
+    """Lists the `EVALUATION_ENTRIES` `output_dir` holds in its marker, unless another command's marker is there."""
+    marker = read_marker(output_dir)
+    if marker is not None and marker["written_by"] != COMMAND:
+        return
+    earlier = marker["entries"] if marker is not None else []
+    written = [name for name in EVALUATION_ENTRIES if (output_dir / name).exists()]
+    write_marker(output_dir, COMMAND, [*earlier, *written])
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[device_arguments()])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        parents=[device_arguments(), overwrite_argument("the output of an earlier clipada eval")],
+    )
     parser.add_argument("--model_name_or_path", required=True, help="A CLIP-ADA checkpoint folder or Hub id.")
     parser.add_argument(
         "--dataset_name",
@@ -258,7 +337,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="VisA: skip split-csv rows whose files are missing (a partial download).",
     )
-    parser.add_argument("--output_dir", required=True)
+    parser.add_argument(
+        "--output_dir",
+        required=True,
+        help="A new folder, or one an earlier clipada eval wrote (replaced with --overwrite_output_dir); never the "
+        "checkpoint or the dataset folder itself, nor a folder that holds other files. It is written in one piece "
+        "once the evaluation is complete.",
+    )
     parser.add_argument("--per_device_eval_batch_size", type=positive_int, default=16)
     parser.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
     parser.add_argument("--save_predictions", action="store_true")
@@ -278,7 +363,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     configure_threads(args.num_threads)
-    with usage_errors():  # a bad device, checkpoint or dataset
+    output_dir = Path(args.output_dir)
+    with usage_errors():  # a folder eval may not write, a bad device, checkpoint or dataset
+        check_output_folder(
+            output_dir,
+            COMMAND,
+            overwrite=args.overwrite_output_dir,
+            sources=local_paths(args.dataset_name),
+            contained_sources=local_paths(args.model_name_or_path),  # outputs/run/evaluation is fine
+        )
         device = resolve_device(args.device)
         model = load_clipada_model(args.model_name_or_path, dtype=getattr(torch, args.dtype))
         processor, own_processor = load_processors(args.model_name_or_path, args.image_size)
@@ -296,22 +389,31 @@ def main(argv: list[str] | None = None) -> dict:
         )
         if "test" not in dataset or len(dataset["test"]) == 0:
             raise DatasetFormatError(f"{args.dataset_name} has no test split to evaluate.")
+        check_dataset_names(dataset["test"])
         add_class_names(model, sorted(set(dataset["test"]["category"])), args.model_name_or_path)
-    with usage_errors(DatasetFormatError):  # a bad test image or mask, named
-        per_category, mean = evaluate_model(
-            model,
-            processor,
-            dataset["test"],
-            device=device,
-            batch_size=args.per_device_eval_batch_size,
-            output_dir=args.output_dir,
-            save_predictions=args.save_predictions,
-            num_heatmaps=args.num_heatmaps,
-            num_workers=args.dataloader_num_workers,
-            decision_config=decision_config,
-        )
-    print(write_evaluation(args.output_dir, per_category, mean))
+    # a bad test image or mask, NaN scores, a read-only or full disk: one line, and the folder is left as it was
+    with usage_errors(DatasetFormatError, NonFiniteScoresError, OSError):
+        with atomic_dir(output_dir.resolve() if output_dir.is_symlink() else output_dir) as staging:
+            per_category, mean = evaluate_model(
+                model,
+                processor,
+                dataset["test"],
+                device=device,
+                batch_size=args.per_device_eval_batch_size,
+                output_dir=staging,
+                save_predictions=args.save_predictions,
+                num_heatmaps=args.num_heatmaps,
+                num_workers=args.dataloader_num_workers,
+                decision_config=decision_config,
+            )
+            table = write_evaluation(staging, per_category, mean)
+    print(table)
     return {"per_category": per_category, "mean": mean}
+
+
+def local_paths(name: str) -> list[Path]:
+    """`[Path(name)]` when `name` is an existing local path (a checkpoint or dataset folder); `[]` for a Hub id."""
+    return [Path(name)] if Path(name).exists() else []
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -2,8 +2,9 @@
 overlay per image. With an export folder (onnxruntime, openvino) nothing here imports torch.
 
 Streams: images are read, scored, drawn and written one batch at a time, so memory stays flat however many images
-there are. A file that cannot be read gets an `ERROR` row and the others go on; the exit code is 1 when any file
-failed, 2 for a usage error, 0 otherwise.
+there are. A file that cannot be read or scored (or whose score is NaN) gets an `ERROR` row and the others go on;
+the exit code is 1 when any file failed, 2 for a usage error, 0 otherwise. The output folder follows
+`inference.output_folder`'s ownership rule: predict writes only into a new folder or one it wrote itself.
 
 Example:
     ```bash
@@ -16,7 +17,7 @@ Example:
 import argparse
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,14 +34,17 @@ from inference.modes import (
     thresholds_note,
     with_inference_mode,
 )
-from inference.overlays import draw_overlay
-from inference.predict.inputs import InputError, collect_inputs, output_names
+from inference.output_folder import claim_output_folder, inside, safe_name
+from inference.overlays import display_name, draw_overlay
+from inference.predict.inputs import InputError, find_inputs, input_problem, output_names
 from inference.predict.rows import UNCALIBRATED, Thresholds, choose_thresholds, error_row, prediction_row
 from inference.predict.writers import MAP_FORMATS, PredictionWriter, save_map
 from inference.scoring import score_images
+from modeling_clipada.decisions import decision_field
 from processing import CLIPADAImageProcessor
 
-OUTPUT_FILES = ("predictions.csv", "predictions.jsonl")
+COMMAND = "clipada predict"
+OUTPUT_ENTRIES = ("predictions.csv", "predictions.jsonl", "overlays", "maps")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,7 +93,7 @@ class PredictedImage:
     Attributes:
         index: Its position in the paths given.
         row: Its `predictions.csv` row (keys `inference.predict.rows.COLUMNS`; `overlay` and `map` empty).
-        image: `(3, H, W)` in [0, 1], None for a file that could not be read (an `ERROR` row).
+        image: `(3, H, W)` in [0, 1], None for a file that could not be read or scored (an `ERROR` row).
         anomaly_map: `(H, W)` at the image's own size, or None.
         pred_mask: `(H, W)` bool at the pixel threshold, or None.
     """
@@ -108,26 +112,73 @@ def predicted_batches(
     thresholds: Thresholds,
     category: str | None = None,
     batch_size: int = 8,
+    categories: Sequence[str | None] | None = None,
+    category_thresholds: Mapping[str, Thresholds] | None = None,
 ) -> Iterator[list[PredictedImage]]:
     """Reads, scores (`inference.scoring.score_images`) and decides the images one batch at a time.
 
+    One odd file never stops the run: a file that cannot be read (`inference.predict.inputs.input_problem`, or the
+    reader's error), one the backend fails on (the batch is then scored image by image to find it) and one whose
+    score or map is not finite each get an `ERROR` row naming the problem, and the others go on.
+
+    Args:
+        categories: One category per path (None: `category` for every image).
+        category_thresholds: The thresholds of the images of these categories (the others: `thresholds`).
+
     Yields:
-        Per batch, its files that could not be read (`ERROR` rows) first, then the scored ones, in input order.
+        Per batch, its images in input order, `ERROR` rows among them.
     """
+    categories = [category] * len(paths) if categories is None else list(categories)
+    category_thresholds = category_thresholds or {}
     for start in range(0, len(paths), batch_size):
         done, read, images = [], [], []
         for index in range(start, min(start + batch_size, len(paths))):
+            path, image_category = paths[index], categories[index]
             try:
-                images.append(processor.process_image(str(paths[index]), name="image"))  # (3, H, W) in [0, 1]
-                read.append(index)
-            except (ValueError, TypeError, OSError) as error:
-                done.append(PredictedImage(index, error_row(str(paths[index]), category, str(error))))
-        if images:
-            scored = score_images(backend, processor, images, [category] * len(images))
-            for index, image, anomaly_map, score in zip(read, images, scored.anomaly_maps, scored.scores):
-                row, pred_mask = prediction_row(str(paths[index]), category, anomaly_map, float(score), thresholds)
+                problem = input_problem(path)
+                if problem is None:
+                    images.append(processor.process_image(str(path), name="image"))  # (3, H, W) in [0, 1]
+                    read.append(index)
+            except Exception as error:  # noqa: BLE001 - a reader raises many types for odd files: that file's row
+                problem = _message(error)
+            if problem is not None:
+                done.append(PredictedImage(index, error_row(str(path), image_category, problem)))
+        for index, image, outcome in zip(
+            read, images, _scored(backend, processor, images, [categories[i] for i in read])
+        ):
+            path, image_category = str(paths[index]), categories[index]
+            if isinstance(outcome, Exception):
+                done.append(
+                    PredictedImage(index, error_row(path, image_category, f"could not be scored: {_message(outcome)}"))
+                )
+                continue
+            anomaly_map, score = outcome
+            image_thresholds = category_thresholds.get(image_category, thresholds)
+            row, pred_mask = prediction_row(path, image_category, anomaly_map, float(score), image_thresholds)
+            if row["decision"] == "ERROR":  # the model produced NaN or inf
+                done.append(PredictedImage(index, row))
+            else:
                 done.append(PredictedImage(index, row, image, anomaly_map, pred_mask))
-        yield done
+        yield sorted(done, key=lambda predicted: predicted.index)
+
+
+def _scored(
+    backend: AnomalyBackend, processor: CLIPADAImageProcessor, images: list[np.ndarray], categories: list
+) -> list[tuple[np.ndarray, float] | Exception]:
+    """`(anomaly_map, score)` per image, or the error the backend raised on that image alone."""
+    if not images:
+        return []
+    try:
+        scored = score_images(backend, processor, images, categories)
+        return list(zip(scored.anomaly_maps, scored.scores.tolist()))
+    except Exception as error:  # noqa: BLE001 - find the image it failed on: the others still get their rows
+        if len(images) == 1:
+            return [error]
+        return [_scored(backend, processor, [image], [category])[0] for image, category in zip(images, categories)]
+
+
+def _message(error: BaseException) -> str:
+    return str(error) or type(error).__name__
 
 
 def predict_images(
@@ -140,6 +191,8 @@ def predict_images(
     batch_size: int = 8,
     draw_overlays: bool = True,
     map_format: str | None = None,
+    categories: Sequence[str | None] | None = None,
+    category_thresholds: Mapping[str, Thresholds] | None = None,
 ) -> Counter:
     """Scores every image, one batch at a time, and writes its row, overlay and map as soon as it is scored.
 
@@ -148,12 +201,14 @@ def predict_images(
         backend: Any backend (`inference.backends`); images are scored by `inference.scoring.score_images`.
         processor: Reads images (bit depth, EXIF orientation) once, resizes and normalises them, and maps anomaly
             maps back to each image's own size.
-        thresholds: The thresholds every image is decided with.
+        thresholds: The thresholds every image is decided with (but those of `category_thresholds`).
         output_dir: Existing folder for predictions.csv/.jsonl, `overlays/` and `maps/`.
         category: Written in each row, and named to the model (AdaCLIP's prompts).
         batch_size: Images per backend call.
         draw_overlays: Write `overlays/<name>.png`.
         map_format: `png16` or `npz` to write `maps/<name>.<suffix>`, None for no maps.
+        categories: One category per path instead of `category` (see [`predicted_batches`]).
+        category_thresholds: The thresholds of the images of these categories.
 
     Returns:
         How many rows got each decision (`OK`, `NG`, `UNCALIBRATED`, `ERROR`).
@@ -163,20 +218,17 @@ def predict_images(
         if wanted:
             (output_dir / folder).mkdir(exist_ok=True)
     counts: Counter = Counter()
+    batches = predicted_batches(
+        paths, backend, processor, thresholds, category, batch_size, categories, category_thresholds
+    )
     with PredictionWriter(output_dir) as writer, tqdm(total=len(paths), unit="img", desc="predict") as progress:
-        for batch in predicted_batches(paths, backend, processor, thresholds, category, batch_size):
+        for batch in batches:
             for predicted in batch:
-                row, name = predicted.row, names[predicted.index]
-                if predicted.image is not None and draw_overlays:
-                    picture = draw_overlay(
-                        predicted.image, predicted.anomaly_map, predicted.pred_mask, row["score"], row["decision"],
-                        thresholds.image, title=str(paths[predicted.index]), pixel_threshold=thresholds.pixel,
-                    )  # fmt: skip
-                    picture.save(output_dir / "overlays" / f"{name}.png", compress_level=1)
-                    row["overlay"] = f"overlays/{name}.png"
-                if predicted.image is not None and map_format is not None:
-                    saved = save_map(output_dir / "maps" / name, predicted.anomaly_map, map_format)
-                    row["map"] = saved.relative_to(output_dir).as_posix()
+                row = predicted.row
+                if predicted.image is not None:
+                    row = _with_pictures(
+                        predicted, paths, names[predicted.index], output_dir, draw_overlays, map_format
+                    )
                 writer.write(row)
                 counts[row["decision"]] += 1
             writer.flush()
@@ -184,15 +236,61 @@ def predict_images(
     return counts
 
 
-def prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
-    """Creates the folder; refuses to replace an earlier run's predictions unless `overwrite`."""
-    existing = [name for name in OUTPUT_FILES if (output_dir / name).exists()]
-    if existing and not overwrite:
-        raise ValueError(
-            f"--output_dir {output_dir} already holds {', '.join(existing)}; choose another folder or pass "
-            "--overwrite_output_dir"
-        )
-    output_dir.mkdir(parents=True, exist_ok=True)
+def _with_pictures(
+    predicted: PredictedImage, paths: list[Path], name: str, output_dir: Path, draw: bool, map_format: str | None
+) -> dict:
+    """The row after writing its overlay and map; an `ERROR` row naming the problem when either cannot be written."""
+    row, path = dict(predicted.row), paths[predicted.index]
+    try:
+        if draw:
+            overlay = inside(output_dir, output_dir / "overlays" / f"{safe_name(name, 'overlay name')}.png")
+            picture = draw_overlay(
+                predicted.image.transpose(1, 2, 0), predicted.anomaly_map, predicted.pred_mask, row["score"],
+                row["decision"], row["image_threshold"], title=display_name(path),
+                pixel_threshold=row["pixel_threshold"],
+            )  # fmt: skip
+            picture.save(overlay, compress_level=1)
+            row["overlay"] = overlay.relative_to(output_dir).as_posix()
+        if map_format is not None:
+            stem = inside(output_dir, output_dir / "maps" / safe_name(name, "map name"))
+            row["map"] = save_map(stem, predicted.anomaly_map, map_format).relative_to(output_dir).as_posix()
+    except Exception as error:  # noqa: BLE001 - one picture that cannot be drawn or written: that image's row
+        return error_row(str(path), row["category"] or None, f"could not write its overlay or map: {_message(error)}")
+    return row
+
+
+def dataset_categories(paths: list[Path], known: Iterable[str]) -> list[str | None]:
+    """The category of each image in a dataset's layout (`bottle/test/crack/000.png`): its nearest folder named like
+    a calibrated category, else None.
+
+    Args:
+        paths: The images.
+        known: The categories the checkpoint has thresholds for.
+    """
+    known = set(known)
+    return [next((part for part in reversed(path.parent.parts) if part in known), None) for path in paths]
+
+
+def claim_predict_output(
+    output_dir: Path, overwrite: bool, paths: list[Path], arguments: list[str], model: str
+) -> None:
+    """Creates or takes back `output_dir` under the ownership rule (`inference.output_folder.claim_output_folder`):
+    refuses a folder predict did not write, a folder holding other files, and the folder of any input (or one
+    containing it); with `overwrite` removes only predict's own earlier output.
+
+    Args:
+        paths: The images: the output folder may lie inside their folders, never be or contain one.
+        arguments: The inputs as given (folders, list files).
+        model: `--model_name_or_path`: a local checkpoint folder is treated like an input folder.
+    """
+    folders = {path.parent for path in paths} | {Path(item) for item in arguments if Path(item).is_dir()}
+    if Path(model).is_dir():
+        folders.add(Path(model))
+    list_files = [Path(item) for item in arguments if Path(item).is_file()]
+    claim_output_folder(
+        output_dir, COMMAND, OUTPUT_ENTRIES, overwrite=overwrite, sources=list_files,
+        contained_sources=sorted(folders),
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -200,7 +298,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
     with usage_errors():
-        paths = collect_inputs(args.inputs)
+        found = find_inputs(args.inputs)
+        paths = found.paths
         if not paths:
             raise InputError(f"no image files found in {' '.join(args.inputs)}")
         backend = load_backend(args.backend, args.model_name_or_path, args.device, args.dtype, args.num_threads)
@@ -209,17 +308,28 @@ def main(argv: list[str] | None = None) -> dict:
         # the checkpoint's own preprocessor_config.json, as saved: the mode older thresholds were calibrated in
         processor, own_processor = load_processors(args.model_name_or_path, args.image_size)
         processor = with_inference_mode(processor, args.resize_mode, args.tile_size, args.tile_overlap, note=False)
-        prepare_output_dir(output_dir, args.overwrite_output_dir)
+        claim_predict_output(output_dir, args.overwrite_output_dir, paths, args.inputs, args.model_name_or_path)
+    if found.skipped_outputs:
+        shown = ", ".join(map(str, found.skipped_outputs[:3])) + (", ..." if len(found.skipped_outputs) > 3 else "")
+        print(
+            f"note: skipped {len(found.skipped_outputs)} folder(s) of earlier clipada output: {shown}", file=sys.stderr
+        )
     config = backend.decision_config
     # thresholds calibrated in another mode never decide: the rows are UNCALIBRATED unless overridden
     mode_note = thresholds_note(config, processor, own_processor, args.model_name_or_path)
     applied = fitting_decision_config(config, processor, own_processor)
-    thresholds = choose_thresholds(applied, args.category, args.image_threshold, args.pixel_threshold)
+    overrides = (args.image_threshold, args.pixel_threshold)
+    thresholds = choose_thresholds(applied, args.category, *overrides)
     overridden = args.image_threshold is not None and args.pixel_threshold is not None
     _print_threshold_notes(config, args.category, thresholds, args.model_name_or_path, "" if overridden else mode_note)
+    categories, category_thresholds = None, None
+    if args.category is None:  # dataset images: the category their folders name, where the checkpoint knows it
+        categories = dataset_categories(paths, decision_field(applied, "category_thresholds") or {})
+        category_thresholds = {name: choose_thresholds(applied, name, *overrides) for name in set(categories) - {None}}
+        _print_category_note(Counter(name for name in categories if name))
     counts = predict_images(
         paths, backend, processor, thresholds, output_dir, args.category, args.batch_size, args.overlays,
-        args.save_maps,
+        args.save_maps, categories, category_thresholds,
     )  # fmt: skip
     summary = {"images": len(paths), **{key: counts[key] for key in ("OK", "NG", UNCALIBRATED, "ERROR")}}
     print(
@@ -228,6 +338,17 @@ def main(argv: list[str] | None = None) -> dict:
         + (f", {output_dir / 'overlays'}/" if args.overlays else "")
     )
     return {**summary, "output_dir": str(output_dir)}
+
+
+def _print_category_note(found: Counter) -> None:
+    """Says on stderr which categories the folder names gave, as their thresholds decide those images."""
+    if found:
+        counted = ", ".join(f"{name} ({count})" for name, count in sorted(found.items()))
+        print(
+            f"note: category taken from the folder names for {sum(found.values())} images: {counted}; "
+            "pass --category to use one for all",
+            file=sys.stderr,
+        )
 
 
 def _print_threshold_notes(

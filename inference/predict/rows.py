@@ -133,8 +133,12 @@ def prediction_row(
 
     Returns:
         `(row, pred_mask)`: the row (keys `COLUMNS`; `overlay` and `map` left empty) and the `(H, W)` bool mask
-        (None without a pixel threshold).
+        (None without a pixel threshold). A score or map that is not finite (NaN or inf: a broken checkpoint) gives
+        an `ERROR` row saying so, never a decision.
     """
+    problem = non_finite_problem(score, anomaly_map)
+    if problem:
+        return error_row(path, category, problem), None
     height, width = anomaly_map.shape
     row = dict.fromkeys(COLUMNS, None)
     row.update(path=path, category=category or "", score=float(score), width=width, height=height)
@@ -148,6 +152,20 @@ def prediction_row(
         row["anomalous_area"] = float(pred_mask.mean())
         row["num_regions"], row["boxes"] = anomalous_regions(pred_mask)
     return row, pred_mask
+
+
+def non_finite_problem(score: float, anomaly_map: np.ndarray) -> str | None:
+    """What is wrong when the model produced NaN or inf for an image (its score or any pixel of its map), in words for
+    its `ERROR` row; None when both are finite."""
+    bad_pixels = int(anomaly_map.size - np.count_nonzero(np.isfinite(anomaly_map)))
+    if np.isfinite(score) and not bad_pixels:
+        return None
+    where = [] if np.isfinite(score) else [f"score {score}"]
+    where += [f"{bad_pixels} of {anomaly_map.size} map pixels"] if bad_pixels else []
+    return (
+        f"the model produced NaN/inf ({', '.join(where)}): no decision; check the checkpoint (NaN weights or "
+        "preprocessor values)"
+    )
 
 
 def error_row(path: str, category: str | None, message: str) -> dict:
@@ -166,5 +184,6 @@ __all__ = [
     "choose_thresholds",
     "decide",
     "error_row",
+    "non_finite_problem",
     "prediction_row",
 ]

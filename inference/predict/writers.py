@@ -21,20 +21,29 @@ from PIL import Image
 from inference.predict.rows import COLUMNS
 
 MAP_FORMATS = ("png16", "npz")
+# the columns that hold text from the user or the files (paths, names, messages): the ones neutralised in the CSV;
+# the others hold numbers and words this project writes itself
+TEXT_COLUMNS = frozenset({"path", "category", "overlay", "map", "error"})
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class PredictionWriter:
     """Appends rows to `predictions.csv` and `predictions.jsonl` in `output_dir` (both created afresh).
 
-    In the CSV, `boxes` is a JSON list and missing values are empty cells; the JSONL holds the same values with
-    `null` for missing ones.
+    In the CSV, `boxes` is a JSON list and missing values are empty cells; a text cell (`TEXT_COLUMNS`: a path, a
+    category, a message) that starts with `=`, `+`, `-`, `@`, a tab or a carriage return gets a `'` in front, so
+    that a spreadsheet shows it as text instead of running it as a formula (OWASP's advice on CSV injection). The
+    JSONL holds the raw values, with `null` for missing ones.
 
     Args:
         output_dir: The existing output folder.
     """
 
     def __init__(self, output_dir: Path):
-        self.csv_file = open(output_dir / "predictions.csv", "w", encoding="utf-8", newline="")  # noqa: SIM115
+        # backslashreplace: a file name that is not valid UTF-8 (surrogate escapes) is written as `\udcff`, readable
+        self.csv_file = open(  # noqa: SIM115
+            output_dir / "predictions.csv", "w", encoding="utf-8", errors="backslashreplace", newline=""
+        )
         self.jsonl_file = open(output_dir / "predictions.jsonl", "w", encoding="utf-8")  # noqa: SIM115
         self.csv_writer = csv.DictWriter(self.csv_file, fieldnames=COLUMNS)
         self.csv_writer.writeheader()
@@ -42,7 +51,7 @@ class PredictionWriter:
 
     def write(self, row: dict) -> None:
         """Writes one row (keys `COLUMNS`) to both files."""
-        self.csv_writer.writerow({key: _csv_cell(row[key]) for key in COLUMNS})
+        self.csv_writer.writerow({key: _csv_cell(row[key], key in TEXT_COLUMNS) for key in COLUMNS})
         self.jsonl_file.write(json.dumps({key: _json_value(row[key]) for key in COLUMNS}) + "\n")
 
     def flush(self) -> None:
@@ -61,12 +70,18 @@ class PredictionWriter:
         self.close()
 
 
-def _csv_cell(value) -> str:
+def _csv_cell(value, text: bool) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, list):
         return json.dumps(value)
-    return str(value)
+    return neutralise_formula(str(value)) if text else str(value)
+
+
+def neutralise_formula(cell: str) -> str:
+    """`cell` with a `'` in front when a spreadsheet would read it as a formula (it starts with `=`, `+`, `-`, `@`,
+    a tab or a carriage return); unchanged otherwise."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
 
 
 def _json_value(value):
@@ -98,4 +113,4 @@ def save_map(stem: Path, anomaly_map: np.ndarray, fmt: str) -> Path:
     return path
 
 
-__all__ = ["MAP_FORMATS", "PredictionWriter", "save_map"]
+__all__ = ["FORMULA_STARTS", "MAP_FORMATS", "TEXT_COLUMNS", "PredictionWriter", "neutralise_formula", "save_map"]

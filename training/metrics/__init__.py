@@ -14,6 +14,7 @@ from .anomaly import (
     overkill_metrics,
     pixel_metrics,
 )
+from .finite import NonFiniteCount, NonFiniteScoresError
 from .report import TABLE_COLUMNS, format_metrics_table, format_operating_points_table, mean_metrics
 from .streaming import AnomalyMetrics, compute_anomaly_metrics
 
@@ -28,6 +29,8 @@ __all__ = [
     "OVERKILL_NAMES",
     "TABLE_COLUMNS",
     "AnomalyMetrics",
+    "NonFiniteCount",
+    "NonFiniteScoresError",
     "anomaly_metrics",
     "compute_anomaly_metrics",
     "format_metrics_table",

@@ -44,6 +44,10 @@ OPERATING_POINT_NAMES = (
 # Key of the note saying why a rate is None ("not calibrated", no normal or no defective image; present only then).
 OPERATING_POINT_NOTE = "operating_point"
 NOT_CALIBRATED = "not calibrated"
+# Keys of the notes saying why the image or the pixel metrics are undefined (`nan`; present only then), so that the
+# `null` they become in metrics.json comes with its reason.
+IMAGE_METRICS_NOTE = "image_metrics"
+PIXEL_METRICS_NOTE = "pixel_metrics"
 
 
 def overkill_name(escape_rate: float) -> str:
@@ -327,6 +331,27 @@ def _missing_classes(num_normal: int, num_defective: int) -> str:
     return " and ".join(f"no {name} images" for name in missing)
 
 
+def undefined_metrics_notes(
+    num_normal_images: int, num_defective_images: int, num_normal_pixels: int, num_anomalous_pixels: int
+) -> dict[str, str]:
+    """Why the image and pixel metrics are `nan`: `{IMAGE_METRICS_NOTE: "not defined: no defective images", ...}`,
+    with a key only for the kind that is undefined (both classes are needed); empty when both are defined."""
+    notes = {}
+    if not (num_normal_images and num_defective_images):
+        notes[IMAGE_METRICS_NOTE] = f"not defined: {_missing_classes(num_normal_images, num_defective_images)}"
+    if not (num_normal_pixels and num_anomalous_pixels):
+        missing = [
+            text
+            for text, count in (
+                ("no anomalous pixel in the ground-truth masks", num_anomalous_pixels),
+                ("no normal pixel", num_normal_pixels),
+            )
+            if count == 0
+        ]
+        notes[PIXEL_METRICS_NOTE] = f"not defined: {' and '.join(missing)}"
+    return notes
+
+
 def overkill_metrics(
     image_scores: Sequence[float] | np.ndarray,
     image_labels: Sequence[int] | np.ndarray,
@@ -475,12 +500,14 @@ def anomaly_metrics(
 
 __all__ = [
     "ESCAPE_RATES",
+    "IMAGE_METRICS_NOTE",
     "METRIC_NAMES",
     "NOT_CALIBRATED",
     "OPERATING_POINT_NAMES",
     "OPERATING_POINT_NOTE",
     "OVERKILL_NAMES",
     "OVERKILL_NOTE",
+    "PIXEL_METRICS_NOTE",
     "THRESHOLD_NAMES",
     "anomaly_metrics",
     "image_metrics",
@@ -489,4 +516,5 @@ __all__ = [
     "overkill_name",
     "pixel_metrics",
     "split_pixels",
+    "undefined_metrics_notes",
 ]

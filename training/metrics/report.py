@@ -19,11 +19,13 @@ import numpy as np
 
 from .anomaly import (
     ESCAPE_RATES,
+    IMAGE_METRICS_NOTE,
     NOT_CALIBRATED,
     OPERATING_POINT_NAMES,
     OPERATING_POINT_NOTE,
     OVERKILL_NAMES,
     OVERKILL_NOTE,
+    PIXEL_METRICS_NOTE,
     THRESHOLD_NAMES,
     overkill_name,
 )
@@ -40,8 +42,17 @@ TABLE_COLUMNS = {
 }
 PIXEL_METRIC_NAMES = ("pixel_auroc", "pixel_ap", "aupro", "pixel_f1_max")
 PIXEL_METRICS_NOT_AVAILABLE = "not available: no ground-truth masks"
+IMAGE_METRIC_NAMES = ("image_auroc", "image_f1_max")
 # Keys `mean_metrics` does not average: per-category thresholds, counts and notes (the operating point is pooled).
-_NOT_AVERAGED = (*THRESHOLD_NAMES, IMAGES_WITHOUT_MASK, *OPERATING_POINT_NAMES, OVERKILL_NOTE, OPERATING_POINT_NOTE)
+_NOT_AVERAGED = (
+    *THRESHOLD_NAMES,
+    IMAGES_WITHOUT_MASK,
+    *OPERATING_POINT_NAMES,
+    OVERKILL_NOTE,
+    OPERATING_POINT_NOTE,
+    IMAGE_METRICS_NOTE,
+    PIXEL_METRICS_NOTE,
+)
 
 
 def mean_metrics(per_category: dict[str, dict[str, float | None]]) -> dict[str, float | None]:
@@ -79,6 +90,9 @@ def mean_metrics(per_category: dict[str, dict[str, float | None]]) -> dict[str, 
     overkill_note = _overkill_mean_note(per_category)
     if overkill_note:
         means[OVERKILL_NOTE] = overkill_note
+    image_note = _undefined_mean_note(per_category, IMAGE_METRIC_NAMES[0])
+    if image_note:
+        means[IMAGE_METRICS_NOTE] = image_note
     if any("normal_images" in metrics for metrics in per_category.values()):
         means.update(pooled_operating_point(per_category))
     return means
@@ -93,6 +107,15 @@ def _overkill_mean_note(per_category: dict[str, dict[str, float | None]]) -> str
     if not available:
         return "not available: no category has both defective and normal images"
     return f"over the {len(available)} of {len(rows)} categories with defective and normal images"
+
+
+def _undefined_mean_note(per_category: dict[str, dict[str, float | None]], name: str) -> str | None:
+    """Why the mean of metric `name` is undefined (`nan`: undefined in every category that has it); None otherwise.
+    A mean over some of the categories is a number, and the categories' own notes say why the others lack it."""
+    values = [metrics[name] for metrics in per_category.values() if metrics.get(name) is not None]
+    if not values or any(not math.isnan(value) for value in values):
+        return None
+    return "not defined in any category (see the categories' notes)"
 
 
 def pooled_operating_point(per_category: dict[str, dict]) -> dict[str, float | int | str | None]:
@@ -169,18 +192,39 @@ def pixel_metrics_notes(
         left_out = metrics.get(IMAGES_WITHOUT_MASK, 0)
         if _pixel_metrics_missing(metrics):
             notes[category] = PIXEL_METRICS_NOT_AVAILABLE
+        elif metrics.get(PIXEL_METRICS_NOTE):  # undefined: e.g. "not defined: no anomalous pixel in the ..."
+            notes[category] = metrics[PIXEL_METRICS_NOTE]
         elif left_out:
             notes[category] = (
                 f"over the images with ground-truth masks; {left_out} anomalous images without one left out"
             )
     missing = [category for category in per_category if notes.get(category) == PIXEL_METRICS_NOT_AVAILABLE]
+    undefined = _undefined_mean_note(per_category, PIXEL_METRIC_NAMES[0])
     if _pixel_metrics_missing(mean):
         notes["Mean"] = PIXEL_METRICS_NOT_AVAILABLE
+    elif undefined:
+        notes["Mean"] = undefined
     elif missing:
         notes["Mean"] = (
             f"over the {len(per_category) - len(missing)} of {len(per_category)} categories with ground-truth masks"
         )
     return notes
+
+
+def image_metrics_notes(
+    per_category: dict[str, dict[str, float | None]], mean: dict[str, float | None] | None = None
+) -> dict[str, str]:
+    """Says, per category and for the mean, why the image metrics are undefined (a category without normal or
+    without defective test images) or cover only some categories.
+
+    Returns:
+        `dict[str, str]`: Category name (and ``"Mean"``) to its note, e.g. ``"not defined: no defective images"``;
+        empty when every category has both kinds of images.
+    """
+    if mean is None:
+        mean = mean_metrics(per_category)
+    rows = {**per_category, "Mean": mean}
+    return {label: metrics[IMAGE_METRICS_NOTE] for label, metrics in rows.items() if metrics.get(IMAGE_METRICS_NOTE)}
 
 
 def _pixel_metrics_missing(metrics: dict[str, float | None]) -> bool:
@@ -195,7 +239,8 @@ def format_metrics_table(
 
     Columns are I-AUROC, P-AUROC, P-mAP, AUPRO, I-F1max, P-F1max, in percent with one decimal; a missing
     or `nan` value shows as "-", a metric that is not available (`None`: no ground-truth masks) as "n/a".
-    When some category lacks masks, the `pixel_metrics_notes` follow the table, one line each.
+    When some category lacks masks, or has metrics that are undefined, the `image_metrics_notes` and
+    `pixel_metrics_notes` follow the table, one line each.
 
     Args:
         per_category (`dict[str, dict[str, float | None]]`): Category name to its metrics (values in [0, 1]).
@@ -220,10 +265,11 @@ def format_metrics_table(
     ]
     lines.extend(row(category, metrics) for category, metrics in per_category.items())
     lines.append(row("Mean", mean))
-    notes = pixel_metrics_notes(per_category, mean)
-    if notes:
+    image_notes, pixel_notes = image_metrics_notes(per_category, mean), pixel_metrics_notes(per_category, mean)
+    if image_notes or pixel_notes:
         lines.append("")
-        lines.extend(f"{label}: pixel metrics {note}." for label, note in notes.items())
+        lines.extend(f"{label}: image metrics {note}." for label, note in image_notes.items())
+        lines.extend(f"{label}: pixel metrics {note}." for label, note in pixel_notes.items())
     return "\n".join(lines)
 
 
@@ -322,11 +368,13 @@ def without_nan(value):
 
 
 __all__ = [
+    "IMAGE_METRIC_NAMES",
     "PIXEL_METRICS_NOT_AVAILABLE",
     "PIXEL_METRIC_NAMES",
     "TABLE_COLUMNS",
     "format_metrics_table",
     "format_operating_points_table",
+    "image_metrics_notes",
     "mean_metrics",
     "pixel_metrics_notes",
     "pooled_operating_point",

@@ -20,12 +20,14 @@ import numpy as np
 
 from .anomaly import (
     METRIC_NAMES,
+    PIXEL_METRICS_NOTE,
     THRESHOLD_NAMES,
     image_metrics,
     operating_point_metrics,
     overkill_metrics,
     pixel_metrics,
     split_pixels,
+    undefined_metrics_notes,
 )
 
 # Key of `AnomalyMetrics.compute`'s count of images left out of the pixel metrics (present only when > 0).
@@ -67,9 +69,10 @@ class AnomalyMetrics:
     derives all curves from that one sort. Scores are compared as float32, as stored.
 
     Every metric is exact (no threshold grid, no binning). A metric whose two classes are not both present
-    (no anomalous pixel, no normal pixel, no normal or no anomalous image) is `float("nan")`;
-    `mean_metrics` then skips it. The overkill values at 2/5/10 % escape (`overkill_metrics`) are `None` instead,
-    with an `overkill` note saying which class is missing.
+    (no anomalous pixel, no normal pixel, no normal or no anomalous image) is `float("nan")`, and an
+    `image_metrics` or `pixel_metrics` note says which class is missing; `mean_metrics` then skips it. The
+    overkill values at 2/5/10 % escape (`overkill_metrics`) are `None` instead, with an `overkill` note saying
+    which class is missing.
 
     Images whose ground-truth mask is not available (`mask_available` False in `update`: anomalous images
     of your own data without a mask) count for the image metrics only; `compute` reports how many there
@@ -168,8 +171,9 @@ class AnomalyMetrics:
             `dict[str, float | int | str | None]`: `image_auroc`, `pixel_auroc`, `pixel_ap`, `aupro`, `image_f1_max`,
             `pixel_f1_max`, each a Python float in [0, 1] or `nan`, the pixel ones `None` when not available
             (see the class docstring); `overkill_at_2pct_escape`, `overkill_at_5pct_escape`,
-            `overkill_at_10pct_escape` (`None` and an `overkill` note without defective or normal images); plus
-            `images_without_mask` (`int`) when some image had no mask, and the operating point when asked for.
+            `overkill_at_10pct_escape` (`None` and an `overkill` note without defective or normal images); an
+            `image_metrics` / `pixel_metrics` note when those are `nan` (e.g. `"not defined: no defective images"`);
+            plus `images_without_mask` (`int`) when some image had no mask, and the operating point when asked for.
 
         Raises:
             ValueError: If nothing was added.
@@ -197,10 +201,16 @@ class AnomalyMetrics:
         names = METRIC_NAMES + THRESHOLD_NAMES if include_thresholds else METRIC_NAMES
         computed: dict[str, float | int | str | None] = {name: float(results[name]) for name in names}
         computed.update(overkill_metrics(image_scores, image_labels))
+        num_defective = int(image_labels.sum())
+        notes = undefined_metrics_notes(
+            image_labels.size - num_defective, num_defective, normal_sorted.size, anomalous_scores.size
+        )
         if self._images_without_mask:
             if anomalous_scores.size == 0:  # no known anomalous pixel: not available rather than undefined
                 computed.update({name: None for name in _PIXEL_NAMES if name in computed})
+                notes.pop(PIXEL_METRICS_NOTE, None)  # `pixel_metrics_notes` says "not available"
             computed[IMAGES_WITHOUT_MASK] = self._images_without_mask
+        computed.update(notes)
         if include_thresholds or image_threshold is not None:
             computed.update(operating_point_metrics(image_scores, image_labels, image_threshold))
         return computed
