@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from inference.command_line import usage_errors
 from training import cli
@@ -163,6 +164,7 @@ def test_a_command_that_needs_torch_says_which_extra_to_install(argv, tiny_check
         str(tiny_checkpoint_dir) if arg == "CHECKPOINT" else str(tmp_path / arg) if arg in ("OUT", "part.png") else arg
         for arg in argv
     ]
+    Image.new("RGB", (8, 8)).save(tmp_path / "part.png")
     script = (
         "import sys\n"
         "sys.modules['torch'] = None  # `import torch` raises ImportError from here on\n"
