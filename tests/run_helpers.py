@@ -1,4 +1,5 @@
-"""Command lines of the tiny training runs the tests make, and scripts run where this project cannot be imported."""
+"""Command lines of the tiny training runs the tests make, a simulated preemption, and scripts run where this
+project cannot be imported."""
 
 import os
 import subprocess
@@ -44,3 +45,18 @@ def training_args(workspace: Path, output_dir: Path, *extra: str) -> list[str]:
         "2",
         *extra,
     ]
+
+
+def stop_after_steps(monkeypatch, steps: int) -> None:
+    """Makes the training loop see a SIGTERM after `steps` optimizer steps of this process (a preemption): it
+    writes a checkpoint and the run exits with code 143, unfinished."""
+    from training import loop
+
+    class Preempted(loop.PreemptionHandler):
+        calls = 0
+
+        def requested(self, accelerator) -> bool:
+            Preempted.calls += 1
+            return Preempted.calls >= steps
+
+    monkeypatch.setattr(loop, "PreemptionHandler", Preempted)

@@ -16,6 +16,7 @@ import torch
 from run_helpers import training_args
 from safetensors.torch import load_file
 
+from inference.output_folder import OUTPUT_MARKER
 from training import checkpointing, evaluation, train
 from training.run_dir import HOLDER_FILE, LOCK_FILE, OutputDirError, RunDirectory
 
@@ -46,11 +47,19 @@ def _copy_run(trained_run: Path, tmp_path: Path) -> Path:
     return copy
 
 
+def _unfinished_copy(trained_run: Path, tmp_path: Path) -> Path:
+    """A copy of the shared run as if it had been stopped at its end, before it was marked finished: resumable."""
+    copy = _copy_run(trained_run, tmp_path)
+    marker = json.loads((copy / OUTPUT_MARKER).read_text())
+    (copy / OUTPUT_MARKER).write_text(json.dumps({**marker, "finished": False}))
+    return copy
+
+
 # ---------------------------------------------------------------------------------------------- code execution
 
 
 def test_resume_never_unpickles_anything_in_a_checkpoint(workspace, trained_run, tmp_path, capsys):
-    run = _copy_run(trained_run, tmp_path)
+    run = _unfinished_copy(trained_run, tmp_path)
     checkpoint = run / "checkpoints" / "step_4"
     marker = tmp_path / "marker.txt"
     payload = pickle.dumps(_Payload(marker))
@@ -85,13 +94,13 @@ def test_a_foreign_non_empty_output_dir_is_refused_and_left_untouched(workspace,
     folder.mkdir()
     (folder / "README.md").write_text("my notes")
     (folder / "config.json").write_text("{}")
-    code = _exit_code(train.main, training_args(workspace, folder, "--max_train_steps", "1", "--skip_evaluation"))
-    error = capsys.readouterr().err
-    assert code == 2 and str(folder) in error and "--overwrite_output_dir" in error
-    assert (folder / "README.md").read_text() == "my notes" and (folder / "config.json").read_text() == "{}"
-    argv = training_args(workspace, folder, "--max_train_steps", "1", "--skip_evaluation", "--overwrite_output_dir")
-    train.main(argv)
-    assert (folder / "model.safetensors").is_file()
+    for flags in ([], ["--overwrite_output_dir"]):  # the flag replaces only what training wrote: nothing here
+        argv = training_args(workspace, folder, "--max_train_steps", "1", "--skip_evaluation", *flags)
+        code = _exit_code(train.main, argv)
+        error = capsys.readouterr().err
+        assert code == 2 and str(folder) in error and "even with --overwrite_output_dir" in error
+        assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json"]
+        assert (folder / "README.md").read_text() == "my notes" and (folder / "config.json").read_text() == "{}"
 
 
 def test_a_second_run_into_a_locked_folder_stops_naming_the_holder(workspace, tmp_path, capsys):
@@ -134,7 +143,7 @@ def test_the_lock_of_a_killed_run_is_taken_over_and_a_live_one_names_its_pid(tmp
 
 
 def test_latest_refuses_a_checkpoint_of_another_run_naming_the_differences(workspace, trained_run, tmp_path, capsys):
-    run = _copy_run(trained_run, tmp_path)
+    run = _unfinished_copy(trained_run, tmp_path)
     argv = training_args(workspace, run, "--max_train_steps", "6", "--skip_evaluation", "--learning_rate", "0.5")
     code = _exit_code(train.main, [*argv, "--resume_from_checkpoint", "latest"])
     error = capsys.readouterr().err
@@ -144,7 +153,7 @@ def test_latest_refuses_a_checkpoint_of_another_run_naming_the_differences(works
 
 
 def test_an_explicit_checkpoint_of_another_run_resumes_with_a_warning(workspace, trained_run, tmp_path, caplog):
-    run = _copy_run(trained_run, tmp_path)
+    run = _unfinished_copy(trained_run, tmp_path)
     checkpoint = run / "checkpoints" / "step_2"
     argv = training_args(workspace, run, "--max_train_steps", "3", "--skip_evaluation", "--seed", "7")
     train.main([*argv, "--resume_from_checkpoint", str(checkpoint)])
@@ -156,7 +165,7 @@ def test_an_explicit_checkpoint_of_another_run_resumes_with_a_warning(workspace,
 
 @pytest.mark.parametrize("damaged", ["optimizer.safetensors", "rng_state_0.safetensors", "training_state.json"])
 def test_damaged_checkpoint_files_are_named_with_a_hint(workspace, trained_run, tmp_path, capsys, damaged):
-    run = _copy_run(trained_run, tmp_path)
+    run = _unfinished_copy(trained_run, tmp_path)
     path = run / "checkpoints" / "step_4" / damaged
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
     argv = training_args(workspace, run, "--max_train_steps", "6", "--skip_evaluation")
@@ -189,7 +198,8 @@ def test_a_typo_in_the_model_path_says_the_folder_does_not_exist(workspace, tmp_
     argv = training_args(workspace, tmp_path / "run")
     argv[argv.index("--model_name_or_path") + 1] = str(tmp_path / "clip-vit-typo")
     assert _exit_code(train.main, argv) == 2
-    assert "clip-vit-typo: no such folder" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "no such folder" in error and "clip-vit-typo" in error
 
 
 def _eval(workspace: Path, model: Path, tmp_path: Path, *extra: str) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from run_helpers import training_args
+from run_helpers import stop_after_steps, training_args
 from safetensors.torch import load_file
 
 from modeling_clipada import CLIPADAForAnomalySegmentation
@@ -71,13 +71,14 @@ def test_checkpoints_hold_only_the_trainable_weights(trained_run):
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly(workspace, tmp_path):
+def test_resume_continues_exactly(workspace, tmp_path, monkeypatch):
     # 12 images at batch 4 = 3 steps per epoch: the resume at step 10 lands mid-epoch, after a lr milestone.
     train.main(training_args(workspace, tmp_path / "straight", "--max_train_steps", "20", "--skip_evaluation"))
     resumed = tmp_path / "resumed"
-    train.main(
-        training_args(workspace, resumed, "--max_train_steps", "10", "--checkpointing_steps", "10", "--skip_evaluation")
-    )
+    stop_after_steps(monkeypatch, 10)  # preempted after step 10
+    with pytest.raises(SystemExit, match=str(train.PREEMPTED_EXIT_CODE)):
+        train.main(training_args(workspace, resumed, "--max_train_steps", "20", "--skip_evaluation"))
+    monkeypatch.undo()
     (resumed / "checkpoints" / ".partial_step_15").mkdir()  # a write killed midway is never "latest"
     train.main(
         training_args(

@@ -222,6 +222,19 @@ def build_parser(model_type: str = "clipada") -> argparse.ArgumentParser:
         "--checkpointing_steps", default=None, help="Save a resumable checkpoint every N optimizer steps, or 'epoch'."
     )
     parser.add_argument(
+        "--checkpoints_total_limit",
+        type=positive_int,
+        default=None,
+        help="Keep only the newest N checkpoints (never the one the run resumed from). Default: keep all.",
+    )
+    parser.add_argument(
+        "--num_processes",
+        type=positive_int,
+        default=None,
+        help="Start this many training processes with accelerate (one per GPU; gloo processes on a CPU), instead of "
+        "`accelerate launch --multi_gpu --num_processes N -m training.train ...`.",
+    )
+    parser.add_argument(
         "--resume_from_checkpoint",
         default=None,
         help="A checkpoint folder, or 'latest'. A checkpoint of a run with other settings is refused; an explicit "

@@ -32,8 +32,13 @@ HYPERPARAMETERS = (
 )
 
 
-def write_model_card(output_dir: str | Path, args: dict, metrics: dict | None) -> Path:
-    """Writes `output_dir/README.md` from the training arguments, the saved config and the evaluation metrics."""
+def write_model_card(output_dir: str | Path, args: dict, metrics: dict | None, name: str | None = None) -> Path:
+    """Writes `output_dir/README.md` from the training arguments, the saved config and the evaluation metrics.
+
+    Args:
+        name: What the card's loading example names when there is no `hub_model_id` (default `output_dir`; a run
+            writes its card into a staging folder and names its run folder).
+    """
     output_dir = Path(output_dir)
     config = json.loads((output_dir / "config.json").read_text())
     head = {
@@ -53,7 +58,7 @@ def write_model_card(output_dir: str | Path, args: dict, metrics: dict | None) -
         results = format_metrics_table(metrics["per_category"], metrics["mean"])
     else:
         results = "Not evaluated (no test split, or `--skip_evaluation`)."
-    repo = args.get("hub_model_id") or str(output_dir)
+    repo = args.get("hub_model_id") or name or str(output_dir)
     report_path = output_dir / "calibration.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
     decisions = _decisions_section(config, report)
@@ -123,7 +128,9 @@ def _decisions_section(config: dict, report: dict | None = None) -> str:
     num_normal = config.get("calibration_size") or 0
     num_defective = (report.get("resolution") or {}).get("defective_images")
     target_fpr, target_escape = config.get("target_image_fpr"), config.get("target_escape_rate")
-    images = f"{num_normal} normal images" + (f" and {num_defective} defective images" if num_defective else "")
+    images = f"{num_normal} normal image{'' if num_normal == 1 else 's'}" + (
+        f" and {num_defective} defective image{'' if num_defective == 1 else 's'}" if num_defective else ""
+    )
     lines = [
         f"An image is NG when its score is >= `image_threshold` = {config['image_threshold']:.4f}, a pixel when its "
         f"anomaly-map value is >= `pixel_threshold` = {config['pixel_threshold']:.4f} (target pixel false-positive "

@@ -194,15 +194,19 @@ def _warn_if_calibration_unresolved(split, num_held_out: int, args: argparse.Nam
     change = (
         f"raise --calibration_fraction (now {args.calibration_fraction:g}) to about {fraction:.2g}"
         if fraction < 1
-        else f"the {args.train_split} split has only {num_normal} normal images: collect more normal images"
+        else f"the {args.train_split} split has only {_normal_images(num_normal)}: collect more normal images"
     )
     logger.warning(
-        f"The held-out calibration set has {num_held_out} normal images, fewer than the {needed} (1 / --target_fpr) "
+        f"The held-out calibration set has {_normal_images(num_held_out)}, fewer than the {needed} (1 / --target_fpr) "
         f"that a false-positive rate of {args.target_fpr:g} needs; they resolve rates down to 1/{num_held_out} = "
         f"{1 / num_held_out:.3g}, and the image threshold will sit near the largest held-out score. To resolve it, "
         f"{change}, or give a larger --target_fpr.",
         main_process_only=True,
     )
+
+
+def _normal_images(count: int) -> str:
+    return f"{count} normal image" + ("" if count == 1 else "s")
 
 
 def _check_same_run(checkpoint: Path, fingerprint: dict, explicit: bool) -> None:
