@@ -53,30 +53,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Writes the Space folder, or serves the app until interrupted."""
+    """Writes the Space folder, or serves the app until Ctrl-C or SIGTERM (then its temporary folder is removed)."""
     args = parse_args(argv)
     with usage_errors():
         examples = folder_examples(args.examples) if args.examples else []
         if args.write_space is not None:
-            write_space(Path(args.write_space), args.model_id, examples, Path(args.wheel) if args.wheel else None)
+            wheel = Path(args.wheel) if args.wheel else None
+            sources = [Path(args.examples)] if args.examples else []
+            write_space(Path(args.write_space), args.model_id, examples, wheel, sources=sources)
             print(
                 f"Space for {args.model_id} written to {args.write_space}: push it with `hf upload --repo-type space`"
             )
             return
         served = load_served_model(args.model_name_or_path, args.device, args.dtype, args.backend, args.num_threads)
         examples = checkpoint_examples(args.model_name_or_path) + examples
+        try:
+            from inference.app.ui import build_demo, serve  # Gradio is needed for serving only
+        except ModuleNotFoundError as error:
+            print(f"error: the app needs {error.name}: pip install 'clipada[demo]'", file=sys.stderr)
+            raise SystemExit(2) from error
+        demo = build_demo(served, examples=examples, max_pixels=args.max_image_pixels)
     try:
-        from inference.app.ui import build_demo, launch_options  # Gradio is needed for serving only
-    except ModuleNotFoundError as error:
-        print(f"error: the app needs {error.name}: pip install 'clipada[demo]'", file=sys.stderr)
-        raise SystemExit(2) from error
-
-    demo = build_demo(served, examples=examples, max_pixels=args.max_image_pixels)
-    try:
-        demo.launch(
-            server_name=args.host, server_port=args.port, allowed_paths=sorted({str(p.parent) for p in examples}),
-            **launch_options(),
-        )  # fmt: skip
+        serve(demo, args.host, args.port)
     except OSError as error:  # the port is taken or the address is not this machine's
         print(f"error: cannot serve on {args.host}:{args.port}: {error}", file=sys.stderr)
         raise SystemExit(2) from error

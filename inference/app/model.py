@@ -10,17 +10,20 @@ Example:
     ```
 """
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import snapshot_download
+from PIL import Image
 
 from inference.backends import AnomalyBackend, is_export_folder, load_backend
 from inference.deploy.runners import read_export_config
 from inference.loading import check_model_location, load_processor, saved_model_type
 from inference.modes import fitting_decision_config, thresholds_note
-from inference.predict.inputs import InputError, collect_inputs
+from inference.output_folder import MAX_NAME_BYTES
+from inference.predict.inputs import InputError, collect_inputs, input_problem
 from processing import CLIPADAImageProcessor
 
 EXAMPLES_FOLDER = "examples"
@@ -117,4 +120,56 @@ def folder_examples(folder: str | Path) -> list[Path]:
     return collect_inputs([str(folder)])
 
 
-__all__ = ["EXAMPLES_FOLDER", "ServedModel", "checkpoint_examples", "folder_examples", "load_served_model"]
+def copy_examples(examples: list[Path], folder: Path) -> list[Path]:
+    """Copies the example images into `folder` (new), the only folder the app lets Gradio serve files from, so that
+    nothing else beside the examples (`.env`, keys, notes) can be fetched through the app.
+
+    Returns:
+        The copies, in order, named by [`example_file_name`].
+
+    Raises:
+        InputError: An example that is not a regular image file (a link to a device, a text file named `.png`),
+            naming it.
+    """
+    folder.mkdir(parents=True)
+    copies = []
+    for index, example in enumerate(examples):
+        check_example(Path(example))
+        copies.append(Path(shutil.copyfile(example, folder / example_file_name(index, Path(example)))))
+    return copies
+
+
+def check_example(example: Path) -> None:
+    """Refuses an example that is not a regular file Pillow opens as an image.
+
+    Raises:
+        InputError: Naming the file and why.
+    """
+    problem = input_problem(example)
+    if problem is None:
+        try:
+            with Image.open(example) as image:
+                image.verify()
+        except Exception:  # Pillow raises many types for files that are not images
+            problem = "not an image file Pillow can read"
+    if problem is not None:
+        raise InputError(f"example {example}: {problem}")
+
+
+def example_file_name(index: int, example: Path) -> str:
+    """`000_crack.png`: numbered, so examples of the same name from several folders stay apart; a name too long for a
+    file system becomes the number and the suffix."""
+    name = f"{index:03d}_{example.name}"
+    return name if len(name.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES else f"{index:03d}{example.suffix}"
+
+
+__all__ = [
+    "EXAMPLES_FOLDER",
+    "ServedModel",
+    "check_example",
+    "checkpoint_examples",
+    "copy_examples",
+    "example_file_name",
+    "folder_examples",
+    "load_served_model",
+]

@@ -14,6 +14,7 @@ Example:
     ```
 """
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ DEFAULT_THRESHOLD = 0.5  # where the sliders start for a checkpoint without cali
 SLIDER_DECIMALS = 4
 SLIDER_STEP = 10.0**-SLIDER_DECIMALS
 SLIDER_TOLERANCE = SLIDER_STEP / 2  # a slider within half a step of the calibrated value means the calibrated value
+logger = logging.getLogger(__name__)
 
 
 class UploadError(ValueError):
@@ -106,7 +108,8 @@ def score_uploads(
     batch_size: int = 8,
     category: str | None = None,
 ) -> list[ScoredImage]:
-    """Runs the model once on every readable upload; unreadable ones come back with their error.
+    """Runs the model once on every readable upload; unreadable ones, and those the model fails on or scores as
+    NaN, come back with their error, which names the file.
 
     Args:
         paths: The uploaded files.
@@ -127,17 +130,44 @@ def score_uploads(
         try:
             check_upload(path, name, max_pixels)
             pixels = processor.process_image(str(path), name=name)  # (3, H, W) float32 in [0, 1]
-        except (ValueError, TypeError, OSError) as error:
-            results.append(ScoredImage(name=name, error=str(error)))
+        except Exception as error:  # Pillow and the processor raise many types for files they cannot read
+            results.append(ScoredImage(name=name, error=_naming(name, error)))
             continue
         results.append(ScoredImage(name=name, image=np.round(pixels.transpose(1, 2, 0) * 255).astype(np.uint8)))
         readable.append((results[-1], pixels))
     for start in range(0, len(readable), batch_size):
-        batch = readable[start : start + batch_size]
-        scored = score_images(backend, processor, [pixels for _, pixels in batch], [category] * len(batch))
-        for (result, _), anomaly_map, score in zip(batch, scored.anomaly_maps, scored.scores):
-            result.anomaly_map, result.score = anomaly_map, float(score)
+        _score_batch(readable[start : start + batch_size], backend, processor, category)
     return results
+
+
+def _score_batch(batch: list[tuple[ScoredImage, np.ndarray]], backend, processor, category: str | None) -> None:
+    """Fills in the maps and scores of a batch; when the batch fails, scores its images one by one, so the image the
+    model fails on gets the error and the others their results."""
+    try:
+        scored = score_images(backend, processor, [pixels for _, pixels in batch], [category] * len(batch))
+    except Exception as error:  # a runtime refusing one input fails the whole batch
+        if len(batch) > 1:
+            for item in batch:
+                _score_batch([item], backend, processor, category)
+            return
+        logger.warning("scoring %s failed", batch[0][0].name, exc_info=True)
+        _fail(batch[0][0], f"{batch[0][0].name}: the model could not score it ({type(error).__name__}: {error})")
+        return
+    for (result, _), anomaly_map, score in zip(batch, scored.anomaly_maps, scored.scores):
+        if not (np.isfinite(score) and np.isfinite(anomaly_map).all()):
+            _fail(result, f"{result.name}: the model produced a non-finite score or map (NaN or infinity)")
+            continue
+        result.anomaly_map, result.score = anomaly_map, float(score)
+
+
+def _naming(name: str, error: Exception) -> str:
+    """The error's message, starting with the file's name when it does not name the file already."""
+    message = str(error) or type(error).__name__
+    return message if name in message else f"{name}: {message}"
+
+
+def _fail(result: ScoredImage, message: str) -> None:
+    result.image, result.anomaly_map, result.score, result.error = None, None, None, message
 
 
 def calibrated_thresholds(config, category: str | None) -> Thresholds:
@@ -177,18 +207,24 @@ def render_results(
     Returns:
         One [`RenderedImage`] per result, in order.
     """
-    rendered = []
-    for result in results:
-        if result.error:
-            rendered.append(RenderedImage(error_row(result.name, category, result.error), None, None))
-            continue
+    return [_render(result, thresholds, category) for result in results]
+
+
+def _render(result: ScoredImage, thresholds: Thresholds, category: str | None) -> RenderedImage:
+    """One result at `thresholds`; a result that cannot be drawn becomes its file's error row."""
+    if result.error:
+        return RenderedImage(error_row(result.name, category, result.error), None, None)
+    try:
         row, pred_mask = prediction_row(result.name, category, result.anomaly_map, result.score, thresholds)
         overlay = draw_overlay(
             result.image, result.anomaly_map, pred_mask, row["score"], row["decision"], thresholds.image,
             title=result.name, pixel_threshold=thresholds.pixel,
         )  # fmt: skip
-        rendered.append(RenderedImage(row, overlay, colour_map_picture(result.anomaly_map)))
-    return rendered
+        return RenderedImage(row, overlay, colour_map_picture(result.anomaly_map))
+    except Exception as error:  # one odd image never stops the batch's page
+        logger.warning("drawing %s failed", result.name, exc_info=True)
+        message = f"{result.name}: could not be drawn ({type(error).__name__}: {error})"
+        return RenderedImage(error_row(result.name, category, message), None, None)
 
 
 def colour_map_picture(anomaly_map: np.ndarray, colormap: str = DEFAULT_COLOUR_MAP) -> Image.Image:

@@ -14,39 +14,42 @@ Example:
 
 import email
 import importlib.metadata
-import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
+import yaml
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from packaging.markers import InvalidMarker, UndefinedComparison, UndefinedEnvironmentName
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
+from inference.app.model import check_example, example_file_name
 from inference.atomic import atomic_dir
+from inference.output_folder import check_output_folder
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # what building the wheel reads: the packaging metadata and the packages (pyproject.toml's packages.find include)
 WHEEL_SOURCES = ("pyproject.toml", "README.md", "LICENSE", "modeling_clipada", "processing", "inference", "training")
 SPACE_EXTRAS = ("torch", "demo")  # the PyTorch model and the Gradio page
 SHORT_DESCRIPTION_LENGTH = 60  # the Hub's limit for short_description
-SPACE_README = """---
-title: Anomaly inspection
-emoji: 🔍
-colorFrom: blue
-colorTo: gray
-sdk: gradio
-sdk_version: {gradio_version}
-app_file: app.py
-pinned: false
-license: apache-2.0
-models:
-  - {quoted_model_id}
-short_description: {short_description}
----
-
+SPACE_COMMAND = "clipada app --write_space"
+SPACE_METADATA = {  # the README's front matter; the model id and the description are added per Space
+    "title": "Anomaly inspection",
+    "emoji": "🔍",
+    "colorFrom": "blue",
+    "colorTo": "gray",
+    "sdk": "gradio",
+    "app_file": "app.py",
+    "pinned": False,
+    "license": "apache-2.0",
+}
+SPACE_README_BODY = """
 # Anomaly inspection with `{model_id}`
 
 Drop one or several images: the page shows the overlay, the raw anomaly map, the image score, the OK/NG decision
@@ -57,7 +60,7 @@ Written by `clipada app --write_space` of the clipada project. The page's code i
 `{wheel_name}`, which app.py imports from.
 Run it locally with `pip install -r requirements.txt && python app.py`.
 """
-SPACE_APP = '''"""Hub Space: anomaly inspection with {model_id} (written by `clipada app --write_space`)."""
+SPACE_APP = '''"""Hub Space: anomaly inspection with the checkpoint MODEL_ID (written by clipada app --write_space)."""
 
 import sys
 from pathlib import Path
@@ -71,7 +74,7 @@ sys.path.insert(0, str(HERE / {wheel_name!r}))
 import torch  # noqa: E402
 
 from inference.app.model import checkpoint_examples, folder_examples, load_served_model  # noqa: E402
-from inference.app.ui import build_demo, launch_options  # noqa: E402
+from inference.app.ui import build_demo, serve  # noqa: E402
 
 MODEL_ID = {model_id!r}
 EXAMPLES = HERE / "examples"
@@ -81,31 +84,40 @@ examples = checkpoint_examples(MODEL_ID) + (folder_examples(EXAMPLES) if EXAMPLE
 demo = build_demo(served, examples=examples)
 
 if __name__ == "__main__":
-    demo.launch(allowed_paths=[str(EXAMPLES)], **launch_options())
+    serve(demo)  # only copies of the examples are served; the app's temporary files go when it stops
 '''
 
 
-def write_space(output_dir: Path, model_id: str, examples: list[Path] = (), wheel: Path | None = None) -> Path:
+def write_space(
+    output_dir: Path,
+    model_id: str,
+    examples: list[Path] = (),
+    wheel: Path | None = None,
+    sources: Sequence[Path] = (),
+) -> Path:
     """Writes the Space folder for `model_id` (written whole, or not at all).
 
     Args:
-        output_dir: A new or empty folder.
+        output_dir: A new or empty folder, neither inside nor around what the command reads.
         model_id: The checkpoint's Hub id (`user/name`) the Space loads.
         examples: Images copied to the Space's `examples/` (the checkpoint's own `examples/` are offered too).
         wheel: A wheel of this project to ship; None builds one from the checkout this module runs from.
+        sources: Further inputs `output_dir` may not be, lie in or contain (the `--examples` folder).
 
     Returns:
         `output_dir`.
 
     Raises:
-        ValueError: `output_dir` holds files, `model_id` is not a Hub id, `wheel` is not a wheel of this project, or
-            no wheel was given and none can be built; naming them.
+        ValueError: `output_dir` holds files or is one of the inputs, `model_id` is not a Hub id, `wheel` is not a
+            wheel of this project, or no wheel was given and none can be built; naming them.
     """
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         raise ValueError(f"--write_space {output_dir} is not an empty folder; choose a new one")
-    if model_id.count("/") != 1 or Path(model_id).exists() or any(part.strip() == "" for part in model_id.split("/")):
-        raise ValueError(f"--model_id {model_id!r} must be the checkpoint's Hub id user/name (a Space cannot read "
-                         "a local folder: push the checkpoint first)")  # fmt: skip
+    inputs = [*sources, *examples, *([] if wheel is None else [Path(wheel)])]
+    check_output_folder(output_dir, SPACE_COMMAND, overwrite=False, sources=inputs, flag="--write_space")
+    check_hub_id(model_id)
+    for example in examples:
+        check_example(Path(example))
     try:  # the Space runs the Gradio version the app was tested with here
         gradio_version = importlib.metadata.version("gradio")
     except importlib.metadata.PackageNotFoundError:
@@ -117,30 +129,49 @@ def write_space(output_dir: Path, model_id: str, examples: list[Path] = (), whee
     return output_dir
 
 
+def check_hub_id(model_id: str) -> None:
+    """Refuses anything but a Hub model id `user/name` (huggingface_hub's rules: letters, digits, `-`, `_`, `.`),
+    so no text of the id can become code in app.py or keys in the README's front matter.
+
+    Raises:
+        ValueError: Naming `--model_id` and the value.
+    """
+    remedy = "it must be the checkpoint's Hub id user/name (a Space cannot read a local folder: push it first)"
+    try:
+        validate_repo_id(model_id)
+    except HFValidationError:
+        raise ValueError(f"--model_id {model_id!r} is not a Hub model id: {remedy}") from None
+    if model_id.count("/") != 1 or Path(model_id).exists():
+        raise ValueError(f"--model_id {model_id!r}: {remedy}")
+
+
 def _write_space_files(
     output_dir: Path, model_id: str, examples: list[Path], wheel: Path, requirements: list[str], gradio_version: str
 ) -> None:
-    """Writes the Space's files into a staging folder that replaces `output_dir` once complete."""
+    """Writes the Space's files into a staging folder that replaces `output_dir` once complete.
+
+    Values reach app.py only through `repr` and the README's front matter only through a YAML dumper.
+    """
     with atomic_dir(output_dir) as staging:
         shutil.copyfile(wheel, staging / wheel.name)
         app = SPACE_APP.format(model_id=model_id, wheel_name=wheel.name)
         (staging / "app.py").write_text(app, encoding="utf-8")
         (staging / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
-        description = f"OK/NG anomaly inspection with {model_id}"
-        if len(description) > SHORT_DESCRIPTION_LENGTH:
-            description = "OK/NG anomaly inspection"
-        readme = SPACE_README.format(
-            gradio_version=gradio_version,
-            model_id=model_id,
-            quoted_model_id=json.dumps(model_id),  # a YAML string whatever the id holds
-            short_description=json.dumps(description),
-            wheel_name=wheel.name,
-        )
-        (staging / "README.md").write_text(readme, encoding="utf-8")
+        (staging / "README.md").write_text(space_readme(model_id, wheel.name, gradio_version), encoding="utf-8")
         if examples:
             (staging / "examples").mkdir()
             for index, example in enumerate(examples):
-                shutil.copyfile(example, staging / "examples" / f"{index:03d}_{Path(example).name}")
+                shutil.copyfile(example, staging / "examples" / example_file_name(index, Path(example)))
+
+
+def space_readme(model_id: str, wheel_name: str, gradio_version: str) -> str:
+    """The Space's README.md: the front matter the Hub reads (written by a YAML dumper), then a short text."""
+    description = f"OK/NG anomaly inspection with {model_id}"
+    if len(description) > SHORT_DESCRIPTION_LENGTH:
+        description = "OK/NG anomaly inspection"
+    metadata = {**SPACE_METADATA, "sdk_version": gradio_version, "models": [model_id], "short_description": description}
+    front_matter = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, width=1000)
+    return f"---\n{front_matter}---\n" + SPACE_README_BODY.format(model_id=model_id, wheel_name=wheel_name)
 
 
 def build_project_wheel(output_dir: Path) -> Path:
@@ -183,8 +214,12 @@ def space_requirements(wheel: Path) -> list[str]:
     Environment markers are evaluated here (with each extra) and left out of the lines.
 
     Raises:
-        ValueError: `wheel` is not a wheel of this project.
+        ValueError: `wheel` is not a wheel of this project (its file name included: it is written into app.py).
     """
+    try:
+        parse_wheel_filename(Path(wheel).name)
+    except InvalidWheelFilename:
+        raise ValueError(f"--wheel {wheel} is not a wheel file: its name is not clipada-<version>-<tags>.whl") from None
     try:
         with zipfile.ZipFile(wheel) as archive:
             names = [name for name in archive.namelist() if name.count("/") == 1]
@@ -196,11 +231,15 @@ def space_requirements(wheel: Path) -> list[str]:
         raise ValueError(f"--wheel {wheel} is a wheel of {metadata.get('Name')!r}, not of clipada")
     lines = {}
     for line in metadata.get_all("Requires-Dist") or []:
-        requirement = Requirement(line)
-        marker, requirement.marker = requirement.marker, None
-        if marker is None or any(marker.evaluate({"extra": extra}) for extra in ("", *SPACE_EXTRAS)):
+        try:
+            requirement = Requirement(line)
+            marker, requirement.marker = requirement.marker, None
+            wanted = marker is None or any(marker.evaluate({"extra": extra}) for extra in ("", *SPACE_EXTRAS))
+        except (InvalidRequirement, InvalidMarker, UndefinedComparison, UndefinedEnvironmentName):
+            raise ValueError(f"--wheel {wheel} lists a requirement pip cannot read: {line!r}") from None
+        if wanted:
             lines.setdefault(canonicalize_name(requirement.name), str(requirement))
     return [lines[name] for name in sorted(lines)]
 
 
-__all__ = ["SPACE_EXTRAS", "build_project_wheel", "space_requirements", "write_space"]
+__all__ = ["SPACE_EXTRAS", "build_project_wheel", "check_hub_id", "space_readme", "space_requirements", "write_space"]

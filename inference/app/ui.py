@@ -10,19 +10,26 @@ Example:
     ```
 """
 
+import contextlib
 import html
 import logging
+import shutil
+import signal
+import sys
 import tempfile
+import threading
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
-from inference.app.model import ServedModel
+from inference.app.model import EXAMPLES_FOLDER, ServedModel, copy_examples
 from inference.app.results import (
     MAX_IMAGE_PIXELS,
     SLIDER_STEP,
+    ScoredImage,
     calibrated_thresholds,
     render_results,
     score_uploads,
@@ -37,6 +44,10 @@ GLOBAL_CATEGORY = "(all categories: global thresholds)"
 TABLE_COLUMNS = [column for column in COLUMNS if column not in ("category", "overlay", "map", "width", "height")]
 IMAGE_HEIGHT = 430
 MAX_FILE_SIZE = "100mb"
+INSPECTIONS_FOLDER = "inspections"  # in the app's temporary folder: one sub-folder per session's inspection
+# Gradio's copies of uploads, overlays and CSVs: removed an hour after they were made, and all when the app stops
+DELETE_CACHE = (3600, 3600)
+CONCURRENCY_ID = "inspection"  # scoring and redrawing run one at a time: a CSV is never rewritten while it is copied
 CSS = """
 .gradio-container {max-width: 1440px !important; margin: auto;}
 #app-header h1 {font-size: 1.6rem; margin: 0 0 0.2rem 0;}
@@ -57,8 +68,30 @@ BADGE_COLOURS = {"OK": "#2e7d32", "NG": "#c62828"}
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class Inspection:
+    """One session's inspected uploads, kept in the page's state.
+
+    Attributes:
+        results: The uploads scored by `score_uploads`.
+        folder: Where this inspection's `predictions.csv` is written, replaced at every redraw.
+    """
+
+    results: list[ScoredImage]
+    folder: Path
+
+
+def forget_inspection(inspection: Inspection | None) -> None:
+    """Removes an inspection's CSV folder (a session's earlier inspection, or a closed session's)."""
+    if isinstance(inspection, Inspection):
+        shutil.rmtree(inspection.folder, ignore_errors=True)
+
+
 def build_demo(served: ServedModel, examples: list[Path] = (), max_pixels: int = MAX_IMAGE_PIXELS) -> gr.Blocks:
     """The page for one loaded checkpoint.
+
+    The app's own temporary folder (`demo.workspace`, removed by [`serve`] when the app stops) holds copies of the
+    examples, the only files Gradio may serve besides its own cache, and one CSV folder per session's inspection.
 
     Args:
         served: The checkpoint (backend, processor, config).
@@ -66,35 +99,45 @@ def build_demo(served: ServedModel, examples: list[Path] = (), max_pixels: int =
         max_pixels: Larger uploads are refused with a message.
 
     Returns:
-        The Gradio app; launch it with `launch_options()`.
+        The Gradio app; serve it with [`serve`] (or `demo.launch(**launch_options(demo))`).
+
+    Raises:
+        inference.predict.inputs.InputError: An example that is not an image file, naming it.
     """
-    config, examples = served.config, [str(path) for path in examples]
-    csv_folder = tempfile.TemporaryDirectory(prefix="clipada-app-")
+    config = served.config
+    workspace = tempfile.TemporaryDirectory(prefix="clipada-app-")
+    try:
+        examples = [str(path) for path in copy_examples(list(examples), Path(workspace.name) / EXAMPLES_FOLDER)]
+    except BaseException:
+        workspace.cleanup()
+        raise
+    inspections = Path(workspace.name) / INSPECTIONS_FOLDER
     image_start, pixel_start = slider_start(config, None)
 
-    def view(results, selected, category, image_value, pixel_value):
+    def view(inspection, selected, category, image_value, pixel_value):
         """Everything the page shows for the session's results at the sliders' thresholds."""
-        category = None if category in (None, GLOBAL_CATEGORY) else category
+        category = _category(category)
         thresholds = slider_thresholds(config, category, image_value, pixel_value)
-        rendered = render_results(results or [], thresholds, category)
+        rendered = render_results(inspection.results if inspection else [], thresholds, category)
         if not rendered:
             return _message(""), _placeholder(), None, None, gr.Gallery(value=None, visible=False), [], None
         selected = min(selected or 0, len(rendered) - 1)
         shown = rendered[selected]
         gallery = [(item.overlay, item.row["path"]) for item in rendered if item.overlay is not None]
-        csv_path = write_predictions_csv([item.row for item in rendered], Path(csv_folder.name) / uuid.uuid4().hex)
+        csv_path = write_predictions_csv([item.row for item in rendered], inspection.folder)
         table = [[_cell(item.row[column]) for column in TABLE_COLUMNS] for item in rendered]
         return (
             _summary_message(rendered, thresholds.image),
             _verdict(shown.row),
             shown.overlay,
             shown.anomaly_map,
-            gr.Gallery(value=gallery, visible=len(rendered) > 1, selected_index=None),
+            gr.Gallery(value=gallery or None, visible=len(rendered) > 1, selected_index=None),
             table,
             gr.DownloadButton(value=str(csv_path), interactive=True),
         )
 
-    def inspect(files, category, image_value, pixel_value):
+    def inspect(earlier, files, category, image_value, pixel_value):
+        forget_inspection(earlier)
         if not files:
             return None, 0, _message("Upload one or more images first.", "error"), *_empty_view()
         try:
@@ -103,37 +146,42 @@ def build_demo(served: ServedModel, examples: list[Path] = (), max_pixels: int =
                 served.backend,
                 served.processor,
                 max_pixels=max_pixels,
-                category=category or None,
+                category=_category(category),
             )
-            return results, 0, *view(results, 0, category, image_value, pixel_value)
+            inspection = Inspection(results, inspections / uuid.uuid4().hex)
+            return inspection, 0, *view(inspection, 0, category, image_value, pixel_value)
         except Exception as error:  # the page shows a message and the app keeps serving
             logger.exception("inspection failed")
             return None, 0, _message(f"The inspection failed: {html.escape(str(error))}", "error"), *_empty_view()
 
-    def redraw(results, selected, category, image_value, pixel_value):
+    def redraw(inspection, selected, category, image_value, pixel_value):
         try:
-            return view(results, selected, category, image_value, pixel_value)
+            return view(inspection, selected, category, image_value, pixel_value)
         except Exception as error:
             logger.exception("redrawing failed")
             return _message(f"Redrawing failed: {html.escape(str(error))}", "error"), *_empty_view()
 
-    def choose_category(results, selected, category):
-        image_value, pixel_value = slider_start(config, None if category == GLOBAL_CATEGORY else category)
+    def choose_category(inspection, selected, category):
+        image_value, pixel_value = slider_start(config, _category(category))
         return (
             image_value,
             pixel_value,
             _threshold_note(served, category),
-            *redraw(results, selected, category, image_value, pixel_value),
+            *redraw(inspection, selected, category, image_value, pixel_value),
         )
 
-    def inspect_example(category, image_value, pixel_value, event: gr.SelectData):
-        return inspect([examples[event.index]], category, image_value, pixel_value)
+    def inspect_example(earlier, category, image_value, pixel_value, event: gr.SelectData):
+        return inspect(earlier, [examples[event.index]], category, image_value, pixel_value)
 
-    def choose_image(results, category, image_value, pixel_value, event: gr.SelectData):
-        return event.index, *redraw(results, event.index, category, image_value, pixel_value)
+    def choose_image(inspection, category, image_value, pixel_value, event: gr.SelectData):
+        return event.index, *redraw(inspection, event.index, category, image_value, pixel_value)
 
-    with gr.Blocks(title=f"{served.title} inspection", analytics_enabled=False) as demo:
-        results_state, selected_state = gr.State(None), gr.State(0)
+    def clear(earlier):
+        forget_inspection(earlier)
+        return None, 0, "", *_empty_view()
+
+    with gr.Blocks(title=f"{served.title} inspection", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
+        inspection_state, selected_state = gr.State(None, delete_callback=forget_inspection), gr.State(0)
         gr.HTML(_header(served), elem_id="app-header")
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=320):
@@ -186,24 +234,78 @@ def build_demo(served: ServedModel, examples: list[Path] = (), max_pixels: int =
 
         sliders = [image_slider, pixel_slider]
         view_outputs = [message, verdict, overlay, raw_map, gallery, table, download]
-        inspected = [results_state, selected_state, *view_outputs]
+        inspected = [inspection_state, selected_state, *view_outputs]
+        one_at_a_time = {"concurrency_id": CONCURRENCY_ID, "concurrency_limit": 1}
         for event in (files.upload, inspect_button.click):
-            event(inspect, [files, category, *sliders], inspected)
-        files.clear(lambda: (None, 0, "", *_empty_view()), None, inspected)
-        examples_gallery.select(inspect_example, [category, *sliders], inspected)
+            event(inspect, [inspection_state, files, category, *sliders], inspected, **one_at_a_time)
+        files.clear(clear, [inspection_state], inspected, **one_at_a_time)
+        examples_gallery.select(inspect_example, [inspection_state, category, *sliders], inspected, **one_at_a_time)
         for slider in sliders:
-            slider.change(redraw, [results_state, selected_state, category, *sliders], view_outputs)
-        category.change(choose_category, [results_state, selected_state, category], [*sliders, note, *view_outputs])
+            slider.change(redraw, [inspection_state, selected_state, category, *sliders], view_outputs, **one_at_a_time)
+        category.change(
+            choose_category, [inspection_state, selected_state, category], [*sliders, note, *view_outputs],
+            **one_at_a_time,
+        )  # fmt: skip
         reset_button.click(lambda category: slider_start(config, _category(category)), [category], sliders)
-        gallery.select(choose_image, [results_state, category, *sliders], [selected_state, *view_outputs])
-    demo.csv_folder = csv_folder  # kept alive (and deleted) with the app
+        gallery.select(
+            choose_image, [inspection_state, category, *sliders], [selected_state, *view_outputs], **one_at_a_time
+        )
+    demo.workspace = workspace  # removed by serve() when the app stops (and at the latest when Python exits)
+    demo.examples_folder = Path(workspace.name) / EXAMPLES_FOLDER
     return demo
 
 
-def launch_options() -> dict:
-    """Keyword arguments of `demo.launch` that every deployment shares: look, upload limit, no telemetry."""
+def launch_options(demo: gr.Blocks) -> dict:
+    """Keyword arguments of `demo.launch` that every deployment shares: look, upload limit, and the one folder
+    Gradio may serve files from besides its own cache (the copies of the examples)."""
     return {"theme": gr.themes.Soft(primary_hue="blue", neutral_hue="slate"), "css": CSS, "ssr_mode": False,
-            "max_file_size": MAX_FILE_SIZE}  # fmt: skip
+            "max_file_size": MAX_FILE_SIZE, "allowed_paths": [str(demo.examples_folder)]}  # fmt: skip
+
+
+def serve(demo: gr.Blocks, host: str | None = None, port: int | None = None) -> None:
+    """Serves the page until Ctrl-C or SIGTERM, then removes the app's temporary folder (uploads' names, CSVs).
+
+    Args:
+        demo: From [`build_demo`].
+        host, port: Where to serve; None: Gradio's defaults (and a Space's `GRADIO_SERVER_NAME`/`_PORT`).
+
+    Raises:
+        KeyboardInterrupt: After Ctrl-C, once the server stopped and the folder is gone.
+        SystemExit: 143 after SIGTERM, likewise.
+        OSError: The port is taken or the address is not this machine's.
+    """
+    stopped_by = []
+
+    def stop(signum, frame):
+        stopped_by.append(signum)
+        raise KeyboardInterrupt  # Gradio's launch closes the server on it and returns
+
+    handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+    previous = {number: signal.signal(number, stop) for number in handled}  # signals reach the main thread only
+    try:
+        demo.launch(server_name=host, server_port=port, **launch_options(demo))
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        demo.workspace.cleanup()
+        remove_cached_files(demo)
+    if signal.SIGTERM in stopped_by:
+        print("clipada app: stopped (SIGTERM); its temporary files are removed", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM)
+    if stopped_by:
+        raise KeyboardInterrupt
+
+
+def remove_cached_files(demo: gr.Blocks) -> None:
+    """Removes the files Gradio copied into its cache for this app (uploads under their own names, overlays, CSVs),
+    and their folders once empty: Gradio's `delete_cache` does not run when the server is stopped by a signal."""
+    for files in demo.temp_file_sets:
+        for file in list(files):
+            path = Path(file)
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the folder still holds another app's file
+                path.parent.rmdir()
+            files.discard(file)
 
 
 def _category(category: str | None) -> str | None:
@@ -287,4 +389,4 @@ def _cell(value):
     return str(value) if isinstance(value, list) else value
 
 
-__all__ = ["CSS", "GLOBAL_CATEGORY", "build_demo", "launch_options"]
+__all__ = ["CSS", "GLOBAL_CATEGORY", "Inspection", "build_demo", "forget_inspection", "launch_options", "serve"]
