@@ -18,7 +18,7 @@ import math
 import sys
 from collections.abc import Iterator
 
-from .devices import DTYPE_NAMES, default_num_threads
+from .devices import DTYPE_NAMES, capped_num_threads, default_num_threads
 
 # the install extra that brings each optional package
 OPTIONAL_PACKAGES = {
@@ -30,9 +30,18 @@ OPTIONAL_PACKAGES = {
 }
 
 
+def integer(text: str) -> int:
+    """An argparse type: an integer (`1.5`, `abc` and `1e3` are refused with that said, not argparse's "invalid
+    <function name> value")."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer of at least 1."""
-    number = int(text)
+    number = integer(text)
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
     return number
@@ -40,7 +49,7 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     """An argparse type: an integer of at least 0."""
-    number = int(text)
+    number = integer(text)
     if number < 0:
         raise argparse.ArgumentTypeError(f"must be at least 0, got {number}")
     return number
@@ -62,9 +71,15 @@ def finite_float(text: str) -> float:
     return number
 
 
+def thread_count(text: str) -> int:
+    """An argparse type: a number of threads, at least 1; more than the cores this process may use is capped at
+    that number, with a note (`devices.capped_num_threads`)."""
+    return capped_num_threads(positive_int(text))
+
+
 def threads_argument(note: str = "") -> argparse.ArgumentParser:
-    """The parent parser of `--num_threads` (at least 1; default: the available cores minus those other processes
-    keep busy, see `devices.default_num_threads`).
+    """The parent parser of `--num_threads` (at least 1, at most the available cores; default: the available cores
+    minus those other processes keep busy, see `devices.default_num_threads`).
 
     Args:
         note: Appended to the help (e.g. how processes share them).
@@ -72,10 +87,10 @@ def threads_argument(note: str = "") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument(
         "--num_threads",
-        type=positive_int,
+        type=thread_count,
         default=None,
-        help="CPU threads. Default: the available cores minus those other processes keep busy "
-        f"(now {default_num_threads()}). On a shared machine set it to the cores you may use.{note}",
+        help="CPU threads, at most the available cores. Default: the available cores minus those other processes "
+        f"keep busy (now {default_num_threads()}). On a shared machine set it to the cores you may use.{note}",
     )
     return parser
 
@@ -149,10 +164,12 @@ __all__ = [
     "missing_extras",
     "device_arguments",
     "finite_float",
+    "integer",
     "non_negative_int",
     "open_unit_interval",
     "overwrite_argument",
     "positive_int",
+    "thread_count",
     "threads_argument",
     "usage_errors",
 ]

@@ -5,7 +5,8 @@ PyTorch uses one thread per core by default. When other processes keep some of t
 wait for each other at every parallel region (the slowest, preempted thread sets the pace) and a job can run
 10-20x slower than with fewer threads. The default here is the number of cores this process may use minus the
 cores other processes already keep busy (the 1-minute load average, rounded), and at least 1. Set it explicitly
-on shared machines and in containers whose CPU quota is below the visible core count. The flags themselves
+on shared machines and in containers whose CPU quota is below the visible core count. More threads than the cores
+this process may use are capped at that number, with a note. The flags themselves
 (`--device`, `--num_threads`) are declared in `inference.command_line`.
 
 Example:
@@ -16,6 +17,7 @@ Example:
 """
 
 import os
+import sys
 
 # the precisions a model can run in (`--dtype`)
 DTYPE_NAMES = ("float32", "bfloat16")
@@ -39,16 +41,33 @@ def default_num_threads() -> int:
     return max(1, min(cores, cores - busy))
 
 
-def configure_threads(num_threads: int | None) -> int:
-    """Sets torch's intra-op threads (`num_threads`, or `default_num_threads()` when None); returns the number.
+def capped_num_threads(num_threads: int) -> int:
+    """`num_threads`, or the cores this process may use when it asks for more (with a note on stderr): threads
+    beyond the cores only wait for each other, and a huge number would make the runtime try to start them all.
 
     Raises:
         ValueError: If `num_threads` is below 1.
     """
-    if num_threads is None:
-        num_threads = default_num_threads()
     if num_threads < 1:
         raise ValueError(f"--num_threads must be at least 1, got {num_threads}")
+    cores = available_cores()
+    if num_threads > cores:
+        print(
+            f"note: --num_threads {num_threads} is more than the {cores} cores this process may use; using {cores}",
+            file=sys.stderr,
+        )
+        return cores
+    return num_threads
+
+
+def configure_threads(num_threads: int | None) -> int:
+    """Sets torch's intra-op threads (`num_threads`, at most the available cores, or `default_num_threads()` when
+    None); returns the number.
+
+    Raises:
+        ValueError: If `num_threads` is below 1.
+    """
+    num_threads = default_num_threads() if num_threads is None else capped_num_threads(num_threads)
     import torch  # here, so that the torch-free runners of exported models can use `default_num_threads`
 
     torch.set_num_threads(num_threads)
@@ -71,4 +90,11 @@ def resolve_device(name: str | None = None):
     return device
 
 
-__all__ = ["DTYPE_NAMES", "available_cores", "configure_threads", "default_num_threads", "resolve_device"]
+__all__ = [
+    "DTYPE_NAMES",
+    "available_cores",
+    "capped_num_threads",
+    "configure_threads",
+    "default_num_threads",
+    "resolve_device",
+]

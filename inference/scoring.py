@@ -3,7 +3,8 @@
 Predict, the app, evaluation and calibration all score through [`score_inputs`] (evaluation and calibration build
 their inputs together with the masks; predict and the app from images they read once, with [`score_images`]).
 Whatever the backend (torch on any device, ONNX Runtime, OpenVINO) and whatever the input mode (squash, letterbox,
-tiles), the maps and scores come out the same way, in numpy float32, ready for `modeling_clipada.decisions`.
+tiles), the maps and scores come out the same way, in numpy float32, ready for `modeling_clipada.decisions`. A NaN
+or infinite score is passed on as it is (`ScoredImages.non_finite` lists those images); deciding it raises.
 
 Example:
     ```python
@@ -35,6 +36,17 @@ class ScoredImages:
 
     anomaly_maps: list[np.ndarray]
     scores: np.ndarray
+
+    @property
+    def non_finite(self) -> list[int]:
+        """The indices of the images whose score or map holds NaN or infinite values (a damaged model or input):
+        they decide nothing (`modeling_clipada.decisions` raises `NonFiniteScoreError` for them), and metrics must
+        leave them out or refuse."""
+        return [
+            index
+            for index, (score, anomaly_map) in enumerate(zip(self.scores, self.anomaly_maps))
+            if not (np.isfinite(score) and np.isfinite(anomaly_map).all())
+        ]
 
 
 def score_inputs(

@@ -61,7 +61,10 @@ class TorchBackend:
         names = sorted({category for category in categories or () if category is not None})
         if names:
             add_class_names(self.model, names, self.tokenizer_source)
-        outputs = self.model(pixel_values, categories=None if categories is None else list(categories))
+        # decide=False: the callers decide per image (`modeling_clipada.decisions`), so that a NaN score is that
+        # image's error, not an exception of the model's for the whole batch
+        categories = None if categories is None else list(categories)
+        outputs = self.model(pixel_values, categories=categories, decide=False)
         return BackendOutput(
             anomaly_map=outputs.anomaly_map.float().cpu().numpy(),
             pred_score=outputs.pred_score.float().cpu().numpy(),

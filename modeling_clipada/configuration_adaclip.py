@@ -13,7 +13,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig
 
 from .configuration_clipada import CLIPADAConfigError
-from .configuration_common import DecisionConfigMixin, type_errors_as
+from .configuration_common import MAX_LOGIT_SCALE, MAX_SMOOTHING_SIGMA, DecisionConfigMixin, type_errors_as
 
 # The phrase lists of the official code (WinCLIP's states, four of its templates); `{}` is the class name in a
 # state and the state in a template.
@@ -35,6 +35,9 @@ PROMPT_TEMPLATES = (
 )
 
 DICE_UNITS = ("row", "image")
+# HSF's k-means runs on the patches of one image: at most a 256 x 256 patch grid, a few thousand iterations
+MAX_HSF_PATCHES = 256 * 256
+MAX_HSF_ITERATIONS = 10_000
 
 
 class AdaCLIPConfigError(CLIPADAConfigError):
@@ -84,24 +87,26 @@ class AdaCLIPConfig(DecisionConfigMixin, CLIPConfig):
         Fuse the class embedding with the hybrid semantic fusion (HSF) of the most abnormal patches for the image
         score (official `use_hsf`).
     hsf_num_clusters (`int`, *optional*, defaults to 20):
-        Number of k-means clusters of HSF (official `k_clusters`).
+        Number of k-means clusters of HSF (official `k_clusters`), at most `hsf_num_patches`.
     hsf_num_patches (`int`, *optional*, defaults to 100):
-        How many of the most abnormal patches HSF clusters (the official code takes 5 x `k_clusters`).
+        How many of the most abnormal patches HSF clusters (the official code takes 5 x `k_clusters`); at most
+        65536.
     hsf_weight (`float`, *optional*, defaults to 0.2):
         Weight of the HSF feature: `normalize(w * hsf + (1 - w) * class_embedding)` (official `alpha`).
     hsf_max_iterations (`int`, *optional*, defaults to 300):
-        Most k-means iterations (scikit-learn's default, which the official code uses).
+        Most k-means iterations (scikit-learn's default, which the official code uses); at most 10000.
     hsf_tolerance (`float`, *optional*, defaults to 1e-4):
         k-means stops when the centres move less than this times the mean feature variance (scikit-learn's rule).
     similarity_scale (`float`, *optional*, defaults to 100.0):
-        Cosine similarities are multiplied by it before the softmax over (normal, abnormal) (the official fixed 100).
+        Cosine similarities are multiplied by it before the softmax over (normal, abnormal) (the official fixed 100);
+        at most 1000.
     dice_unit (`str`, *optional*, defaults to `"row"`):
         What one dice term covers: `"row"`, one image row (what the official training computes at its only batch
         size, 1, where its masks lose their batch axis), or `"image"`, one whole image. Either way the loss of a
         batch is the mean of its images' losses.
     smoothing_sigma (`float`, *optional*, defaults to 4.0):
-        Standard deviation in pixels of the Gaussian that smooths the anomaly map (0 disables it); borders are
-        mirrored as scipy's `gaussian_filter` does.
+        Standard deviation in pixels of the Gaussian that smooths the anomaly map (0 disables it; at most 128);
+        borders are mirrored as scipy's `gaussian_filter` does.
     image_threshold (`float`, *optional*):
         Calibrated image-score threshold: an image is anomalous ("NG") when `pred_score >= image_threshold`.
         With it and `pixel_threshold` the model also returns `pred_label`, `pred_mask` and `pred_score_normalized`.
@@ -166,6 +171,7 @@ class AdaCLIPConfig(DecisionConfigMixin, CLIPConfig):
     calibration_mode: dict | None = None
 
     def __post_init__(self, **kwargs):
+        self._validate_clip_towers()  # before transformers builds the towers
         super().__post_init__(**kwargs)
         quarter = max(1, self.vision_config.num_hidden_layers // 4)
         if self.feature_layers is None:
@@ -191,27 +197,37 @@ class AdaCLIPConfig(DecisionConfigMixin, CLIPConfig):
         Raises:
             AdaCLIPConfigError: A `ValueError` naming the first invalid field.
         """
+        self._validate_clip_towers()
         self._validate_finite_head_fields()
         vision_layers = self.vision_config.num_hidden_layers
         text_layers = self.text_config.num_hidden_layers
         depth_limit = min(vision_layers, text_layers)
         prompted = self.text_prompts or self.visual_prompts
+        prompt_room = self.text_config.max_position_embeddings - 2  # the start and end tokens
         checks = [
-            ("prompt_length", self.prompt_length >= 1, ">= 1"),
+            (
+                "prompt_length",
+                1 <= self.prompt_length <= prompt_room,
+                f"in 1..{prompt_room} (text positions but the start and end tokens)",
+            ),
             ("prompt_depth", 1 <= self.prompt_depth <= depth_limit, f"in 1..{depth_limit} (layers of both towers)"),
             (
                 "static_prompts",
                 not prompted or self.static_prompts or self.dynamic_prompts,
                 "True when `dynamic_prompts` is False and an encoder is prompted",
             ),
-            ("hsf_num_clusters", self.hsf_num_clusters >= 1, ">= 1"),
-            ("hsf_num_patches", self.hsf_num_patches >= 1, ">= 1"),
+            ("hsf_num_patches", 1 <= self.hsf_num_patches <= MAX_HSF_PATCHES, f"in 1..{MAX_HSF_PATCHES}"),
+            (
+                "hsf_num_clusters",
+                1 <= self.hsf_num_clusters <= self.hsf_num_patches,
+                f"in 1..hsf_num_patches ({self.hsf_num_patches})",
+            ),
             ("hsf_weight", 0 <= self.hsf_weight <= 1, "in [0, 1]"),
-            ("hsf_max_iterations", self.hsf_max_iterations >= 1, ">= 1"),
+            ("hsf_max_iterations", 1 <= self.hsf_max_iterations <= MAX_HSF_ITERATIONS, f"in 1..{MAX_HSF_ITERATIONS}"),
             ("hsf_tolerance", self.hsf_tolerance >= 0, ">= 0"),
-            ("similarity_scale", self.similarity_scale > 0, "> 0"),
+            ("similarity_scale", 0 < self.similarity_scale <= MAX_LOGIT_SCALE, f"in (0, {MAX_LOGIT_SCALE:g}]"),
             ("dice_unit", self.dice_unit in DICE_UNITS, f"one of {DICE_UNITS}"),
-            ("smoothing_sigma", self.smoothing_sigma >= 0, ">= 0"),
+            ("smoothing_sigma", 0 <= self.smoothing_sigma <= MAX_SMOOTHING_SIGMA, f"in [0, {MAX_SMOOTHING_SIGMA:g}]"),
         ]
         for name, valid, requirement in checks:
             if not valid:
@@ -239,6 +255,7 @@ class AdaCLIPConfig(DecisionConfigMixin, CLIPConfig):
                     f" got {len(sentences)}; re-tokenise with `add_class_names` after changing the phrases."
                 )
             for token_ids in sentences:
+                self._check_token_ids(f"prompt_token_ids[{class_name!r}]", token_ids)
                 if not 2 <= len(token_ids) <= max_positions:
                     raise AdaCLIPConfigError(
                         f"`prompt_token_ids[{class_name!r}]` sentences must hold 2..{max_positions} tokens (start and "

@@ -13,7 +13,9 @@ from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig
 
 from .configuration_clipada import CLIPADAConfigError
-from .configuration_common import DecisionConfigMixin, type_errors_as
+from .configuration_common import MAX_LOGIT_SCALE, MAX_SMOOTHING_SIGMA, DecisionConfigMixin, type_errors_as
+
+MAX_LOSS_WEIGHT = 1000.0
 
 
 class AnomalyCLIPConfigError(CLIPADAConfigError):
@@ -57,13 +59,14 @@ class AnomalyCLIPConfig(DecisionConfigMixin, CLIPConfig):
         the paper's `[6, 12, 18, 24]` is the other published choice.
     similarity_temperature (`float`, *optional*, defaults to 0.07):
         Cosine similarities are divided by it before the softmax over (normal, abnormal), for patches and for the
-        global embedding (the official code's fixed 0.07, CLIP's initial temperature, not its trained one).
+        global embedding (the official code's fixed 0.07, CLIP's initial temperature, not its trained one); at
+        least 0.001.
     pixel_loss_weight (`float`, *optional*, defaults to 4.0):
         Weight of the per-layer focal and dice losses: `ce + pixel_loss_weight * sum_layers(focal + dice + dice)`
         (the official `lam = 4`).
     smoothing_sigma (`float`, *optional*, defaults to 4.0):
-        Standard deviation in pixels of the Gaussian that smooths the upsampled anomaly map (0 disables it);
-        borders are mirrored as scipy's `gaussian_filter` does.
+        Standard deviation in pixels of the Gaussian that smooths the upsampled anomaly map (0 disables it; at most
+        128); borders are mirrored as scipy's `gaussian_filter` does.
     image_threshold (`float`, *optional*):
         Calibrated image-score threshold: an image is anomalous ("NG") when `pred_score >= image_threshold`.
         With it and `pixel_threshold` the model also returns `pred_label`, `pred_mask` and `pred_score_normalized`.
@@ -120,6 +123,7 @@ class AnomalyCLIPConfig(DecisionConfigMixin, CLIPConfig):
     calibration_mode: dict | None = None
 
     def __post_init__(self, **kwargs):
+        self._validate_clip_towers()  # before transformers builds the towers
         super().__post_init__(**kwargs)
         num_layers = self.vision_config.num_hidden_layers
         if self.dpam_start_layer is None:
@@ -136,11 +140,17 @@ class AnomalyCLIPConfig(DecisionConfigMixin, CLIPConfig):
         Raises:
             AnomalyCLIPConfigError: A `ValueError` naming the first invalid field.
         """
+        self._validate_clip_towers()
         self._validate_finite_head_fields()
         vision_layers = self.vision_config.num_hidden_layers
         text_layers = self.text_config.num_hidden_layers
+        prompt_room = self.text_config.max_position_embeddings - 2  # the start and end tokens
         checks = [
-            ("num_prompt_vectors", self.num_prompt_vectors >= 0, ">= 0"),
+            (
+                "num_prompt_vectors",
+                0 <= self.num_prompt_vectors <= prompt_room,
+                f"in 0..{prompt_room} (text positions but the start and end tokens)",
+            ),
             ("deep_prompt_depth", 1 <= self.deep_prompt_depth <= text_layers, f"in 1..{text_layers} (text layers)"),
             (
                 "deep_prompt_length",
@@ -152,9 +162,13 @@ class AnomalyCLIPConfig(DecisionConfigMixin, CLIPConfig):
                 self.dpam_start_layer is None or 1 <= self.dpam_start_layer <= vision_layers + 1,
                 f"in 1..{vision_layers + 1} (vision layers, {vision_layers + 1} = no DPAM)",
             ),
-            ("similarity_temperature", self.similarity_temperature > 0, "> 0"),
-            ("pixel_loss_weight", self.pixel_loss_weight >= 0, ">= 0"),
-            ("smoothing_sigma", self.smoothing_sigma >= 0, ">= 0"),
+            (
+                "similarity_temperature",
+                1 / MAX_LOGIT_SCALE <= self.similarity_temperature,
+                f">= {1 / MAX_LOGIT_SCALE:g} (similarities are divided by it)",
+            ),
+            ("pixel_loss_weight", 0 <= self.pixel_loss_weight <= MAX_LOSS_WEIGHT, f"in [0, {MAX_LOSS_WEIGHT:g}]"),
+            ("smoothing_sigma", 0 <= self.smoothing_sigma <= MAX_SMOOTHING_SIGMA, f"in [0, {MAX_SMOOTHING_SIGMA:g}]"),
         ]
         for name, valid, requirement in checks:
             if not valid:
@@ -181,6 +195,7 @@ class AnomalyCLIPConfig(DecisionConfigMixin, CLIPConfig):
                 continue
             if len(token_ids) < 2:
                 raise AnomalyCLIPConfigError(f"`{name}` must hold at least the start and end tokens, got {token_ids}.")
+            self._check_token_ids(name, token_ids)
             if len(token_ids) + self.num_prompt_vectors > max_positions:
                 raise AnomalyCLIPConfigError(
                     f"`{name}` ({len(token_ids)} tokens) plus {self.num_prompt_vectors} prompt vectors exceed the "

@@ -9,12 +9,23 @@ Example:
     ```
 """
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig
 
-from .configuration_common import DecisionConfigMixin, type_errors_as
+from .configuration_common import (
+    MAX_IMAGE_SCORE_TOP_K,
+    MAX_LOGIT_SCALE,
+    MAX_SMOOTHING_SIGMA,
+    DecisionConfigMixin,
+    type_errors_as,
+)
 
 PROMPT_MARKER = "[CLS]"
+# Each refinement runs the vision encoder once more; the paper's ablation goes to 2.
+MAX_REFINEMENTS = 8
+MAX_LOSS_WEIGHT = 1000.0
 DEFAULT_PROMPT_TEMPLATE = "A photo of a [CLS] with defects for anomaly detection"
 
 
@@ -43,23 +54,24 @@ class CLIPADAConfig(DecisionConfigMixin, CLIPConfig):
     prompt_insert_position (`int`, *optional*):
         Index in `prompt_token_ids` before which the prompt vectors are inserted (filled with `prompt_token_ids`).
     num_refinements (`int`, *optional*, defaults to 1):
-        Number R of coarse-to-fine region refinements (0, 1 and 2 are the paper's ablation).
+        Number R of coarse-to-fine region refinements, 0..8 (0, 1 and 2 are the paper's ablation).
     refinement_loss_weight (`float`, *optional*, defaults to 1.0):
         Weight lambda of each refinement stage's BCE in the loss: `bce(stage 0) + lambda * sum_r bce(stage r)`.
     detach_refinement_input (`bool`, *optional*, defaults to `False`):
         Stop the gradient of the refined passes from flowing through the frozen encoder into the previous map.
         The paper trains end to end (`False`); `True` makes a training step cheaper (no encoder backward).
     image_score_top_k (`int`, *optional*, defaults to 500):
-        The image score is the mean of this many highest pixel scores of the anomaly map.
+        The image score is the mean of this many highest pixel scores of the anomaly map (1..10**8).
     smoothing_sigma (`float`, *optional*, defaults to 4.0):
-        Standard deviation in pixels of the Gaussian that smooths the upsampled anomaly map (0 disables it).
+        Standard deviation in pixels of the Gaussian that smooths the upsampled anomaly map (0 disables it; at
+        most 128).
     use_feature_layernorm (`bool`, *optional*, defaults to `True`):
         Apply CLIP's frozen vision `post_layernorm` to the patch tokens before the projections, as APRIL-GAN and
         AnomalyCLIP do with intermediate tokens (the paper is silent; raw residual-stream tokens have outlier
         channels that a linear projection fits less easily).
     similarity_logit_scale_init (`float`, *optional*, defaults to 2.6592):
         Initial value of the learnable log scale applied to the patch-text cosine similarity before the sigmoid
-        (2.6592 = log(1 / 0.07), CLIP's own initial temperature).
+        (2.6592 = log(1 / 0.07), CLIP's own initial temperature); at most log(1000).
     similarity_logit_bias_init (`float`, *optional*, defaults to 0.0):
         Initial value of the learnable bias added to the scaled similarity before the sigmoid.
     image_threshold (`float`, *optional*):
@@ -119,6 +131,7 @@ class CLIPADAConfig(DecisionConfigMixin, CLIPConfig):
     calibration_mode: dict | None = None
 
     def __post_init__(self, **kwargs):
+        self._validate_clip_towers()  # before transformers builds the towers
         super().__post_init__(**kwargs)
         if self.feature_layer is None:
             self.feature_layer = max(1, self.vision_config.num_hidden_layers // 2)
@@ -132,22 +145,22 @@ class CLIPADAConfig(DecisionConfigMixin, CLIPConfig):
         Raises:
             CLIPADAConfigError: A `ValueError` naming the first invalid field.
         """
+        self._validate_clip_towers()
         self._validate_finite_head_fields()
         num_layers = self.vision_config.num_hidden_layers
         if self.feature_layer is not None and not 1 <= self.feature_layer <= num_layers:
             raise CLIPADAConfigError(
                 f"`feature_layer` must be in 1..{num_layers} (vision layers), got {self.feature_layer}."
             )
-        if self.num_refinements < 0:
-            raise CLIPADAConfigError(f"`num_refinements` must be >= 0, got {self.num_refinements}.")
-        if self.num_prompt_vectors < 0:
-            raise CLIPADAConfigError(f"`num_prompt_vectors` must be >= 0, got {self.num_prompt_vectors}.")
-        if self.image_score_top_k < 1:
-            raise CLIPADAConfigError(f"`image_score_top_k` must be >= 1, got {self.image_score_top_k}.")
-        if self.smoothing_sigma < 0:
-            raise CLIPADAConfigError(f"`smoothing_sigma` must be >= 0, got {self.smoothing_sigma}.")
-        if self.refinement_loss_weight < 0:
-            raise CLIPADAConfigError(f"`refinement_loss_weight` must be >= 0, got {self.refinement_loss_weight}.")
+        prompt_room = self.text_config.max_position_embeddings - 2  # the start and end tokens
+        self._check_range("num_refinements", self.num_refinements, 0, MAX_REFINEMENTS)
+        self._check_range("num_prompt_vectors", self.num_prompt_vectors, 0, prompt_room)
+        self._check_range("image_score_top_k", self.image_score_top_k, 1, MAX_IMAGE_SCORE_TOP_K)
+        self._check_range("smoothing_sigma", self.smoothing_sigma, 0.0, MAX_SMOOTHING_SIGMA)
+        self._check_range("refinement_loss_weight", self.refinement_loss_weight, 0.0, MAX_LOSS_WEIGHT)
+        self._check_range(
+            "similarity_logit_scale_init", self.similarity_logit_scale_init, -math.inf, math.log(MAX_LOGIT_SCALE)
+        )
         if self.prompt_template.count(PROMPT_MARKER) != 1:
             raise CLIPADAConfigError(
                 f"`prompt_template` must contain the marker {PROMPT_MARKER} exactly once (where the prompt vectors "
@@ -163,6 +176,7 @@ class CLIPADAConfig(DecisionConfigMixin, CLIPConfig):
             )
         if self.prompt_token_ids is None:
             return
+        self._check_token_ids("prompt_token_ids", self.prompt_token_ids)
         max_positions = self.text_config.max_position_embeddings
         if len(self.prompt_token_ids) + self.num_prompt_vectors > max_positions:
             raise CLIPADAConfigError(

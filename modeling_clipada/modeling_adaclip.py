@@ -273,6 +273,7 @@ class AdaCLIPForAnomalySegmentation(AdaCLIPPreTrainedModel):
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         categories: list[str | None] | None = None,
+        decide: bool = True,
     ) -> AdaCLIPOutput:
         """Anomaly maps and image scores of a batch, the loss when masks are given, decisions when calibrated.
 
@@ -283,14 +284,19 @@ class AdaCLIPForAnomalySegmentation(AdaCLIPPreTrainedModel):
                 resolution with values in [0, 1], binarised at 0.5; an image is anomalous when its mask is.
             categories: One class name (or None for `config.default_class_name`) per image, optional: it fills the
                 text prompts, and an image whose category has calibrated thresholds is decided with those.
+            decide: With calibrated thresholds, also return `pred_label`, `pred_mask` and `pred_score_normalized`
+                (default). False leaves them None, for callers that decide per image themselves (`clipada predict`
+                turns a NaN score into that image's ERROR row instead of an exception for the whole batch).
 
         Returns:
             [`AdaCLIPOutput`], whose `loss` is `None` without `labels`, and whose decisions are `None` without
-            calibrated thresholds.
+            calibrated thresholds or with `decide=False`.
 
         Raises:
             ValueError: `pixel_values`, `labels` or `categories` of the wrong shape or value, or a class name
                 without prompt token ids.
+            NonFiniteScoreError: A `ValueError`: with decisions, a score or map value is NaN or infinite (a damaged
+                model or input), which decides nothing.
         """
         config = self.config
         dtype = self.class_projection.weight.dtype
@@ -345,7 +351,7 @@ class AdaCLIPForAnomalySegmentation(AdaCLIPPreTrainedModel):
         outputs = AdaCLIPOutput(
             loss=loss, logits=logits, layer_logits=layer_logits, anomaly_map=anomaly_map, pred_score=pred_score
         )
-        if config.has_thresholds:
+        if config.has_thresholds and decide:
             image_threshold, pixel_threshold = per_image_thresholds(self.config, categories, batch_size)
             outputs.pred_label, outputs.pred_mask = apply_thresholds(
                 anomaly_map, pred_score, image_threshold, pixel_threshold

@@ -239,6 +239,7 @@ class AnomalyCLIPForAnomalySegmentation(AnomalyCLIPPreTrainedModel):
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         categories: list[str | None] | None = None,
+        decide: bool = True,
     ) -> AnomalyCLIPOutput:
         """Anomaly maps and image scores of a batch, the loss when masks are given, decisions when calibrated.
 
@@ -250,13 +251,18 @@ class AnomalyCLIPForAnomalySegmentation(AnomalyCLIPPreTrainedModel):
                 anomalous when its mask is. When given, `loss` is returned.
             categories: One category name (or None) per image, optional: an image whose category has its own
                 calibrated thresholds (`config.category_thresholds`) is decided with those.
+            decide: With calibrated thresholds, also return `pred_label`, `pred_mask` and `pred_score_normalized`
+                (default). False leaves them None, for callers that decide per image themselves (`clipada predict`
+                turns a NaN score into that image's ERROR row instead of an exception for the whole batch).
 
         Returns:
             [`AnomalyCLIPOutput`], whose `loss` is `None` without `labels`, and whose decisions are `None` without
-            calibrated thresholds.
+            calibrated thresholds or with `decide=False`.
 
         Raises:
             ValueError: `pixel_values` or `labels` of the wrong shape, dtype or value range.
+            NonFiniteScoreError: A `ValueError`: with decisions, a score or map value is NaN or infinite (a damaged
+                model or input), which decides nothing.
         """
         config = self.config
         pixel_values = check_pixel_values(pixel_values, config.vision_config.patch_size, self.deep_prompts.dtype)
@@ -300,7 +306,7 @@ class AnomalyCLIPForAnomalySegmentation(AnomalyCLIPPreTrainedModel):
         outputs = AnomalyCLIPOutput(
             loss=loss, logits=logits, layer_logits=layer_logits, anomaly_map=anomaly_map, pred_score=pred_score
         )
-        if config.has_thresholds:
+        if config.has_thresholds and decide:
             image_threshold, pixel_threshold = per_image_thresholds(self.config, categories, batch_size)
             outputs.pred_label, outputs.pred_mask = apply_thresholds(
                 anomaly_map, pred_score, image_threshold, pixel_threshold

@@ -145,7 +145,7 @@ def test_a_model_that_gives_nan_raises_instead_of_deciding():
     with torch.no_grad():
         next(parameter for parameter in model.parameters() if parameter.requires_grad).fill_(float("nan"))
     detector = pipeline(PIPELINE_TASK, model=model, image_processor=CLIPADAImageProcessor(size=IMAGE_SIZE))
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="NaN or infinite"):
         detector(_image(20, 30))
 
 

@@ -345,9 +345,9 @@ def test_calibration_names_the_category_of_every_tile():
     model = CLIPADAForAnomalySegmentation.from_clip(clip, tokenizer, feature_layer=2).eval()
     seen, forward = [], model.forward
 
-    def recording_forward(pixel_values, labels=None, categories=None):
+    def recording_forward(pixel_values, labels=None, categories=None, **kwargs):
         seen.append((len(pixel_values), list(categories)))
-        return forward(pixel_values, labels, categories)
+        return forward(pixel_values, labels, categories, **kwargs)
 
     model.forward = recording_forward
     rng = np.random.default_rng(2)
