@@ -27,7 +27,7 @@ from typing import Any
 from inference.loading import ModelLoadError, load_processor
 from modeling_clipada.decisions import decision_field
 from processing import CLIPADAImageProcessor
-from processing.tiling import RESIZE_MODES
+from processing.tiling import MAX_TILE_OVERLAP, MAX_TILE_SIZE, MIN_TILE_SIZE, RESIZE_MODES
 
 
 def add_inference_mode_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,17 +38,29 @@ def add_inference_mode_arguments(parser: argparse.ArgumentParser) -> None:
         help="squash (whole image to the input size) or letterbox (proportions kept).",
     )
     parser.add_argument(
-        "--tile_size", type=int, help="Cut images into overlapping tiles of this many image pixels (0: no tiles)."
+        "--tile_size",
+        type=int,
+        help=f"Cut images into overlapping tiles of this many image pixels, {MIN_TILE_SIZE} to {MAX_TILE_SIZE} "
+        "(0: no tiles).",
     )
-    parser.add_argument("--tile_overlap", type=float, help="Fraction of a tile neighbouring tiles share, in [0, 1).")
+    parser.add_argument(
+        "--tile_overlap",
+        type=float,
+        help=f"Fraction of a tile neighbouring tiles share, in [0, {MAX_TILE_OVERLAP}].",
+    )
 
 
 def check_inference_mode_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuses a negative `--tile_size` or a `--tile_overlap` outside [0, 1) with a usage error."""
-    if args.tile_size is not None and args.tile_size < 0:
-        parser.error(f"--tile_size must be a positive number of pixels (0 for no tiles), got {args.tile_size}")
-    if args.tile_overlap is not None and not 0.0 <= args.tile_overlap < 1.0:
-        parser.error(f"--tile_overlap must lie in [0, 1) (a fraction of a tile), got {args.tile_overlap}")
+    """Refuses a `--tile_size` or `--tile_overlap` outside the processor's bounds with a usage error."""
+    if args.tile_size is not None and args.tile_size != 0 and not MIN_TILE_SIZE <= args.tile_size <= MAX_TILE_SIZE:
+        parser.error(
+            f"--tile_size must be {MIN_TILE_SIZE} to {MAX_TILE_SIZE} image pixels (0 for no tiles), "
+            f"got {args.tile_size}"
+        )
+    if args.tile_overlap is not None and not 0.0 <= args.tile_overlap <= MAX_TILE_OVERLAP:  # False for NaN too
+        parser.error(
+            f"--tile_overlap must lie in [0, {MAX_TILE_OVERLAP}] (a fraction of a tile), got {args.tile_overlap}"
+        )
 
 
 def with_inference_mode(
@@ -215,6 +227,10 @@ def load_processors(
 
     Returns:
         `(processor, own_processor)`; `own_processor` is None when the folder has no preprocessor_config.json.
+
+    Raises:
+        ModelLoadError: An `image_size` that is not a multiple of the checkpoint's patch size (naming both and the
+            nearest sizes that are) or above `MAX_IMAGE_SIZE`; no preprocessor_config.json and no `image_size`.
     """
     processor = load_processor(name_or_path, image_size=image_size)
     return processor, processor if image_size is None else saved_processor(name_or_path)

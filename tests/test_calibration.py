@@ -341,7 +341,7 @@ def test_calibrate_cli_in_place_in_another_mode_rewrites_the_processor_too(works
         (["--target_fpr", "0"], "--target_fpr"),
         (["--split", "validation"], "no split 'validation'"),
         (["--target_escape_rate", "0.1"], "needs defective images (label 1) in the 'train' split"),
-        (["--tile_overlap", "1.5"], "--tile_overlap must lie in [0, 1)"),
+        (["--tile_overlap", "1.5"], "--tile_overlap must lie in [0, 0.75]"),
     ],
 )
 @pytest.mark.slow
