@@ -4,18 +4,14 @@ Skips when Gradio, Selenium, `chromium` or `chromedriver` is missing (`.ci/run` 
 Screenshots are saved in the test's temporary folder (`pytest --basetemp DIR` keeps them where you want them).
 """
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from app_server import free_port, start_app
 from PIL import Image
 from tiny_clip import IMAGE_SIZE, make_tiny_clip
 
@@ -39,35 +35,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-STARTUP_SECONDS = 180  # importing torch, transformers and Gradio on a busy 2-core machine
 RESULT_SECONDS = 90
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_app(checkpoint: Path, port: int, log_file: Path) -> subprocess.Popen:
-    """Starts `python -m inference.app` and waits until it answers; fails with its log when it dies first."""
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "inference.app", "--model_name_or_path", str(checkpoint)]
-    command += ["--port", str(port), "--num_threads", "1"]
-    with open(log_file, "w") as log:
-        server = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"the app exited with code {server.returncode}:\n{log_file.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
-                return server
-        except OSError:
-            time.sleep(0.5)
-    server.terminate()
-    pytest.fail(f"the app did not answer within {STARTUP_SECONDS} s:\n{log_file.read_text()[-3000:]}")
 
 
 def open_browser() -> webdriver.Chrome:
@@ -137,7 +105,7 @@ def calibrated_app(tmp_path_factory):
     (folder / "checkpoint" / "examples").mkdir()
     shutil.copyfile(image, folder / "checkpoint" / "examples" / "shipped.png")  # an example shipped with it
     port = free_port()
-    server = start_app(folder / "checkpoint", port, folder / "app.log")
+    server = start_app(["--model_name_or_path", str(folder / "checkpoint")], port, folder / "app.log")
     yield f"http://127.0.0.1:{port}/", score, folder
     server.terminate()
     server.wait(timeout=30)

@@ -5,12 +5,7 @@ the app's temporary folder removed on exit (SIGTERM included)."""
 import ast
 import csv
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -19,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from app_server import free_port, start_app
 from PIL import Image
 from tiny_clip import IMAGE_SIZE, make_tiny_clip
 
@@ -30,8 +26,6 @@ from inference.predict.rows import Thresholds
 from modeling_clipada import CLIPADAForAnomalySegmentation
 from processing import CLIPADAImageProcessor
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-STARTUP_SECONDS = 180  # importing torch, transformers and Gradio on a busy 2-core machine
 ISSUE_PAYLOAD = 'user/x" + str(__import__("os").system("touch PWNED")) + "'
 DOCSTRING_PAYLOAD = 'user/x"""\nimport os; os.system("touch PWNED")\n"""'
 FORMULA_CATEGORY = '=HYPERLINK("http://x","y")'
@@ -280,31 +274,6 @@ def test_slider_moves_replace_the_inspections_csv_instead_of_adding_folders(serv
 # items 2 and 25: a real app on 127.0.0.1: only the examples are served; its temporary folder goes on SIGTERM
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _start_app(arguments: list[str], port: int, temp: Path, log_file: Path) -> subprocess.Popen:
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.update(TMPDIR=str(temp), GRADIO_TEMP_DIR=str(temp / "gradio"))
-    command = [sys.executable, "-m", "inference.app", *arguments, "--port", str(port), "--num_threads", "1"]
-    with open(log_file, "w") as log:
-        server = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"the app exited with code {server.returncode}:\n{log_file.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
-                return server
-        except OSError:
-            time.sleep(0.5)
-    server.terminate()
-    pytest.fail(f"the app did not answer within {STARTUP_SECONDS} s:\n{log_file.read_text()[-3000:]}")
-
-
 def _status(port: int, path: Path | str) -> int:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/gradio_api/file={path}", timeout=10) as answer:
@@ -333,10 +302,11 @@ def test_the_app_serves_its_examples_and_nothing_beside_them_and_cleans_up_when_
     for secret in secrets:
         secret.parent.mkdir(exist_ok=True)
         secret.write_text("TOKEN=hf_secret\n")
-    temp, port = tmp_path / "temp", _free_port()
+    temp, port = tmp_path / "temp", free_port()
     temp.mkdir()
-    server = _start_app(["--model_name_or_path", str(checkpoint), "--examples", str(examples)], port, temp,
-                        tmp_path / "app.log")  # fmt: skip
+    arguments = ["--model_name_or_path", str(checkpoint), "--examples", str(examples)]
+    temp_env = {"TMPDIR": str(temp), "GRADIO_TEMP_DIR": str(temp / "gradio")}
+    server = start_app(arguments, port, tmp_path / "app.log", env=temp_env)
     try:
         served = _served_example_paths(port)
         assert len(served) == 1 and all(_status(port, path) == 200 for path in served)
