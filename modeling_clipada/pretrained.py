@@ -86,6 +86,7 @@ class AnomalyDetectionPreTrainedModel(PreTrainedModel):
         weights_files = saved_weights_files(pretrained_model_name_or_path, kwargs)
         check_floating_dtypes(model, weights_files)
         check_finite_weights(model, pretrained_model_name_or_path)
+        model.clip.requires_grad_(False)  # transformers' loading hands back every tensor trainable: CLIP stays frozen
         return (model, loading_info) if output_loading_info else model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:

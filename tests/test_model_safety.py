@@ -268,6 +268,16 @@ def test_half_precision_weights_still_load(checkpoint, tmp_path):
     assert CLIPADAForAnomalySegmentation.from_pretrained(folder).prompt_vectors.dtype == torch.float32
 
 
+@pytest.mark.parametrize(
+    "model_class", [CLIPADAForAnomalySegmentation, AnomalyCLIPForAnomalySegmentation, AdaCLIPForAnomalySegmentation]
+)
+def test_a_loaded_checkpoint_keeps_its_clip_frozen(tmp_path, model_class):
+    folder = _checkpoint(tmp_path / model_class.__name__, model_class)
+    model = model_class.from_pretrained(folder)
+    trainable = {name.split(".")[0] for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert trainable and "clip" not in trainable  # only the head trains when a run starts from a checkpoint
+
+
 # ------------------------------------------------------------------ item 17: config values and flags
 
 
