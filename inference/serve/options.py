@@ -1,0 +1,50 @@
+"""What every replica of `clipada serve` is told: the model to load and how to batch and limit requests (no Ray).
+
+Example:
+    ```python
+    >>> options = ServeOptions("outputs/run", model_name="widget", max_batch_size=16)
+    ```
+"""
+
+from dataclasses import dataclass
+
+DEFAULT_MODEL_NAME = "clipada"
+DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_BATCH_WAIT_S = 0.01
+DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What each replica needs to load and serve the model.
+
+    Attributes:
+        model_name_or_path: A checkpoint folder or Hub id, or a `clipada export` folder.
+        model_name: The name in the URLs, `/v2/models/<model_name>`.
+        backend: `torch`, `onnxruntime`, `openvino`, or None (the export's runtime, else torch).
+        device: torch's device (None: cuda when the replica has a GPU).
+        dtype: `float32` or `bfloat16` (torch).
+        num_threads: CPU threads per replica (None: the available cores minus the busy ones).
+        max_batch_size: The most images one backend call scores (dynamic batching; 1: none).
+        batch_wait_timeout_s: How long a batch waits to fill up, in seconds.
+        max_request_bytes: Larger request bodies are refused (413).
+    """
+
+    model_name_or_path: str
+    model_name: str = DEFAULT_MODEL_NAME
+    backend: str | None = None
+    device: str | None = None
+    dtype: str = "float32"
+    num_threads: int | None = None
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+
+
+__all__ = [
+    "DEFAULT_BATCH_WAIT_S",
+    "DEFAULT_MAX_BATCH_SIZE",
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "DEFAULT_MODEL_NAME",
+    "ServeOptions",
+]
