@@ -1,15 +1,18 @@
 """Score images with a checkpoint of any family or an export folder: OK/NG rows in predictions.csv/.jsonl and one
-overlay per image. With an export folder (onnxruntime, openvino) nothing here imports torch.
+overlay per image (or per NG image). With an export folder (onnxruntime, openvino) nothing here imports torch.
 
-Streams: images are read, scored, drawn and written one batch at a time, so memory stays flat however many images
-there are. A file that cannot be read or scored (or whose score is NaN) gets an `ERROR` row and the others go on;
-the exit code is 1 when any file failed, 2 for a usage error, 0 otherwise. The output folder follows
-`inference.output_folder`'s ownership rule: predict writes only into a new folder or one it wrote itself.
+Pipelined (`inference.predict.pipeline`): loader processes read and resize, this process runs the model, a writer
+pool brings the maps back to each image's size, decides, draws and writes; bounded queues keep memory flat however
+many images there are, and rows are written in input order. A file that cannot be read or scored (or whose score is
+NaN) gets an `ERROR` row and the others go on; the exit code is 1 when any file failed, 2 for a usage error, 0
+otherwise. The output folder follows `inference.output_folder`'s ownership rule: predict writes only into a new
+folder or one it wrote itself; `--resume` continues a stopped run there (`inference.predict.resume`).
 
 Example:
     ```bash
     clipada predict line3/ extra/*.png todo.txt --model_name_or_path outputs/run \\
-        --category bottle --output_dir outputs/line3 --save_maps png16
+        --category bottle --output_dir outputs/line3 --save_maps png16 --overlays ng
+    clipada predict line3/ --model_name_or_path outputs/run --output_dir outputs/line3 --resume   # after a kill
     clipada predict line3/ --model_name_or_path outputs/run-onnx --output_dir outputs/line3   # torch-free
     ```
 """
@@ -25,7 +28,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from inference.backends import BACKENDS, AnomalyBackend, load_backend
-from inference.command_line import device_arguments, open_unit_interval, overwrite_argument, positive_int, usage_errors
+from inference.command_line import (
+    device_arguments,
+    non_negative_int,
+    open_unit_interval,
+    overwrite_argument,
+    positive_int,
+    usage_errors,
+)
 from inference.modes import (
     add_inference_mode_arguments,
     check_inference_mode_arguments,
@@ -34,17 +44,57 @@ from inference.modes import (
     thresholds_note,
     with_inference_mode,
 )
-from inference.output_folder import claim_output_folder, inside, safe_name
-from inference.overlays import display_name, draw_overlay
-from inference.predict.inputs import InputError, find_inputs, input_problem, output_names
-from inference.predict.rows import UNCALIBRATED, Thresholds, choose_thresholds, error_row, prediction_row
-from inference.predict.writers import MAP_FORMATS, PredictionWriter, save_map
-from inference.scoring import score_images
+from inference.output_folder import check_output_folder, claim_output_folder
+from inference.overlays import draw_overlay
+from inference.predict.inputs import InputError, find_inputs, output_names
+from inference.predict.pipeline import (
+    LoaderError,
+    PipelineStats,
+    default_num_workers,
+    default_num_writers,
+    loaded_batches,
+    run_pipeline,
+)
+from inference.predict.ray_engine import add_engine_arguments, check_engine_arguments, predict_with_ray_args
+from inference.predict.resume import (
+    RUN_RECORD,
+    RecoveredRows,
+    check_fingerprint,
+    recover_rows,
+    run_fingerprint,
+    write_fingerprint,
+)
+from inference.predict.rows import UNCALIBRATED, Thresholds, choose_thresholds
+from inference.predict.stages import OVERLAY_MODES, FinishSettings, decided_row, forward
+from inference.predict.writers import MAP_FORMATS, PredictionWriter
 from modeling_clipada.decisions import decision_field
 from processing import CLIPADAImageProcessor
+from processing.tiling import DEFAULT_IMAGE_SCORE_TOP_K
 
 COMMAND = "clipada predict"
-OUTPUT_ENTRIES = ("predictions.csv", "predictions.jsonl", "overlays", "maps")
+# the temporary files are written whole, then renamed over their targets (a kill can leave one behind)
+OUTPUT_ENTRIES = (
+    "predictions.csv",
+    "predictions.jsonl",
+    "overlays",
+    "maps",
+    RUN_RECORD,
+    f".{RUN_RECORD}.tmp",
+    ".predictions.csv.tmp",
+)
+# the flags that change a row: recorded for --resume (batch size, workers, threads and device change the speed only)
+FINGERPRINT_FLAGS = (
+    "category",
+    "image_threshold",
+    "pixel_threshold",
+    "dtype",
+    "image_size",
+    "resize_mode",
+    "tile_size",
+    "tile_overlap",
+    "save_maps",
+    "overlays",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,14 +125,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--save_maps", choices=MAP_FORMATS, help="Also write raw anomaly maps to maps/.")
     parser.add_argument(
-        "--overlays", action=argparse.BooleanOptionalAction, default=True, help="Draw overlays/ (default: yes)."
+        "--overlays",
+        nargs="?",
+        choices=OVERLAY_MODES,
+        const="all",
+        default="all",
+        help="Draw overlays/ for all images (default), only the NG ones (ng), or none.",
+    )
+    parser.add_argument(
+        "--no-overlays", dest="overlays", action="store_const", const="none", help="The same as --overlays none."
+    )
+    parser.add_argument(
+        "--num_workers",
+        type=non_negative_int,
+        default=default_num_workers(),
+        help="Loader processes that read and resize images (0: in this process). Default: min(4, cores - 1).",
+    )
+    parser.add_argument(
+        "--num_writers",
+        type=non_negative_int,
+        default=default_num_writers(),
+        help="Writer threads that finish rows, draw and write (0: in this process, batch after batch). Default: 2.",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="Go on with a stopped run in --output_dir (same model, settings and inputs): every input not yet "
+        "written is scored, once.",
     )
     parser.add_argument(
         "--image_size", type=positive_int, help="The checkpoint's input size instead of its preprocessor_config.json's."
     )
     add_inference_mode_arguments(parser)
+    add_engine_arguments(parser)
     args = parser.parse_args(argv)
     check_inference_mode_arguments(parser, args)
+    check_engine_arguments(parser, args)
+    if args.resume and args.overwrite_output_dir:
+        parser.error("--resume continues the run in --output_dir, --overwrite_output_dir replaces it: choose one")
     return args
 
 
@@ -93,7 +173,8 @@ class PredictedImage:
     Attributes:
         index: Its position in the paths given.
         row: Its `predictions.csv` row (keys `inference.predict.rows.COLUMNS`; `overlay` and `map` empty).
-        image: `(3, H, W)` in [0, 1], None for a file that could not be read or scored (an `ERROR` row).
+        image: `(H, W, 3)` uint8, the image as read, None for a file that could not be read or scored (an `ERROR`
+            row).
         anomaly_map: `(H, W)` at the image's own size, or None.
         pred_mask: `(H, W)` bool at the pixel threshold, or None.
     """
@@ -115,7 +196,8 @@ def predicted_batches(
     categories: Sequence[str | None] | None = None,
     category_thresholds: Mapping[str, Thresholds] | None = None,
 ) -> Iterator[list[PredictedImage]]:
-    """Reads, scores (`inference.scoring.score_images`) and decides the images one batch at a time.
+    """Reads, scores and decides the images one batch at a time, in this process, with predict's own stages
+    (`inference.predict.stages`): the same rows as the command.
 
     One odd file never stops the run: a file that cannot be read (`inference.predict.inputs.input_problem`, or the
     reader's error), one the backend fails on (the batch is then scored image by image to find it) and one whose
@@ -129,56 +211,27 @@ def predicted_batches(
         Per batch, its images in input order, `ERROR` rows among them.
     """
     categories = [category] * len(paths) if categories is None else list(categories)
-    category_thresholds = category_thresholds or {}
-    for start in range(0, len(paths), batch_size):
-        done, read, images = [], [], []
-        for index in range(start, min(start + batch_size, len(paths))):
-            path, image_category = paths[index], categories[index]
-            try:
-                problem = input_problem(path)
-                if problem is None:
-                    images.append(processor.process_image(str(path), name="image"))  # (3, H, W) in [0, 1]
-                    read.append(index)
-            except Exception as error:  # noqa: BLE001 - a reader raises many types for odd files: that file's row
-                problem = _message(error)
-            if problem is not None:
-                done.append(PredictedImage(index, error_row(str(path), image_category, problem)))
-        for index, image, outcome in zip(
-            read, images, _scored(backend, processor, images, [categories[i] for i in read])
-        ):
-            path, image_category = str(paths[index]), categories[index]
-            if isinstance(outcome, Exception):
-                done.append(
-                    PredictedImage(index, error_row(path, image_category, f"could not be scored: {_message(outcome)}"))
-                )
-                continue
-            anomaly_map, score = outcome
-            image_thresholds = category_thresholds.get(image_category, thresholds)
-            row, pred_mask = prediction_row(path, image_category, anomaly_map, float(score), image_thresholds)
-            if row["decision"] == "ERROR":  # the model produced NaN or inf
-                done.append(PredictedImage(index, row))
-            else:
-                done.append(PredictedImage(index, row, image, anomaly_map, pred_mask))
-        yield sorted(done, key=lambda predicted: predicted.index)
+    settings = _finish_settings(backend, processor, thresholds, category_thresholds, "none", None)
+    items = [(index, path, categories[index]) for index, path in enumerate(paths)]
+    for batch in loaded_batches(items, processor, keep_picture=True, batch_size=batch_size):
+        predicted = []
+        for loaded, outcome in zip(batch, forward(backend, batch)):
+            row, anomaly_map, pred_mask = decided_row(loaded, outcome, settings)
+            image = loaded.picture if anomaly_map is not None else None
+            predicted.append(PredictedImage(loaded.index, row, image, anomaly_map, pred_mask))
+        yield predicted
 
 
-def _scored(
-    backend: AnomalyBackend, processor: CLIPADAImageProcessor, images: list[np.ndarray], categories: list
-) -> list[tuple[np.ndarray, float] | Exception]:
-    """`(anomaly_map, score)` per image, or the error the backend raised on that image alone."""
-    if not images:
-        return []
-    try:
-        scored = score_images(backend, processor, images, categories)
-        return list(zip(scored.anomaly_maps, scored.scores.tolist()))
-    except Exception as error:  # noqa: BLE001 - find the image it failed on: the others still get their rows
-        if len(images) == 1:
-            return [error]
-        return [_scored(backend, processor, [image], [category])[0] for image, category in zip(images, categories)]
-
-
-def _message(error: BaseException) -> str:
-    return str(error) or type(error).__name__
+def _finish_settings(
+    backend, processor, thresholds, category_thresholds, overlays: str, map_format: str | None
+) -> FinishSettings:
+    decision_config = getattr(backend, "decision_config", None)  # a plain callable is a backend too
+    top_k = getattr(decision_config, "image_score_top_k", None) or DEFAULT_IMAGE_SCORE_TOP_K
+    return FinishSettings(
+        processor=processor, image_score_top_k=top_k, thresholds=thresholds,
+        category_thresholds=dict(category_thresholds or {}), overlays=overlays, map_format=map_format,
+        draw=draw_overlay,  # looked up at each run: a caller may have replaced it
+    )  # fmt: skip
 
 
 def predict_images(
@@ -189,74 +242,62 @@ def predict_images(
     output_dir: Path,
     category: str | None = None,
     batch_size: int = 8,
-    draw_overlays: bool = True,
+    draw_overlays: bool | str = True,
     map_format: str | None = None,
     categories: Sequence[str | None] | None = None,
     category_thresholds: Mapping[str, Thresholds] | None = None,
+    num_workers: int = 0,
+    num_writers: int = 0,
+    resume: bool = False,
+    stats: PipelineStats | None = None,
 ) -> Counter:
-    """Scores every image, one batch at a time, and writes its row, overlay and map as soon as it is scored.
+    """Scores every image through the pipeline (`inference.predict.pipeline`) and writes its row, overlay and map.
 
     Args:
         paths: The images, in output order.
-        backend: Any backend (`inference.backends`); images are scored by `inference.scoring.score_images`.
+        backend: Any backend (`inference.backends`), run in this process.
         processor: Reads images (bit depth, EXIF orientation) once, resizes and normalises them, and maps anomaly
             maps back to each image's own size.
         thresholds: The thresholds every image is decided with (but those of `category_thresholds`).
         output_dir: Existing folder for predictions.csv/.jsonl, `overlays/` and `maps/`.
         category: Written in each row, and named to the model (AdaCLIP's prompts).
         batch_size: Images per backend call.
-        draw_overlays: Write `overlays/<name>.png`.
+        draw_overlays: `all` (or True), `ng` (NG images only) or `none` (or False): which images get
+            `overlays/<name>.png`.
         map_format: `png16` or `npz` to write `maps/<name>.<suffix>`, None for no maps.
         categories: One category per path instead of `category` (see [`predicted_batches`]).
         category_thresholds: The thresholds of the images of these categories.
+        num_workers: Loader processes (0: read in this process).
+        num_writers: Writer threads (0: finish in this process; each batch's rows are on disk before the next
+            forward).
+        resume: Keep the rows already in `output_dir` (`inference.predict.resume.recover_rows`, whole batches) and
+            score the inputs after them.
+        stats: Records the pipeline's queue peaks.
 
     Returns:
-        How many rows got each decision (`OK`, `NG`, `UNCALIBRATED`, `ERROR`).
+        How many rows got each decision (`OK`, `NG`, `UNCALIBRATED`, `ERROR`), those kept by `resume` included.
     """
+    overlays = {True: "all", False: "none"}.get(draw_overlays, draw_overlays)
+    if overlays not in OVERLAY_MODES:
+        raise ValueError(f"draw_overlays {draw_overlays!r}: choose one of {', '.join(OVERLAY_MODES)}")
     names = output_names(paths)
-    for folder, wanted in (("overlays", draw_overlays), ("maps", map_format is not None)):
+    for folder, wanted in (("overlays", overlays != "none"), ("maps", map_format is not None)):
         if wanted:
             (output_dir / folder).mkdir(exist_ok=True)
-    counts: Counter = Counter()
-    batches = predicted_batches(
-        paths, backend, processor, thresholds, category, batch_size, categories, category_thresholds
-    )
-    with PredictionWriter(output_dir) as writer, tqdm(total=len(paths), unit="img", desc="predict") as progress:
-        for batch in batches:
-            for predicted in batch:
-                row = predicted.row
-                if predicted.image is not None:
-                    row = _with_pictures(
-                        predicted, paths, names[predicted.index], output_dir, draw_overlays, map_format
-                    )
-                writer.write(row)
-                counts[row["decision"]] += 1
-            writer.flush()
-            progress.update(len(batch))
+    done = recover_rows(output_dir, paths, multiple_of=batch_size) if resume else RecoveredRows(0, Counter())
+    counts: Counter = Counter(done.decisions)
+    categories = [category] * len(paths) if categories is None else list(categories)
+    items = [(index, paths[index], categories[index]) for index in range(done.count, len(paths))]
+    settings = _finish_settings(backend, processor, thresholds, category_thresholds, overlays, map_format)
+    with (
+        PredictionWriter(output_dir, append=resume) as writer,
+        tqdm(total=len(paths), initial=done.count, unit="img", desc="predict") as progress,
+    ):
+        counts += run_pipeline(
+            items, names, backend, settings, output_dir, writer.write, writer.flush, batch_size=batch_size,
+            num_workers=num_workers, num_writers=num_writers, progress=progress.update, stats=stats,
+        )  # fmt: skip
     return counts
-
-
-def _with_pictures(
-    predicted: PredictedImage, paths: list[Path], name: str, output_dir: Path, draw: bool, map_format: str | None
-) -> dict:
-    """The row after writing its overlay and map; an `ERROR` row naming the problem when either cannot be written."""
-    row, path = dict(predicted.row), paths[predicted.index]
-    try:
-        if draw:
-            overlay = inside(output_dir, output_dir / "overlays" / f"{safe_name(name, 'overlay name')}.png")
-            picture = draw_overlay(
-                predicted.image.transpose(1, 2, 0), predicted.anomaly_map, predicted.pred_mask, row["score"],
-                row["decision"], row["image_threshold"], title=display_name(path),
-                pixel_threshold=row["pixel_threshold"],
-            )  # fmt: skip
-            picture.save(overlay, compress_level=1)
-            row["overlay"] = overlay.relative_to(output_dir).as_posix()
-        if map_format is not None:
-            stem = inside(output_dir, output_dir / "maps" / safe_name(name, "map name"))
-            row["map"] = save_map(stem, predicted.anomaly_map, map_format).relative_to(output_dir).as_posix()
-    except Exception as error:  # noqa: BLE001 - one picture that cannot be drawn or written: that image's row
-        return error_row(str(path), row["category"] or None, f"could not write its overlay or map: {_message(error)}")
-    return row
 
 
 def dataset_categories(paths: list[Path], known: Iterable[str]) -> list[str | None]:
@@ -293,6 +334,30 @@ def claim_predict_output(
     )  # fmt: skip
 
 
+def check_resumable(output_dir: Path, paths: list[Path], arguments: list[str], model: str, fingerprint: dict) -> None:
+    """Raises unless `--resume` may continue the run in `output_dir`: a folder predict wrote (the ownership rule,
+    `inference.output_folder.check_output_folder`), holding only its own entries, by a run with this fingerprint
+    (`inference.predict.resume.check_fingerprint`, naming what differs).
+
+    Args:
+        paths, arguments, model: As [`claim_predict_output`] takes them.
+        fingerprint: This run's `inference.predict.resume.run_fingerprint`.
+    """
+    folders = {path.parent for path in paths} | {Path(item) for item in arguments if Path(item).is_dir()}
+    if Path(model).is_dir():
+        folders.add(Path(model))
+    list_files = [Path(item) for item in arguments if Path(item).is_file()]
+    check_output_folder(
+        output_dir, COMMAND, overwrite=True, sources=list_files, contained_sources=sorted(folders)
+    )  # fmt: skip
+    check_fingerprint(output_dir, fingerprint)
+
+
+def _fitting_workers(args: argparse.Namespace, count: int) -> int:
+    """`--num_workers`, or 0 when every image fits in one batch (nothing to read ahead of)."""
+    return args.num_workers if count > args.batch_size else 0
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Runs the command; returns `{"images": N, "OK": .., "NG": .., "UNCALIBRATED": .., "ERROR": .., ...}`."""
     args = parse_args(argv)
@@ -308,7 +373,20 @@ def main(argv: list[str] | None = None) -> dict:
         # the checkpoint's own preprocessor_config.json, as saved: the mode older thresholds were calibrated in
         processor, own_processor = load_processors(args.model_name_or_path, args.image_size)
         processor = with_inference_mode(processor, args.resize_mode, args.tile_size, args.tile_overlap, note=False)
-        claim_predict_output(output_dir, args.overwrite_output_dir, paths, args.inputs, args.model_name_or_path)
+        fingerprint = run_fingerprint(
+            args.model_name_or_path,
+            backend.name,
+            {f"--{flag}": getattr(args, flag) for flag in FINGERPRINT_FLAGS},
+            paths,
+        )
+        # --resume where no row was written yet (a new folder, or a run stopped before its first row) starts afresh
+        resume = args.resume and (output_dir / "predictions.jsonl").is_file()
+        if resume:
+            check_resumable(output_dir, paths, args.inputs, args.model_name_or_path, fingerprint)
+        else:
+            overwrite = args.overwrite_output_dir or args.resume
+            claim_predict_output(output_dir, overwrite, paths, args.inputs, args.model_name_or_path)
+            write_fingerprint(output_dir, fingerprint)
     if found.skipped_outputs:
         shown = ", ".join(map(str, found.skipped_outputs[:3])) + (", ..." if len(found.skipped_outputs) > 3 else "")
         print(
@@ -327,15 +405,23 @@ def main(argv: list[str] | None = None) -> dict:
         categories = dataset_categories(paths, decision_field(applied, "category_thresholds") or {})
         category_thresholds = {name: choose_thresholds(applied, name, *overrides) for name in set(categories) - {None}}
         _print_category_note(Counter(name for name in categories if name))
-    counts = predict_images(
-        paths, backend, processor, thresholds, output_dir, args.category, args.batch_size, args.overlays,
-        args.save_maps, categories, category_thresholds,
-    )  # fmt: skip
+    try:
+        if args.engine == "ray":  # Ray Data on a Ray cluster (inference.predict.ray_engine)
+            counts = predict_with_ray_args(args, paths, backend, processor, thresholds, categories, category_thresholds)
+        else:
+            counts = predict_images(
+                paths, backend, processor, thresholds, output_dir, args.category, args.batch_size, args.overlays,
+                args.save_maps, categories, category_thresholds, num_workers=_fitting_workers(args, len(paths)),
+                num_writers=args.num_writers, resume=resume,
+            )  # fmt: skip
+    except LoaderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from error
     summary = {"images": len(paths), **{key: counts[key] for key in ("OK", "NG", UNCALIBRATED, "ERROR")}}
     print(
         f"{len(paths)} images: {counts['NG']} NG, {counts['OK']} OK, {counts[UNCALIBRATED]} uncalibrated, "
         f"{counts['ERROR']} errors -> {output_dir / 'predictions.csv'}"
-        + (f", {output_dir / 'overlays'}/" if args.overlays else "")
+        + (f", {output_dir / 'overlays'}/" if args.overlays != "none" else "")
     )
     return {**summary, "output_dir": str(output_dir)}
 

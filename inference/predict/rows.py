@@ -154,6 +154,47 @@ def prediction_row(
     return row, pred_mask
 
 
+def image_row(
+    path: str,
+    category: str | None,
+    model_map: np.ndarray,
+    model_score: float,
+    image_size: tuple[int, int],
+    layout,
+    processor,
+    image_score_top_k: int,
+    thresholds: Thresholds,
+) -> tuple[dict, np.ndarray, np.ndarray | None]:
+    """The row of one scored image from its own slice of the model's output: THE per-image step every engine runs
+    (the in-process pipeline, a Ray task), so that rows are the same whoever computes them.
+
+    The map is brought back to the image's own size by the processor (`post_process_anomaly_detection`, as
+    `inference.scoring.score_inputs` does for a batch: per image it gives the same values), then decided
+    ([`prediction_row`]).
+
+    Args:
+        path: The input path as given.
+        category: The image's category, or None.
+        model_map: `(N_i, h, w)` the backend's `anomaly_map` for this image's N_i inputs (1, or its tiles).
+        model_score: The backend's `pred_score` for this image (squash; letterbox and tiles score the merged map).
+        image_size: `(H, W)` of the image.
+        layout: The image's `image_layouts` entry (letterbox, tiles), or None (squash).
+        processor: The `CLIPADAImageProcessor` that made the inputs.
+        image_score_top_k: The backend's `decision_config.image_score_top_k` (letterbox, tiles).
+        thresholds: The image's [`Thresholds`].
+
+    Returns:
+        `(row, anomaly_map, pred_mask)`: the row (keys `COLUMNS`; `overlay` and `map` empty), the `(H, W)` float32
+        map and the `(H, W)` bool mask (None without a pixel threshold, or for an `ERROR` row).
+    """
+    outputs = {"anomaly_map": np.asarray(model_map, dtype=np.float32), "pred_score": np.float32([model_score])}
+    layouts = None if layout is None else [layout]
+    maps, scores = processor.post_process_anomaly_detection(outputs, [image_size], layouts, image_score_top_k)
+    anomaly_map = np.asarray(maps[0], dtype=np.float32)
+    row, pred_mask = prediction_row(path, category, anomaly_map, float(np.float32(scores[0])), thresholds)
+    return row, anomaly_map, pred_mask
+
+
 def non_finite_problem(score: float, anomaly_map: np.ndarray) -> str | None:
     """What is wrong when the model produced NaN or inf for an image (its score or any pixel of its map), in words for
     its `ERROR` row; None when both are finite."""
@@ -184,6 +225,7 @@ __all__ = [
     "choose_thresholds",
     "decide",
     "error_row",
+    "image_row",
     "non_finite_problem",
     "prediction_row",
 ]

@@ -1,6 +1,7 @@
 """What `inference.predict` writes as it goes: `predictions.csv`, `predictions.jsonl`, and raw maps on request.
 
-Rows are flushed after every batch, so an interrupted run keeps every row it wrote.
+Rows are written whole and flushed after every batch, so an interrupted run keeps every row it wrote (a torn last
+line, from a kill in the middle of a write, is cut by `inference.predict.resume` before a run continues).
 
 Example:
     ```python
@@ -11,6 +12,7 @@ Example:
 """
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -28,31 +30,34 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class PredictionWriter:
-    """Appends rows to `predictions.csv` and `predictions.jsonl` in `output_dir` (both created afresh).
+    """Appends rows to `predictions.csv` and `predictions.jsonl` in `output_dir`: created afresh, or continued.
 
     In the CSV, `boxes` is a JSON list and missing values are empty cells; a text cell (`TEXT_COLUMNS`: a path, a
     category, a message) that starts with `=`, `+`, `-`, `@`, a tab or a carriage return gets a `'` in front, so
     that a spreadsheet shows it as text instead of running it as a formula (OWASP's advice on CSV injection). The
-    JSONL holds the raw values, with `null` for missing ones.
+    JSONL holds the raw values, with `null` for missing ones. Each row goes to each file in one write call.
 
     Args:
         output_dir: The existing output folder.
+        append: Continue existing files (`--resume`, after `inference.predict.resume.recover_rows` left them holding
+            whole rows only) instead of creating them.
     """
 
-    def __init__(self, output_dir: Path):
+    def __init__(self, output_dir: Path, append: bool = False):
+        mode = "a" if append and (output_dir / "predictions.csv").is_file() else "w"
         # backslashreplace: a file name that is not valid UTF-8 (surrogate escapes) is written as `\udcff`, readable
         self.csv_file = open(  # noqa: SIM115
-            output_dir / "predictions.csv", "w", encoding="utf-8", errors="backslashreplace", newline=""
+            output_dir / "predictions.csv", mode, encoding="utf-8", errors="backslashreplace", newline=""
         )
-        self.jsonl_file = open(output_dir / "predictions.jsonl", "w", encoding="utf-8")  # noqa: SIM115
-        self.csv_writer = csv.DictWriter(self.csv_file, fieldnames=COLUMNS)
-        self.csv_writer.writeheader()
+        self.jsonl_file = open(output_dir / "predictions.jsonl", mode, encoding="utf-8")  # noqa: SIM115
+        if mode == "w":
+            self.csv_file.write(csv_header())
         self.flush()
 
     def write(self, row: dict) -> None:
-        """Writes one row (keys `COLUMNS`) to both files."""
-        self.csv_writer.writerow({key: _csv_cell(row[key], key in TEXT_COLUMNS) for key in COLUMNS})
-        self.jsonl_file.write(json.dumps({key: _json_value(row[key]) for key in COLUMNS}) + "\n")
+        """Writes one row (keys `COLUMNS`) to both files, each in one piece."""
+        self.csv_file.write(csv_line(row))
+        self.jsonl_file.write(json_line(row))
 
     def flush(self) -> None:
         """Pushes the rows written so far to disk."""
@@ -68,6 +73,23 @@ class PredictionWriter:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def csv_header() -> str:
+    """The header line of `predictions.csv`."""
+    return csv_line(dict(zip(COLUMNS, COLUMNS)), neutralise=False)
+
+
+def csv_line(row: dict, neutralise: bool = True) -> str:
+    """One row as its `predictions.csv` record (ends with `\r\n`; a cell with a newline is quoted)."""
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow([_csv_cell(row[key], neutralise and key in TEXT_COLUMNS) for key in COLUMNS])
+    return buffer.getvalue()
+
+
+def json_line(row: dict) -> str:
+    """One row as its `predictions.jsonl` line."""
+    return json.dumps({key: _json_value(row[key]) for key in COLUMNS}) + "\n"
 
 
 def _csv_cell(value, text: bool) -> str:
@@ -113,4 +135,14 @@ def save_map(stem: Path, anomaly_map: np.ndarray, fmt: str) -> Path:
     return path
 
 
-__all__ = ["FORMULA_STARTS", "MAP_FORMATS", "TEXT_COLUMNS", "PredictionWriter", "neutralise_formula", "save_map"]
+__all__ = [
+    "FORMULA_STARTS",
+    "MAP_FORMATS",
+    "TEXT_COLUMNS",
+    "PredictionWriter",
+    "csv_header",
+    "csv_line",
+    "json_line",
+    "neutralise_formula",
+    "save_map",
+]
