@@ -1,4 +1,5 @@
-"""Write tiny fake MVTec-AD, VisA and own-image folder trees (optionally with one injected defect) for offline tests.
+"""Write tiny fake MVTec-AD, VisA, MVTec AD 2, Real-IAD, BTAD and own-image folder trees (optionally with one
+injected defect) for offline tests.
 
 Example:
     >>> tree = write_mvtec_tree(tmp_path / "mvtec", bad_case="missing_mask")
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import shutil
 import struct
 import zlib
@@ -369,6 +371,256 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]],
         writer.writerows(rows)
 
 
+MVTEC_AD2_BAD_CASES = (
+    "missing_mask",  # an image in test_public/bad without its mask
+    "orphan_mask",  # a mask in test_public/ground_truth/bad whose image is missing
+    "missing_validation",  # a scenario without validation/good
+    "nested_private",  # a folder inside test_private (its images carry no labels, so no class folders)
+    "mask_size",  # a mask whose size differs from its image
+)
+REAL_IAD_BAD_CASES = (
+    "not_json",  # a split file that is not JSON
+    "missing_key",  # an entry without mask_path
+    "outside_path",  # an entry whose image path leads out of the root
+    "bad_file_name",  # an image name without part and view
+    "duplicate_view",  # one view of one part listed twice
+    "missing_file",  # an entry whose image does not exist
+    "other_category",  # an entry of another object in an object's file
+)
+BTAD_BAD_CASES = (
+    "missing_mask",  # an image in test/ko without its mask
+    "orphan_mask",  # a mask in ground_truth/ko whose image is missing
+    "same_stem",  # 0000.bmp and 0000.png side by side
+    "unknown_folder",  # a test folder other than ok/ko
+)
+
+
+def write_mvtec_ad2_tree(
+    root: str | Path,
+    scenarios: Sequence[str] = ("can", "vial"),
+    *,
+    size: tuple[int, int] = (24, 18),
+    private: bool = True,
+    bad_case: str | None = None,
+) -> FakeTree:
+    """Write a fake MVTec AD 2 tree: train/validation/test_public with masks, flat private test sets without labels.
+
+    Every scenario has 2 train, 2 validation, 1 test_public/good and 2 test_public/bad images (masks
+    ``ground_truth/bad/<stem>_mask.png``), 3 ``test_private/NNN_regular.png`` and 2 ``test_private_mixed/NNN_mixed.png``
+    images (``private=False`` leaves the private folders out), plus stray files.
+
+    Args:
+        root: Folder to create.
+        scenarios: Scenario folders to write.
+        size: Image size as (width, height).
+        private: Write the private test folders.
+        bad_case: One of `MVTEC_AD2_BAD_CASES`, injected into the first scenario.
+
+    Returns:
+        The written tree.
+    """
+    root, rng = Path(root), np.random.default_rng(1)
+    _write_strays(root, ("readme.txt", "license.txt"))
+    for scenario in scenarios:
+        folder = root / scenario
+        for split, names in (("train", ("000_regular", "001_regular")), ("validation", ("000_regular", "001_regular"))):
+            for name in names:
+                _write_image(folder / split / "good" / f"{name}.png", size, "RGB", rng, "PNG")
+        _write_image(folder / "test_public" / "good" / "000_regular.png", size, "RGB", rng, "PNG")
+        for index, name in enumerate(("000_regular", "001_overexposed")):
+            _write_image(folder / "test_public" / "bad" / f"{name}.png", size, "RGB", rng, "PNG")
+            _write_mask(folder / "test_public" / "ground_truth" / "bad" / f"{name}_mask.png", size, index, 255)
+        if private:
+            for index in range(3):
+                _write_image(folder / "test_private" / f"{index:03d}_regular.png", size, "RGB", rng, "PNG")
+            for index in range(2):
+                _write_image(folder / "test_private_mixed" / f"{index:03d}_mixed.png", size, "RGB", rng, "PNG")
+        _write_strays(folder, (".DS_Store",))
+    bad_file = _inject_mvtec_ad2(root / scenarios[0], bad_case) if bad_case else None
+    return FakeTree(root, bad_file)
+
+
+def _inject_mvtec_ad2(folder: Path, bad_case: str) -> Path:
+    """Inject one MVTec AD 2 defect into a scenario folder; return the path its error must name."""
+    public = folder / "test_public"
+    if bad_case == "missing_mask":
+        (public / "ground_truth" / "bad" / "001_overexposed_mask.png").unlink()
+        return public / "bad" / "001_overexposed.png"
+    if bad_case == "orphan_mask":
+        (public / "bad" / "001_overexposed.png").unlink()
+        return public / "ground_truth" / "bad" / "001_overexposed_mask.png"
+    if bad_case == "missing_validation":
+        shutil.rmtree(folder / "validation")
+        return folder / "validation" / "good"
+    if bad_case == "nested_private":
+        _write_image(
+            folder / "test_private" / "bad" / "009_regular.png", (24, 18), "RGB", np.random.default_rng(2), "PNG"
+        )
+        return folder / "test_private" / "bad"
+    if bad_case == "mask_size":
+        path = public / "ground_truth" / "bad" / "000_regular_mask.png"
+        _write_mask(path, (12, 9), 0, 255)
+        return path
+    raise ValueError(f"unknown bad case {bad_case!r}")
+
+
+REAL_IAD_VIEWS = ("C1", "C2", "C3", "C4", "C5")
+
+
+def write_real_iad_tree(
+    root: str | Path,
+    objects: Sequence[str] = ("audiojack", "toy_brick"),
+    *,
+    size: tuple[int, int] = (16, 12),
+    views: Sequence[str] = REAL_IAD_VIEWS,
+    bad_case: str | None = None,
+) -> FakeTree:
+    """Write a fake Real-IAD tree: per-view image files under ``realiad_256/<object>/{OK,NG/<class>}/S<id>/``, masks
+    beside the defective views, and the JSON split files of three protocols.
+
+    Per object: train parts S0001, S0002 (normal); test parts S0003 (normal) and S0004 (class ``AK``) whose views
+    C1 and C2 show the defect (with masks) while the other views have no mask (normal views of a defective part); a
+    part S0005 (class ``HS``) only the noisy protocol lists, among its training entries. ``realiad_jsons`` lists all
+    ``views`` (multi-view), ``realiad_jsons_sv`` the first view only, ``realiad_jsons_fuiad_0.4`` adds S0005 to train.
+
+    Args:
+        root: Folder to create (the Real-IAD root).
+        objects: Object folders to write.
+        size: Image size as (width, height).
+        views: The camera views written per part.
+        bad_case: One of `REAL_IAD_BAD_CASES`, injected into the first object's multi-view file.
+
+    Returns:
+        The written tree.
+    """
+    root, rng = Path(root), np.random.default_rng(3)
+    for obj in objects:
+        folder = root / "realiad_256" / obj
+        entries: dict[str, list[dict]] = {"train": [], "test": [], "noisy": []}
+        parts = (("train", 1, "OK"), ("train", 2, "OK"), ("test", 3, "OK"), ("test", 4, "AK"), ("noisy", 5, "HS"))
+        for split, number, anomaly_class in parts:
+            kind = "OK" if anomaly_class == "OK" else "NG"
+            part_dir = Path(kind, *(() if kind == "OK" else (anomaly_class,)), f"S{number:04d}")
+            for index, view in enumerate(views):
+                stem = f"{obj}_{number:04d}_{kind}_{view}_2023102113{index:04d}"
+                _write_image(folder / part_dir / f"{stem}.jpg", size, "RGB", rng, "JPEG")
+                mask = None
+                if kind == "NG" and view in ("C1", "C2"):
+                    mask = (part_dir / f"{stem}_mask.png").as_posix()
+                    _write_mask(folder / mask, size, index, 255)
+                image = (part_dir / f"{stem}.jpg").as_posix()
+                entry = {"category": obj, "anomaly_class": anomaly_class, "image_path": image, "mask_path": mask}
+                entries[split].append(entry)
+        meta = {"prefix": f"{obj}/", "normal_class": "OK"}
+        splits = {"train": entries["train"], "test": entries["test"]}
+        _write_json(root / "realiad_jsons" / f"{obj}.json", {"meta": meta, **splits})
+        single = {split: [e for e in rows if f"_{views[0]}_" in e["image_path"]] for split, rows in splits.items()}
+        _write_json(root / "realiad_jsons_sv" / f"{obj}.json", {"meta": meta, **single})
+        noisy = {"train": entries["train"] + entries["noisy"], "test": entries["test"]}
+        _write_json(root / "realiad_jsons_fuiad_0.4" / f"{obj}.json", {"meta": meta, **noisy})
+    bad_file = _inject_real_iad(root, objects[0], objects[-1], bad_case) if bad_case else None
+    return FakeTree(root, bad_file)
+
+
+def _inject_real_iad(root: Path, obj: str, other: str, bad_case: str) -> Path:
+    """Inject one Real-IAD defect into ``obj``'s multi-view JSON file; return the path its error must name."""
+    json_file = root / "realiad_jsons" / f"{obj}.json"
+    if bad_case == "not_json":
+        json_file.write_text('{"meta": {"prefix": ', encoding="utf-8")
+        return json_file
+    content = json.loads(json_file.read_text(encoding="utf-8"))
+    test = content["test"]
+    if bad_case == "missing_key":
+        del test[0]["mask_path"]
+    elif bad_case == "outside_path":
+        test[0]["image_path"] = "../../../../outside.jpg"
+        (root.parent / "outside.jpg").write_bytes(b"x")
+    elif bad_case == "bad_file_name":
+        source = root / "realiad_256" / obj / test[0]["image_path"]
+        renamed = source.with_name("picture.jpg")
+        source.rename(renamed)
+        test[0]["image_path"] = str(Path(test[0]["image_path"]).with_name("picture.jpg"))
+    elif bad_case == "duplicate_view":
+        test.append(dict(test[0]))
+    elif bad_case == "missing_file":
+        missing = root / "realiad_256" / obj / test[0]["image_path"]
+        missing.unlink()
+        _write_json(json_file, content)
+        return missing
+    elif bad_case == "other_category":
+        test[0]["category"] = other if other != obj else "someone_else"
+    else:
+        raise ValueError(f"unknown bad case {bad_case!r}")
+    _write_json(json_file, content)
+    return json_file
+
+
+def _write_json(path: Path, content: object) -> None:
+    """Write ``content`` as JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content), encoding="utf-8")
+
+
+def write_btad_tree(
+    root: str | Path,
+    products: Sequence[str] = ("01", "02", "03"),
+    *,
+    size: tuple[int, int] = (20, 14),
+    bad_case: str | None = None,
+) -> FakeTree:
+    """Write a fake BTAD tree with BTAD's mixed suffixes: product 01 has .bmp images and .png masks, 02 .png images and
+    masks, 03 .bmp images and .bmp masks; ``train/ok``, ``test/{ok,ko}``, ``ground_truth/ko/<stem>.<ext>``.
+
+    Args:
+        root: Folder to create.
+        products: Product folders to write (their suffixes follow the product name; others take product 01's).
+        size: Image size as (width, height).
+        bad_case: One of `BTAD_BAD_CASES`, injected into the first product.
+
+    Returns:
+        The written tree.
+    """
+    suffixes = {"01": ("bmp", "png"), "02": ("png", "png"), "03": ("bmp", "bmp")}
+    root, rng = Path(root), np.random.default_rng(4)
+    _write_strays(root, ("readme.txt",))
+    for product in products:
+        image_ext, mask_ext = suffixes.get(product, suffixes["01"])
+        formats = {"bmp": "BMP", "png": "PNG"}
+        folder = root / product
+        for split, label, count in (("train", "ok", 3), ("test", "ok", 1), ("test", "ko", 2)):
+            for index in range(count):
+                _write_image(folder / split / label / f"{index:04d}.{image_ext}", size, "RGB", rng, formats[image_ext])
+        for index in range(2):
+            mask = np.zeros((size[1], size[0]), dtype=np.uint8)
+            mask[2 + index : 6 + index, 3:8] = 255
+            path = folder / "ground_truth" / "ko" / f"{index:04d}.{mask_ext}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask).save(path, format=formats[mask_ext])
+    bad_file = _inject_btad(root / products[0], bad_case) if bad_case else None
+    return FakeTree(root, bad_file)
+
+
+def _inject_btad(folder: Path, bad_case: str) -> Path:
+    """Inject one BTAD defect into a product folder; return the path its error must name."""
+    ko = sorted((folder / "test" / "ko").iterdir())
+    masks = sorted((folder / "ground_truth" / "ko").iterdir())
+    if bad_case == "missing_mask":
+        masks[1].unlink()
+        return ko[1]
+    if bad_case == "orphan_mask":
+        ko[1].unlink()
+        return masks[1]
+    if bad_case == "same_stem":
+        twin = ko[0].with_suffix(".png" if ko[0].suffix == ".bmp" else ".bmp")
+        shutil.copy(ko[0], twin)
+        return twin if twin.name > ko[0].name else ko[0]
+    if bad_case == "unknown_folder":
+        target = folder / "test" / "scratch"
+        _write_image(target / "0000.png", (20, 14), "RGB", np.random.default_rng(5), "PNG")
+        return target
+    raise ValueError(f"unknown bad case {bad_case!r}")
+
+
 def read_visa_rows(root: str | Path) -> list[list[str]]:
     """The rows of a VisA tree's ``split_csv/1cls.csv``, without its header (for tests that edit them)."""
     with open(Path(root) / "split_csv" / "1cls.csv", newline="", encoding="utf-8") as handle:
@@ -400,14 +652,21 @@ def _truncate(path: Path) -> Path:
 
 
 __all__ = [
+    "BTAD_BAD_CASES",
     "FOLDER_BAD_CASES",
     "FOLDER_MASKS",
+    "MVTEC_AD2_BAD_CASES",
     "MVTEC_BAD_CASES",
+    "REAL_IAD_BAD_CASES",
+    "REAL_IAD_VIEWS",
     "VISA_BAD_CASES",
     "FakeTree",
     "read_visa_rows",
+    "write_btad_tree",
     "write_folder_tree",
+    "write_mvtec_ad2_tree",
     "write_mvtec_tree",
+    "write_real_iad_tree",
     "write_visa_rows",
     "write_visa_tree",
     "zero_size_png",

@@ -1,6 +1,8 @@
-"""Convert a raw MVTec-AD or VisA download, or a plain folder of your own images, into a `DatasetDict` on disk.
+"""Convert a raw MVTec-AD, VisA, MVTec AD 2, Real-IAD, BTAD or MPDD download, or a folder of your own images, into a
+`DatasetDict` on disk.
 
-The output folder (written with `save_to_disk`, splits ``train`` and ``test``) embeds the image and
+The output folder (written with `save_to_disk`, splits ``train`` and ``test``; MVTec AD 2 adds ``validation``,
+``test_private`` and ``test_private_mixed``) embeds the image and
 mask bytes, so it survives deleting the raw folder; it appears only once complete. A non-empty output
 folder is never replaced unless it is a dataset this command wrote earlier (it holds
 ``.clipada_dataset.json`` and nothing it did not write) and ``--overwrite_output_dir`` is given; it never lies
@@ -17,6 +19,8 @@ Example:
     $ python -m training.prepare_dataset --dataset visa --data_dir ~/VisA --output_dir ~/data/visa_hf \\
         --skip_missing_files --push_to_hub --hub_dataset_id user/visa
     $ python -m training.prepare_dataset --dataset folder --data_dir ~/widget --output_dir ~/data/widget_hf
+    $ python -m training.prepare_dataset --dataset real_iad --data_dir ~/Real-IAD --output_dir ~/data/realiad_hf \
+        --real_iad_protocol single_view --real_iad_resolution 1024 --categories audiojack
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from inference.command_line import overwrite_argument, threads_argument
 from inference.devices import configure_threads
 from training.data import (
     DATASET_NAMES,
+    REAL_IAD_PROTOCOLS,
+    REAL_IAD_RESOLUTIONS,
     DatasetFormatError,
     check_output_dir,
     load_anomaly_dataset,
@@ -55,15 +61,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         The parsed arguments.
     """
     parser = argparse.ArgumentParser(
-        description="Convert a raw MVTec-AD or VisA folder, or a folder of your own images (train/good, optional "
-        "test/<defect> and ground_truth/<defect>), into a Hugging Face DatasetDict (save_to_disk).",
+        description="Convert a raw MVTec-AD, VisA, MVTec AD 2, Real-IAD, BTAD or MPDD folder, or a folder of your own "
+        "images (train/good, optional test/<defect> and ground_truth/<defect>), into a Hugging Face DatasetDict "
+        "(save_to_disk).",
         parents=[overwrite_argument("a dataset written earlier by this command"), threads_argument()],
     )
     parser.add_argument(
         "--dataset",
         choices=DATASET_NAMES,
         default=None,
-        help="Layout of --data_dir (default: inferred; 'folder' for your own images, masks optional).",
+        help="Layout of --data_dir (default: inferred; 'folder' for your own images, masks optional; MPDD has "
+        "MVTec-AD's layout and is read as MPDD only when named).",
     )
     parser.add_argument("--data_dir", type=Path, required=True, help="The raw dataset folder.")
     parser.add_argument("--output_dir", type=Path, required=True, help="Folder to write the DatasetDict to.")
@@ -71,7 +79,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--skip_missing_files",
         action="store_true",
-        help="VisA: keep only the split-csv rows whose files exist (for partial downloads).",
+        help="VisA and Real-IAD: keep only the split-file rows whose files exist (for partial downloads).",
+    )
+    parser.add_argument(
+        "--real_iad_protocol",
+        choices=list(REAL_IAD_PROTOCOLS),
+        default="multi_view",
+        help="Real-IAD: whose JSON split files to read: multi_view (realiad_jsons, default), single_view "
+        "(realiad_jsons_sv) or noisy_<ratio> (realiad_jsons_fuiad_<ratio>: anomalies among the training images).",
+    )
+    parser.add_argument(
+        "--real_iad_resolution",
+        choices=list(REAL_IAD_RESOLUTIONS),
+        default=None,
+        help="Real-IAD: the image folder realiad_<resolution> (default: the first of 1024, 512, 256, raw present).",
     )
     parser.add_argument("--push_to_hub", action="store_true", help="Also push the dataset to the Hub.")
     parser.add_argument("--hub_dataset_id", default=None, help="Hub dataset repository, e.g. user/mvtec_ad.")
@@ -88,6 +109,8 @@ def prepare_dataset(
     categories: Sequence[str] | None = None,
     allow_missing_files: bool = False,
     overwrite: bool = False,
+    real_iad_protocol: str = "multi_view",
+    real_iad_resolution: str | None = None,
 ) -> datasets.DatasetDict:
     """Build the dataset of a raw folder and save it atomically to ``output_dir``.
 
@@ -99,10 +122,13 @@ def prepare_dataset(
     Args:
         data_dir: The raw MVTec-AD, VisA or own-images folder (a saved dataset folder is re-saved, filtered).
         output_dir: Folder to write with `save_to_disk`.
-        dataset: ``"mvtec_ad"``, ``"visa"``, ``"folder"`` or ``None`` to infer it from the layout.
+        dataset: One of `training.data.DATASET_NAMES` or ``None`` to infer it from the layout.
         categories: Only these categories (all when ``None``).
-        allow_missing_files: VisA: drop split-csv rows whose files are missing.
+        allow_missing_files: VisA and Real-IAD: drop split-file rows whose files are missing.
         overwrite: Replace ``output_dir`` when it holds a dataset written earlier by this function.
+        real_iad_protocol: Real-IAD: the protocol whose JSON split files are read.
+        real_iad_resolution: Real-IAD: the image folder ``realiad_<resolution>``; by default the first of 1024, 512,
+            256, raw present.
 
     Returns:
         The saved dataset, loaded back from ``output_dir``.
@@ -124,7 +150,13 @@ def prepare_dataset(
         )
         with cache as cache_dir:
             dataset_dict = load_anomaly_dataset(
-                str(data_dir), dataset, categories, allow_missing_files=allow_missing_files, cache_dir=cache_dir
+                str(data_dir),
+                dataset,
+                categories,
+                allow_missing_files=allow_missing_files,
+                cache_dir=cache_dir,
+                real_iad_protocol=real_iad_protocol,
+                real_iad_resolution=real_iad_resolution,
             )
             save_dataset_atomically(dataset_dict, output_dir, overwrite=overwrite)
     except OSError as error:
@@ -194,13 +226,14 @@ def format_counts(counts: dict[str, Counter]) -> str:
         One line per split, category and defect type, plus a total per split.
     """
     keys = [key for counter in counts.values() for key in counter]
+    width_s = max([len("split"), *(len(split) for split in counts)])
     width_c = max([len("(total)"), *(len(category) for category, _ in keys)])
     width_d = max([len("defect_type"), *(len(defect) for _, defect in keys)])
-    lines = [f"{'split':<6} {'category':<{width_c}} {'defect_type':<{width_d}} {'count':>6}"]
+    lines = [f"{'split':<{width_s}} {'category':<{width_c}} {'defect_type':<{width_d}} {'count':>6}"]
     for split, counter in counts.items():
         for (category, defect), count in sorted(counter.items()):
-            lines.append(f"{split:<6} {category:<{width_c}} {defect:<{width_d}} {count:>6}")
-        lines.append(f"{split:<6} {'(total)':<{width_c}} {'':<{width_d}} {sum(counter.values()):>6}")
+            lines.append(f"{split:<{width_s}} {category:<{width_c}} {defect:<{width_d}} {count:>6}")
+        lines.append(f"{split:<{width_s}} {'(total)':<{width_c}} {'':<{width_d}} {sum(counter.values()):>6}")
     return "\n".join(lines)
 
 
@@ -224,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.categories,
             args.skip_missing_files,
             overwrite=args.overwrite_output_dir,
+            real_iad_protocol=args.real_iad_protocol,
+            real_iad_resolution=args.real_iad_resolution,
         )
     except DatasetFormatError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Turn raw MVTec-AD / VisA folders, plain folders of your own images, saved folders or Hub ids into a `DatasetDict`.
+"""Turn raw MVTec-AD / VisA / MVTec AD 2 / Real-IAD / BTAD / MPDD folders, plain folders of your own images, saved
+folders or Hub ids into a `DatasetDict`.
 
 Every dataset this package returns has the splits ``train`` and ``test`` and the columns
 
@@ -8,6 +9,10 @@ Every dataset this package returns has the splits ``train`` and ``test`` and the
 - ``label`` (`datasets.ClassLabel`, names ``["good", "anomaly"]``);
 - ``category`` (`str`), ``defect_type`` (`str`, ``"good"`` for normal images);
 - ``image_path`` (`str`): the image's path relative to the dataset root, posix style.
+
+Some layouts add what they need: MVTec AD 2 the splits ``validation``, ``test_private`` and ``test_private_mixed``
+(``test`` is its ``test_public``; private rows have ``label`` -1, no label) and a ``split_name`` column; Real-IAD the
+columns ``sample_id``, ``view`` and ``anomaly_class``.
 
 Raw folders are read in two passes: a cheap pass over the folder layout (`mvtec`, `folder`) or VisA's
 split csv (`visa`) that pairs every image with its mask and checks that the files exist, then `build`, which
@@ -21,6 +26,7 @@ Modules:
     schema: columns, constants, `Sample`, `DatasetFormatError` and the checks every layout shares.
     images: reading, decoding and re-encoding one image or mask file.
     mvtec, visa, folder: locating the samples of each raw layout (folder: your own images, masks optional).
+    mvtec_ad2, real_iad, btad, mpdd: the same for the benchmarks of 2025-26 (one module per dataset).
     build: building the `DatasetDict` from located samples.
     sources: `load_anomaly_dataset` (raw folder, saved folder or Hub id), layout inference, category filter.
     save: `save_dataset_atomically` with our marker file.
@@ -33,10 +39,14 @@ Example:
     >>> save_dataset_atomically(dataset, "/data/mvtec_bottle_hf")
 """
 
+from .btad import build_btad
 from .build import build_dataset_dict, encode_sample
 from .folder import build_folder_dataset
 from .images import encode_binary_mask, encode_rgb_image, read_image_file
+from .mpdd import build_mpdd
 from .mvtec import build_mvtec_ad
+from .mvtec_ad2 import build_mvtec_ad2
+from .real_iad import REAL_IAD_PROTOCOLS, REAL_IAD_RESOLUTIONS, build_real_iad
 from .save import DATASET_MARKER, check_output_dir, is_our_dataset, save_dataset_atomically
 from .schema import (
     DATASET_NAMES,
@@ -45,6 +55,7 @@ from .schema import (
     NORMAL_DEFECT_TYPE,
     REQUIRED_COLUMNS,
     SPLIT_NAMES,
+    UNKNOWN_LABEL,
     DatasetFormatError,
     Sample,
     anomaly_features,
@@ -60,14 +71,21 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "LABEL_NAMES",
     "NORMAL_DEFECT_TYPE",
+    "REAL_IAD_PROTOCOLS",
+    "REAL_IAD_RESOLUTIONS",
     "REQUIRED_COLUMNS",
     "SPLIT_NAMES",
+    "UNKNOWN_LABEL",
     "DatasetFormatError",
     "Sample",
     "anomaly_features",
+    "build_btad",
     "build_dataset_dict",
     "build_folder_dataset",
+    "build_mpdd",
     "build_mvtec_ad",
+    "build_mvtec_ad2",
+    "build_real_iad",
     "build_visa",
     "check_output_dir",
     "encode_binary_mask",

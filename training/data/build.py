@@ -49,28 +49,36 @@ def encode_sample(sample: Sample) -> dict:
         "category": sample.category,
         "defect_type": sample.defect_type,
         "image_path": sample.image_path,
+        **dict(sample.extra),
     }
 
 
-def build_dataset_dict(samples: Sequence[Sample], cache_dir: str | os.PathLike | None) -> datasets.DatasetDict:
-    """Build both splits from located samples through `Dataset.from_generator`.
+def build_dataset_dict(
+    samples: Sequence[Sample], cache_dir: str | os.PathLike | None, split_names: Sequence[str] = SPLIT_NAMES
+) -> datasets.DatasetDict:
+    """Build the splits from located samples through `Dataset.from_generator`.
 
     Each file is decoded once and its row written to an Arrow cache on disk, so the decoded images never
-    sit in RAM together.
+    sit in RAM together. The layout's extra columns (`Sample.extra`, the same for every sample) follow the shared ones.
 
     Args:
-        samples: The located samples of both splits.
+        samples: The located samples of all splits.
         cache_dir: Where `datasets` caches the Arrow files (defaults to the `datasets` cache).
+        split_names: The splits to build, in order (a split without samples is empty).
 
     Returns:
-        A `DatasetDict` with the splits ``train`` and ``test``.
+        A `DatasetDict` with the ``split_names`` (by default ``train`` and ``test``).
 
     Raises:
         DatasetFormatError: A file cannot be decoded or a mask does not fit its image.
         OSError: The Arrow cache cannot be written (e.g. the disk is full).
     """
+    features = anomaly_features([name for name, _ in samples[0].extra] if samples else ())
     return datasets.DatasetDict(
-        {split: _build_split([s for s in samples if s.split == split], split, cache_dir) for split in SPLIT_NAMES}
+        {
+            split: _build_split([s for s in samples if s.split == split], split, cache_dir, features)
+            for split in split_names
+        }
     )
 
 
@@ -80,14 +88,16 @@ def _generate_rows(samples: tuple[Sample, ...]) -> Iterator[dict]:
         yield encode_sample(sample)
 
 
-def _build_split(samples: list[Sample], split: str, cache_dir: str | os.PathLike | None) -> datasets.Dataset:
+def _build_split(
+    samples: list[Sample], split: str, cache_dir: str | os.PathLike | None, features: datasets.Features
+) -> datasets.Dataset:
     """Encode one split, surfacing a `DatasetFormatError` or `OSError` unwrapped from `datasets`' own error."""
     if not samples:  # a train-only folder: `from_generator` refuses a generator without rows
-        return datasets.Dataset.from_dict({name: [] for name in anomaly_features()}, anomaly_features(), split=split)
+        return datasets.Dataset.from_dict({name: [] for name in features}, features, split=split)
     try:
         return datasets.Dataset.from_generator(
             _generate_rows,
-            features=anomaly_features(),
+            features=features,
             gen_kwargs={"samples": tuple(samples)},
             cache_dir=str(cache_dir) if cache_dir is not None else None,
             split=split,
@@ -108,7 +118,8 @@ def _fingerprint(samples: Sequence[Sample], split: str) -> str:
     for sample in samples:
         files = [p for p in (sample.image_file, sample.mask_file) if p is not None]
         stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-        digest.update(repr((sample.label, sample.category, sample.defect_type, sample.image_path, stats)).encode())
+        described = (sample.label, sample.category, sample.defect_type, sample.image_path, sample.extra, stats)
+        digest.update(repr(described).encode())
     return digest.hexdigest()[:32]
 
 

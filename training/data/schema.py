@@ -12,8 +12,13 @@ import datasets
 from inference.output_folder import OutputFolderError, safe_name
 
 LABEL_NAMES = ("good", "anomaly")
-DATASET_NAMES = ("mvtec_ad", "visa", "folder")
+DATASET_NAMES = ("mvtec_ad", "visa", "folder", "mvtec_ad2", "real_iad", "btad", "mpdd")
 SPLIT_NAMES = ("train", "test")
+# The ``label`` of a row whose label the dataset does not publish (MVTec AD 2's private test sets); `ClassLabel`'s
+# "no label" value.
+UNKNOWN_LABEL = -1
+# The ``defect_type`` of such a row.
+UNKNOWN_DEFECT_TYPE = "unknown"
 REQUIRED_COLUMNS = ("image", "mask", "label", "category", "defect_type")
 NORMAL_DEFECT_TYPE = "good"
 # The one list of image file suffixes of the project (lower case; compare with `path.suffix.lower()`).
@@ -32,15 +37,20 @@ class Sample:
     """One image of a raw dataset, located but not yet read.
 
     Attributes:
-        split: ``"train"`` or ``"test"``.
+        split: ``"train"`` or ``"test"`` (MVTec AD 2 also ``"validation"``, ``"test_private"``,
+            ``"test_private_mixed"``).
         image_file: Absolute path of the image file.
         mask_file: Absolute path of the mask file; ``None`` for normal images, and for anomalous images whose
             mask is not available (the folder layout allows them, see `has_ground_truth`).
-        label: 0 for normal (``"good"``), 1 for anomalous images.
+        label: 0 for normal (``"good"``), 1 for anomalous images, `UNKNOWN_LABEL` (-1) where the dataset publishes
+            no label (MVTec AD 2's private test sets).
         category: Category (MVTec-AD) or object (VisA) name.
         defect_type: Defect name, ``"good"`` for normal images.
         image_path: The image's path relative to the dataset root, posix style.
         line: The line of the csv that listed the image (VisA), for errors; ``None`` for folder layouts.
+        extra: ``(column, value)`` pairs of the string columns a layout adds (the same names, in the same order, for
+            every sample of one dataset): Real-IAD's ``sample_id``, ``view`` and ``anomaly_class``, MVTec AD 2's
+            ``split_name``.
     """
 
     split: str
@@ -51,14 +61,19 @@ class Sample:
     defect_type: str
     image_path: str
     line: int | None = None
+    extra: tuple[tuple[str, str], ...] = ()
 
 
-def anomaly_features() -> datasets.Features:
+def anomaly_features(extra_columns: Sequence[str] = ()) -> datasets.Features:
     """Return the `datasets.Features` shared by every split this package produces.
+
+    Args:
+        extra_columns: Names of the string columns a layout adds after the shared ones (Real-IAD's ``sample_id``,
+            ``view`` and ``anomaly_class``, MVTec AD 2's ``split_name``; see `Sample.extra`).
 
     Returns:
         The features of the columns ``image``, ``mask``, ``label``, ``category``, ``defect_type`` and
-        ``image_path``.
+        ``image_path``, then the ``extra_columns``.
     """
     return datasets.Features(
         {
@@ -68,6 +83,7 @@ def anomaly_features() -> datasets.Features:
             "category": datasets.Value("string"),
             "defect_type": datasets.Value("string"),
             "image_path": datasets.Value("string"),
+            **{name: datasets.Value("string") for name in extra_columns},
         }
     )
 
@@ -177,7 +193,9 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
 def _repetition_message(first: Sample, second: Sample, listing: Path | None) -> str:
     """Say where one image file appears twice and why that is refused."""
     if first.split != second.split:
-        problem = "is in both the train and test splits (the test image would leak into training)"
+        problem = (
+            f"is in both the {first.split} and {second.split} splits (an evaluation image would leak into training)"
+        )
     elif first.label != second.label:
         problem = "is both normal and anomalous"
     else:
@@ -234,6 +252,8 @@ __all__ = [
     "NORMAL_DEFECT_TYPE",
     "REQUIRED_COLUMNS",
     "SPLIT_NAMES",
+    "UNKNOWN_DEFECT_TYPE",
+    "UNKNOWN_LABEL",
     "DatasetFormatError",
     "Sample",
     "anomaly_features",

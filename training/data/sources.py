@@ -9,8 +9,12 @@ from pathlib import Path
 
 import datasets
 
+from .btad import build_btad, is_btad_product
 from .folder import build_folder_dataset
+from .mpdd import build_mpdd
 from .mvtec import build_mvtec_ad
+from .mvtec_ad2 import build_mvtec_ad2, is_mvtec_ad2_scenario
+from .real_iad import build_real_iad, is_real_iad_root
 from .schema import (
     DATASET_NAMES,
     REQUIRED_COLUMNS,
@@ -33,6 +37,8 @@ def load_anomaly_dataset(
     *,
     allow_missing_files: bool = False,
     cache_dir: str | os.PathLike | None = None,
+    real_iad_protocol: str = "multi_view",
+    real_iad_resolution: str | None = None,
 ) -> datasets.DatasetDict:
     """Load an anomaly-detection `DatasetDict` from a raw folder, a saved folder or the Hub.
 
@@ -41,15 +47,21 @@ def load_anomaly_dataset(
             ``split_csv/1cls.csv``), a plain folder of your own images (``train/good``, optional ``test/`` and
             ``ground_truth/``, see `training.data.folder`), a folder written by `DatasetDict.save_to_disk`,
             or a Hub dataset id. The Hub is only tried when the string is not an existing local path.
-        dataset: ``"mvtec_ad"``, ``"visa"``, ``"folder"`` or ``None`` to infer the layout of a raw folder.
+        dataset: ``"mvtec_ad"``, ``"visa"``, ``"folder"``, ``"mvtec_ad2"``, ``"real_iad"``, ``"btad"``, ``"mpdd"`` or
+            ``None`` to infer the layout of a raw folder (MPDD is MVTec-AD's layout: name it to get its checks).
         categories: Keep only these categories (all when ``None``); an unknown one is an error that lists
             the available ones.
-        allow_missing_files: VisA only: drop split-csv rows whose files are missing instead of failing.
+        allow_missing_files: VisA and Real-IAD: drop split-file rows whose files are missing instead of failing.
         cache_dir: Where `datasets` caches the Arrow files built from a raw folder (defaults to the
             `datasets` cache).
+        real_iad_protocol: Real-IAD: the protocol whose JSON split files are read (`training.data.real_iad`).
+        real_iad_resolution: Real-IAD: the image folder ``realiad_<resolution>``; by default the first of 1024, 512,
+            256, raw present.
 
     Returns:
-        A `DatasetDict` with the splits ``train`` and ``test`` and the columns of `anomaly_features`.
+        A `DatasetDict` with the splits ``train`` and ``test`` and the columns of `anomaly_features` (MVTec AD 2 adds
+        the splits ``validation``, ``test_private``, ``test_private_mixed`` and a ``split_name`` column; Real-IAD the
+        columns ``sample_id``, ``view`` and ``anomaly_class``).
 
     Raises:
         DatasetFormatError: The input is missing, of an unknown layout, or malformed; a saved or Hub dataset whose
@@ -64,9 +76,22 @@ def load_anomaly_dataset(
         layout = dataset or infer_dataset_layout(path)
         if layout == "visa":
             return build_visa(path, categories, allow_missing_files=allow_missing_files, cache_dir=cache_dir)
-        if layout == "folder":
-            return build_folder_dataset(path, categories, cache_dir=cache_dir)
-        return build_mvtec_ad(path, categories, cache_dir=cache_dir)
+        if layout == "real_iad":
+            return build_real_iad(
+                path,
+                categories,
+                protocol=real_iad_protocol,
+                resolution=real_iad_resolution,
+                allow_missing_files=allow_missing_files,
+                cache_dir=cache_dir,
+            )
+        builders = {
+            "folder": build_folder_dataset,
+            "mvtec_ad2": build_mvtec_ad2,
+            "btad": build_btad,
+            "mpdd": build_mpdd,
+        }
+        return builders.get(layout, build_mvtec_ad)(path, categories, cache_dir=cache_dir)
     if path.is_dir():
         dataset_dict = _load_saved_dataset(path)
     elif path.exists():
@@ -81,7 +106,8 @@ def load_anomaly_dataset(
 
 
 def infer_dataset_layout(data_dir: str | os.PathLike) -> str:
-    """Tell whether a raw folder is laid out as VisA, MVTec-AD or a plain folder of your own images.
+    """Tell whether a raw folder is laid out as VisA, Real-IAD, MVTec AD 2, BTAD, MVTec-AD or a plain folder of your
+    own images (MPDD has MVTec-AD's layout and is only read as MPDD when named).
 
     A tree of ``train/good`` folders is MVTec-AD when a category holds ``ground_truth/`` (then every
     anomalous image needs its mask and ``test/`` is required, which catches incomplete downloads), and the
@@ -92,8 +118,9 @@ def infer_dataset_layout(data_dir: str | os.PathLike) -> str:
         data_dir: The folder to inspect.
 
     Returns:
-        ``"visa"`` when ``split_csv/1cls.csv`` exists, ``"mvtec_ad"`` or ``"folder"`` when the folder (or
-        its sub-folders) holds ``train/good``.
+        ``"visa"`` when ``split_csv/1cls.csv`` exists, ``"real_iad"`` when a ``realiad_jsons*`` folder does,
+        ``"mvtec_ad2"`` when the folder (or a sub-folder) holds ``test_public/``, ``"btad"`` when it holds
+        ``train/ok/``, ``"mvtec_ad"`` or ``"folder"`` when it holds ``train/good``.
 
     Raises:
         DatasetFormatError: The folder is missing or matches no layout.
@@ -101,6 +128,13 @@ def infer_dataset_layout(data_dir: str | os.PathLike) -> str:
     root = existing_dir(data_dir)
     if (root / VISA_SPLIT_CSV).is_file():
         return "visa"
+    if is_real_iad_root(root):
+        return "real_iad"
+    children = [root, *subdirs(root)]
+    if any(is_mvtec_ad2_scenario(folder) for folder in children):
+        return "mvtec_ad2"
+    if any(is_btad_product(folder) for folder in children):
+        return "btad"
     categories = [root] if (root / "train" / "good").is_dir() else subdirs(root)
     categories = [d for d in categories if (d / "train" / "good").is_dir()]
     if categories:
@@ -108,8 +142,9 @@ def infer_dataset_layout(data_dir: str | os.PathLike) -> str:
     if (root / "train").is_dir() or (root / "test").is_dir():
         raise DatasetFormatError(f"{root / 'train' / 'good'}: folder not found; the normal training images go there")
     raise DatasetFormatError(
-        f"{root}: cannot tell the dataset layout; expected {VISA_SPLIT_CSV} (VisA), <category>/train/good/ "
-        "(MVTec-AD or your own images), train/good/ (your own images, one category) or a folder written by "
+        f"{root}: cannot tell the dataset layout; expected {VISA_SPLIT_CSV} (VisA), realiad_jsons/ (Real-IAD), "
+        "<scenario>/test_public/ (MVTec AD 2), <product>/train/ok/ (BTAD), <category>/train/good/ (MVTec-AD, MPDD "
+        "or your own images), train/good/ (your own images, one category) or a folder written by "
         "DatasetDict.save_to_disk (dataset_dict.json)"
     )
 

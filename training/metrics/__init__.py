@@ -20,8 +20,11 @@ from .streaming import AnomalyMetrics, compute_anomaly_metrics
 
 # The `evaluate` module, for `evaluate.load(EVALUATE_MODULE_PATH)`.
 EVALUATE_MODULE_PATH = str(Path(__file__).with_name("clipada_anomaly.py"))
+# The benchmark metrics' `evaluate` module (MVTec AD 2's SegF1, Real-IAD's sample-level I-AUROC).
+BENCHMARK_EVALUATE_MODULE_PATH = str(Path(__file__).with_name("clipada_benchmarks.py"))
 
 __all__ = [
+    "BENCHMARK_EVALUATE_MODULE_PATH",
     "ESCAPE_RATES",
     "EVALUATE_MODULE_PATH",
     "METRIC_NAMES",
