@@ -502,7 +502,8 @@ def write_real_iad_tree(
             kind = "OK" if anomaly_class == "OK" else "NG"
             part_dir = Path(kind, *(() if kind == "OK" else (anomaly_class,)), f"S{number:04d}")
             for index, view in enumerate(views):
-                stem = f"{obj}_{number:04d}_{kind}_{view}_2023102113{index:04d}"
+                label = kind if kind == "OK" else f"NG_{anomaly_class}"  # the dataset's names: ..._NG_AK_C1_...
+                stem = f"{obj}_{number:04d}_{label}_{view}_2023102113{index:04d}"
                 _write_image(folder / part_dir / f"{stem}.jpg", size, "RGB", rng, "JPEG")
                 mask = None
                 if kind == "NG" and view in ("C1", "C2"):

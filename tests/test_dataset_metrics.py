@@ -8,17 +8,19 @@ import sys
 import numpy as np
 import pytest
 import torch
+from datasets import load_from_disk
 from fake_trees import write_mvtec_ad2_tree, write_real_iad_tree
 from PIL import Image
 from tiny_clip import IMAGE_SIZE, make_tiny_clip
 
 from modeling_clipada import CLIPADAForAnomalySegmentation
 from processing import CLIPADAImageProcessor
-from training import evaluation
+from training import benchmark_eval, evaluation
 from training.metrics.dataset_metrics import DatasetMetrics
 from training.metrics.sample_level import sample_level_metrics, sample_scores
 from training.metrics.segf1 import PixelStatistics, SegF1Counts, seg_f1
 from training.prepare_dataset import prepare_dataset
+from training.submission import validation_thresholds, write_submission
 
 
 def _brute_seg_f1(maps, masks, threshold) -> float:
@@ -78,6 +80,16 @@ def test_pixel_statistics_threshold_is_mean_plus_three_population_std():
     assert statistics.threshold(1.5) == pytest.approx(pixels.mean() + 1.5 * pixels.std(), rel=1e-12)
     with pytest.raises(ValueError, match="no validation pixels"):
         PixelStatistics().threshold()
+
+
+@pytest.mark.parametrize("shape", [(3, 3), (1, 3, 3)])  # one map, or a batch of maps
+def test_non_finite_maps_are_refused_in_every_shape(shape):
+    anomaly_map = np.zeros(shape)
+    anomaly_map[..., 1, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        PixelStatistics().update(anomaly_map)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        seg_f1(anomaly_map, np.zeros(shape), 0.5)
 
 
 @pytest.mark.parametrize("reduction", ["max", "mean"])
@@ -147,8 +159,15 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.mark.usefixtures("isolated_datasets_cache")
-def test_eval_reports_seg_f1_and_writes_the_submission_layout(tmp_path, checkpoint, capsys):
+def test_eval_reports_seg_f1_and_writes_the_submission_layout(tmp_path, checkpoint, capsys, monkeypatch):
     tifffile = pytest.importorskip("tifffile")
+    used_thresholds = []
+
+    def recording_write_submission(model, processor, dataset, folder, thresholds, *args):
+        used_thresholds.append(thresholds)
+        return write_submission(model, processor, dataset, folder, thresholds, *args)
+
+    monkeypatch.setattr(benchmark_eval, "write_submission", recording_write_submission)
     tree = write_mvtec_ad2_tree(tmp_path / "ad2", scenarios=("can",), size=(40, 30))
     prepare_dataset(tree.root, tmp_path / "data")
     submission = tmp_path / "submission"
@@ -171,6 +190,13 @@ def test_eval_reports_seg_f1_and_writes_the_submission_layout(tmp_path, checkpoi
         Image.open(submission / "anomaly_images_thresholded" / "can" / "test_private_mixed" / "001_mixed.png")
     )
     assert binary.shape == (30, 40) and set(np.unique(binary)) <= {0, 255}
+    # squash mode: binarized at the threshold of the validation maps at the images' own size (the submission's
+    # resolution), not at the model's input size where eval measures SegF1
+    model = CLIPADAForAnomalySegmentation.from_pretrained(checkpoint).eval()
+    processor = CLIPADAImageProcessor.from_pretrained(checkpoint)
+    validation = load_from_disk(str(tmp_path / "data"))["validation"]
+    at_image_size = validation_thresholds(model, processor, validation, at_image_size=True)
+    assert used_thresholds == [at_image_size] != [validation_thresholds(model, processor, validation)]
     note = capsys.readouterr().err  # the server expects all eight scenarios: the missing ones are named
     assert "missing: fabric/test_private, fabric/test_private_mixed" in note and "can/" not in note
     with pytest.raises(SystemExit):  # a non-empty folder is never written into

@@ -76,16 +76,16 @@ def test_real_iad_multi_view_rows_carry_sample_view_and_the_official_labels(tmp_
     train, test = dataset["train"], dataset["test"]
     assert test.column_names[-3:] == ["sample_id", "view", "anomaly_class"]
     assert len(train) == 2 * len(REAL_IAD_VIEWS) and set(train["label"]) == {0}
-    assert sorted(set(test["sample_id"])) == ["audiojack_0003_OK", "audiojack_0004_NG"]
+    assert sorted(set(test["sample_id"])) == ["audiojack_0003_OK", "audiojack_0004_NG_AK"]
     rows = {(row["sample_id"], row["view"]): row for row in test}
-    assert sorted(view for (_, view) in rows if _ == "audiojack_0004_NG") == list(REAL_IAD_VIEWS)
+    assert sorted(view for (_, view) in rows if _ == "audiojack_0004_NG_AK") == list(REAL_IAD_VIEWS)
     for (sample, view), row in rows.items():
-        defective_view = sample.endswith("NG") and view in ("C1", "C2")  # only views with a mask are anomalous
+        defective_view = "_NG_" in sample and view in ("C1", "C2")  # only views with a mask are anomalous
         assert row["label"] == int(defective_view)
         assert (row["mask"] is not None) == defective_view
         assert row["defect_type"] == ("AK" if defective_view else "good")
-        assert row["anomaly_class"] == ("AK" if sample.endswith("NG") else "OK")
-        assert row["image_path"].startswith(f"realiad_256/audiojack/{'NG/AK' if sample.endswith('NG') else 'OK'}/")
+        assert row["anomaly_class"] == ("AK" if "_NG_" in sample else "OK")
+        assert row["image_path"].startswith(f"realiad_256/audiojack/{'NG/AK' if '_NG_' in sample else 'OK'}/")
 
 
 def test_real_iad_protocols_single_view_and_noisy_training(tmp_path):
@@ -153,7 +153,7 @@ def test_prepare_dataset_command_real_iad_flags_and_named_errors(tmp_path, capsy
     assert "dataset_dict.json" in marker["entries"]
     saved = load_anomaly_dataset(str(tmp_path / "out"))  # the saved folder reads back with its extra columns
     assert saved["test"].column_names[-3:] == ["sample_id", "view", "anomaly_class"]
-    assert set(saved["test"]["sample_id"]) == {"toy_brick_0003_OK", "toy_brick_0004_NG"}
+    assert set(saved["test"]["sample_id"]) == {"toy_brick_0003_OK", "toy_brick_0004_NG_AK"}
     assert set(saved["test"]["view"]) == {"C1"}
     assert main([*argv, "--overwrite_output_dir", "--categories", "nope"]) == 2
     assert "unknown categories 'nope'" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 to `clipada predict` on the same files, pixel_values, every bad request answered 4xx, 50 concurrent requests."""
 
 import base64
+import io
 import json
 import math
 import socket
@@ -21,6 +22,7 @@ httpclient = pytest.importorskip("tritonclient.http")
 
 from inference import predict  # noqa: E402
 from inference.serve.command import parse_args, start_server  # noqa: E402
+from inference.serve.protocol import ProtocolError  # noqa: E402
 from modeling_clipada import CLIPADAForAnomalySegmentation  # noqa: E402
 from processing import CLIPADAImageProcessor  # noqa: E402
 from training import cli  # noqa: E402
@@ -285,6 +287,9 @@ def test_a_bad_request_is_a_4xx_naming_the_field_and_the_server_keeps_serving(se
         (f"/v2/models/{MODEL}/infer",
          b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["%%%"]}]}', 400,
          "inputs[image].data[0] is not base64"),
+        (f"/v2/models/{MODEL}/infer",
+         b'{"inputs": [{"name": "pixel_values", "datatype": "FP32", "shape": [1, 3, 1, 1], "data": [1' + b"0" * 400
+         + b', 0, 0]}]}', 400, "too large for FP32"),
         ("/v2/models/other/infer", b"{}", 404, "model 'other'"),
         ("/v1/models/x:predict", b"{}", 404, "/v2"),
     ],
@@ -329,3 +334,17 @@ def test_the_app_builder_takes_the_flags_as_ray_serve_arguments(checkpoint):
     assert (options.model_name, options.max_batch_size, options.model_name_or_path) == ("w", 4, str(checkpoint))
     with pytest.raises(SystemExit):  # a bad value is argparse's usage error, as on the command line
         app_builder({"model_name_or_path": str(checkpoint), "max_batch_size": 0})
+
+
+def test_a_request_of_many_small_files_that_decode_to_huge_images_is_refused_before_decoding(checkpoint):
+    from inference.serve.model import ServeModel
+    from inference.serve.protocol import parse_infer_request
+
+    black = io.BytesIO()
+    Image.new("RGB", (3000, 2000)).save(black, format="PNG")  # 6 Mpx in about 20 kB
+    payload = [base64.b64encode(black.getvalue()).decode()] * 3
+    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [3], "data": payload}]}
+    model = ServeModel.load(str(checkpoint), "clipada", max_request_pixels=10_000_000)
+    with pytest.raises(ProtocolError, match="18,000,000 pixels together, above --max_request_pixels") as error:
+        model.batch_items(parse_infer_request(json.dumps(body).encode()))
+    assert error.value.status == 413 and len(black.getvalue()) < 100_000

@@ -88,14 +88,13 @@ def write_benchmark_outputs(args: argparse.Namespace, model, processor, dataset,
     if submission_dir is None:
         return
     with usage_errors(SubmissionError, OSError):
+        thresholds = args.segf1_thresholds or {}
+        if processor.resize_mode == "squash" and processor.tile_size is None:  # eval's maps: not the image's size
+            thresholds = validation_thresholds(
+                model, processor, dataset[VALIDATION_SPLIT], device, args.per_device_eval_batch_size, at_image_size=True
+            )
         summary = write_submission(
-            model,
-            processor,
-            dataset,
-            submission_dir,
-            args.segf1_thresholds or {},
-            device,
-            args.per_device_eval_batch_size,
+            model, processor, dataset, submission_dir, thresholds, device, args.per_device_eval_batch_size
         )
     print(f"Submission: {summary['images']} anomaly images in {submission_dir}")
     if summary["missing"]:

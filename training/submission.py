@@ -67,12 +67,15 @@ def _score(backend, processor, rows: list[dict], at_image_size: bool = True) -> 
     return scored.anomaly_maps
 
 
-def validation_thresholds(model, processor, validation_split, device="cpu", batch_size: int = 8) -> dict[str, float]:
+def validation_thresholds(
+    model, processor, validation_split, device="cpu", batch_size: int = 8, at_image_size: bool = False
+) -> dict[str, float]:
     """MVTec AD 2's SegF1 threshold per scenario: ``mean + 3 std`` of all pixel scores of its validation images.
 
-    The maps are taken at the resolution `clipada eval` measures SegF1 at (the model's input size in squash mode, each
-    image's own with letterbox or tiles), so the threshold and the test maps it binarizes are alike; with tiles (the
-    mode MVTec AD 2 is evaluated in) that is also the resolution of the submission.
+    By default the maps are taken at the resolution `clipada eval` measures SegF1 at (the model's input size in squash
+    mode, each image's own with letterbox or tiles), so the threshold and the test maps it binarizes are alike. A
+    submission's maps are at each image's own size: in squash mode, upsampling smooths the maps and changes their
+    spread, so its threshold is taken at the image size too (``at_image_size``).
 
     Args:
         model: A model of this library.
@@ -81,6 +84,7 @@ def validation_thresholds(model, processor, validation_split, device="cpu", batc
             ``validation``: normal images only).
         device: Where the model runs.
         batch_size: Images per forward.
+        at_image_size: Take the maps at each image's own size (the submission's resolution).
 
     Returns:
         Category -> threshold.
@@ -88,7 +92,7 @@ def validation_thresholds(model, processor, validation_split, device="cpu", batc
     backend = TorchBackend(model, device)
     statistics: dict[str, PixelStatistics] = {}
     for rows in _batches(validation_split, batch_size):
-        for row, anomaly_map in zip(rows, _score(backend, processor, rows, at_image_size=False)):
+        for row, anomaly_map in zip(rows, _score(backend, processor, rows, at_image_size=at_image_size)):
             statistics.setdefault(row["category"], PixelStatistics()).update([anomaly_map])
     return {category: stats.threshold() for category, stats in sorted(statistics.items())}
 
@@ -125,7 +129,7 @@ def _tifffile():
         import tifffile
     except ImportError as error:
         raise SubmissionError(
-            "writing MVTec AD 2 submissions needs tifffile (float16 TIFF): pip install 'clipada[mvtec_ad2]'"
+            "writing MVTec AD 2 submissions needs tifffile (float16 TIFF): pip install 'clipada[mvtec-ad2]'"
         ) from error
     return tifffile
 

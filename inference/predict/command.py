@@ -55,7 +55,7 @@ from inference.predict.pipeline import (
     loaded_batches,
     run_pipeline,
 )
-from inference.predict.ray_engine import add_engine_arguments, check_engine_arguments, predict_with_ray_args
+from inference.predict.ray_engine import RAY_SHARDS, add_engine_arguments, check_engine_arguments, predict_with_ray_args
 from inference.predict.resume import (
     RUN_RECORD,
     RecoveredRows,
@@ -81,6 +81,7 @@ OUTPUT_ENTRIES = (
     RUN_RECORD,
     f".{RUN_RECORD}.tmp",
     ".predictions.csv.tmp",
+    RAY_SHARDS,
 )
 # the flags that change a row: recorded for --resume (batch size, workers, threads and device change the speed only)
 FINGERPRINT_FLAGS = (

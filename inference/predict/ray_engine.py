@@ -11,9 +11,9 @@ Exactly once: a worker killed mid-run is restarted and its task retried by Ray (
 actors with `max_restarts=-1` and `max_task_retries=-1`, tasks with `max_retries=-1`; they cover the death of a
 worker, while our stages turn their own errors into `ERROR` rows). A retried batch rewrites its own shard (a whole
 file, renamed into place) and its own overlays, never appending, and the driver merges the shards by input index,
-keeping each input's first row, into `predictions.csv`/`.jsonl` in input order. Shards live in a hidden folder beside
-the output folder, removed once merged. The output folder, the inputs and the model must be at the same paths on
-every node (a shared file system).
+keeping each input's first row, into `predictions.csv`/`.jsonl` in input order. Shards live in a hidden folder
+inside the output folder (`.ray-shards`), removed once merged. The output folder, the inputs and the model must be at
+the same paths on every node (a shared file system).
 
 `ray.init()` starts Ray on this machine; `RAY_ADDRESS` or `--ray_address` joins a running cluster.
 
@@ -41,7 +41,6 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from inference.atomic import staging_dir
 from inference.backends import AnomalyBackend
 from inference.command_line import positive_int, usage_errors
 from inference.predict.inputs import output_names
@@ -51,6 +50,10 @@ from inference.predict.stages import OVERLAY_MODES, FinishSettings
 from inference.predict.writers import PredictionWriter
 from processing import CLIPADAImageProcessor
 from processing.tiling import DEFAULT_IMAGE_SCORE_TOP_K
+
+# The batches' shards, inside the output folder (an entry of predict's ownership marker, so an earlier run's leftovers
+# after a kill go with --overwrite_output_dir); removed once merged.
+RAY_SHARDS = ".ray-shards"
 
 ENGINES = ("local", "ray")
 
@@ -193,9 +196,10 @@ def predict_with_ray(
         except (ConnectionError, RuntimeError, ValueError) as error:
             where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
             raise RayClusterError(f"cannot join the Ray cluster at {where}: {str(error).splitlines()[0]}") from None
-    shards_dir = staging_dir(Path(output_dir).absolute(), "ray-shards")
-    shards_dir.mkdir()
+    shards_dir = Path(output_dir).absolute() / RAY_SHARDS
+    shutil.rmtree(shards_dir, ignore_errors=True)  # a killed run's: never merged into this run's rows
     try:
+        shards_dir.mkdir()
         for folder, wanted in (("overlays", overlays != "none"), ("maps", map_format is not None)):
             if wanted:
                 (output_dir / folder).mkdir(exist_ok=True)

@@ -31,6 +31,7 @@ from inference.serve.options import (
     DEFAULT_BATCH_WAIT_S,
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_REQUEST_PIXELS,
     DEFAULT_MODEL_NAME,
     ServeOptions,
 )
@@ -87,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Larger request bodies are refused with 413.",
     )  # fmt: skip
     parser.add_argument(
+        "--max_request_pixels", type=positive_int, default=DEFAULT_MAX_REQUEST_PIXELS,
+        help="Requests whose images hold more pixels together (width x height, read from the files' headers before "
+        "decoding) are refused with 413; bounds a replica's memory.",
+    )  # fmt: skip
+    parser.add_argument(
         "--max_ongoing_requests", type=positive_int, default=None,
         help="Requests one replica takes at once (default: enough to fill four batches, at least 32).",
     )  # fmt: skip
@@ -106,6 +112,7 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         model_name_or_path=args.model_name_or_path, model_name=args.model_name, backend=args.backend,
         device=args.device, dtype=args.dtype, num_threads=args.num_threads, max_batch_size=args.max_batch_size,
         batch_wait_timeout_s=args.batch_wait_timeout_s, max_request_bytes=args.max_request_bytes,
+        max_request_pixels=args.max_request_pixels,
     )  # fmt: skip
 
 

@@ -28,6 +28,7 @@ from inference.app.model import ServedModel, load_served_model
 from inference.modes import describe_mode
 from inference.predict.rows import Thresholds, choose_thresholds, prediction_row
 from inference.scoring import score_images, score_inputs
+from inference.serve.options import DEFAULT_MAX_REQUEST_PIXELS
 from inference.serve.protocol import IMAGE_INPUT, OUTPUTS, PIXELS_INPUT, InferRequest, ProtocolError, output_tensor
 from modeling_clipada.decisions import decision_field
 
@@ -53,11 +54,13 @@ class ServeModel:
     Args:
         served: The model, processor and applicable decision config (`inference.app.model.load_served_model`).
         name: The model's name in the URLs (`/v2/models/<name>`).
+        max_request_pixels: The most pixels the images of one request may hold together (checked before decoding).
     """
 
-    def __init__(self, served: ServedModel, name: str):
+    def __init__(self, served: ServedModel, name: str, max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS):
         self.served = served
         self.name = name
+        self.max_request_pixels = max_request_pixels
         self.backend = served.backend
         self.processor = served.processor
         self.decision_config = served.config
@@ -71,9 +74,11 @@ class ServeModel:
         device: str | None = None,
         dtype: str = "float32",
         num_threads: int | None = None,
+        max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
     ) -> "ServeModel":
         """Loads a checkpoint of any family (torch, any device) or an export folder (onnxruntime, openvino)."""
-        return cls(load_served_model(model_name_or_path, device, dtype, backend, num_threads), name)
+        served = load_served_model(model_name_or_path, device, dtype, backend, num_threads)
+        return cls(served, name, max_request_pixels)
 
     @property
     def categories(self) -> list[str]:
@@ -157,6 +162,7 @@ class ServeModel:
         """
         self.thresholds(request)  # the category and mask are checked before any image is read
         if request.images is not None:
+            self.check_request_pixels(request.images)
             pixels = [
                 self.read_image(data, f"inputs[image].data[{index}]") for index, data in enumerate(request.images)
             ]
@@ -179,6 +185,25 @@ class ServeModel:
                 f"{size[1]}]"
             )
         return [BatchItem(None, values, request.category) for values in request.pixel_values]
+
+    def check_request_pixels(self, images: Sequence[bytes]) -> None:
+        """Refuses (413) a request whose images hold more than `max_request_pixels` together, from the files' headers
+        alone (nothing is decoded); an element that is no image is left for `read_image` to name."""
+        total = 0
+        for data in images:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    with Image.open(io.BytesIO(data)) as opened:
+                        total += opened.width * opened.height
+            except Exception:  # noqa: BLE001 - not an image, or one Pillow refuses: read_image names it
+                continue
+        if total > self.max_request_pixels:
+            raise ProtocolError(
+                f"inputs[image]: the request's images hold {total:,} pixels together, above --max_request_pixels "
+                f"{self.max_request_pixels:,}; send them in several requests",
+                status=413,
+            )
 
     def read_image(self, data: bytes, name: str) -> np.ndarray:
         """An encoded image file -> `(3, H, W)` float32 in [0, 1], read as `clipada predict` reads a file (EXIF

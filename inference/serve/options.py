@@ -12,6 +12,9 @@ DEFAULT_MODEL_NAME = "clipada"
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_BATCH_WAIT_S = 0.01
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+# Decoded pixels per request (all its images): a few compressed bytes can decode to gigabytes (a black 7000 x 7000
+# PNG is 140 kB), so the body limit alone does not bound a replica's memory. 64 Mpx are 768 MB as float32 RGB.
+DEFAULT_MAX_REQUEST_PIXELS = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class ServeOptions:
         max_batch_size: The most images one backend call scores (dynamic batching; 1: none).
         batch_wait_timeout_s: How long a batch waits to fill up, in seconds.
         max_request_bytes: Larger request bodies are refused (413).
+        max_request_pixels: Requests whose images hold more pixels together are refused (413) before decoding.
     """
 
     model_name_or_path: str
@@ -39,12 +43,14 @@ class ServeOptions:
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
 
 
 __all__ = [
     "DEFAULT_BATCH_WAIT_S",
     "DEFAULT_MAX_BATCH_SIZE",
     "DEFAULT_MAX_REQUEST_BYTES",
+    "DEFAULT_MAX_REQUEST_PIXELS",
     "DEFAULT_MODEL_NAME",
     "ServeOptions",
 ]

@@ -254,7 +254,10 @@ def pixels_input(tensor: dict, data: list | bytes) -> np.ndarray:
     else:
         if len(data) != size or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in data):
             raise ProtocolError(f"inputs[pixel_values].data must hold {size} numbers for shape {shape}")
-        array = np.asarray(data, dtype=np.float32)
+        try:
+            array = np.asarray(data, dtype=np.float32)
+        except OverflowError:  # an integer beyond any float (10**400): JSON numbers are unbounded
+            raise ProtocolError("inputs[pixel_values].data holds a number too large for FP32") from None
     if not np.isfinite(array).all():
         raise ProtocolError(f"inputs[pixel_values] holds {int((~np.isfinite(array)).sum())} NaN or infinite values")
     return array.reshape(shape)

@@ -3,8 +3,8 @@
 Layout (from the official repository, Tencent/AnomalyDetection_Real-IAD, its README and ``explicit_dataset.py``)::
 
     realiad_1024/<object>/OK/S0001/<object>_0001_OK_C1_<time>.jpg            images (also realiad_512, _256, _raw)
-    realiad_1024/<object>/NG/<class>/S0030/<object>_0030_NG_C2_<time>.jpg
-    realiad_1024/<object>/NG/<class>/S0030/<object>_0030_NG_C2_<time>_mask.png
+    realiad_1024/<object>/NG/<class>/S0030/<object>_0030_NG_<class>_C2_<time>.jpg
+    realiad_1024/<object>/NG/<class>/S0030/<object>_0030_NG_<class>_C2_<time>_mask.png
     realiad_jsons/<object>.json               multi-view protocol (all five views)
     realiad_jsons_sv/<object>.json            single-view protocol
     realiad_jsons_fuiad_0.1/<object>.json     noisy (fully unsupervised) training, 10 % anomalies among the training
@@ -15,7 +15,7 @@ entry ``{"category", "anomaly_class", "image_path", "mask_path"}`` with paths re
 ``realiad_<resolution>/<prefix>``. As the official loader does, every training entry is a normal image for the
 protocol (a noisy protocol's anomalies are unknown to the learner), and a test entry is anomalous when its class is
 not the normal class and it has a mask (a view of a defective part where the defect is not visible has no mask and
-counts as normal for the image metrics). Rows get the columns ``sample_id`` (the part: ``<object>_0030_NG``, the key
+counts as normal for the image metrics). Rows get the columns ``sample_id`` (the part: ``<object>_0030_NG_AK``, the key
 the official evaluation groups views by), ``view`` (``C1`` .. ``C5``) and ``anomaly_class`` (the JSON's class, ``OK``
 or a defect code such as ``AK``, training rows included, so a noisy protocol's anomalies stay visible). The
 sample-level metrics (`training.metrics.sample_level`) take a part's score over its views.
@@ -64,8 +64,9 @@ REAL_IAD_PROTOCOLS = {
 REAL_IAD_RESOLUTIONS = ("1024", "512", "256", "raw")
 ENTRY_KEYS = ("category", "anomaly_class", "image_path", "mask_path")
 EXTRA_COLUMNS = ("sample_id", "view", "anomaly_class")
-# `<object>_<4 digits>_<OK|NG>_C<view>_...`: the part (sample) and the camera view, as the official evaluation keys it.
-_FILE_NAME = re.compile(r"^(?P<sample>.+_\d{4}_[A-Z]+)_(?P<view>C\d+)_")
+# `<object>_<4 digits>_OK_C<view>_...` or `<object>_<4 digits>_NG_<class>_C<view>_...`: the part (sample, with its
+# defect class) and the camera view, as the official evaluation keys them.
+_FILE_NAME = re.compile(r"^(?P<sample>.+_\d{4}_(?:OK|NG_[A-Za-z0-9]+))_(?P<view>C\d+)_")
 _SKIP_MISSING_HINT = (
     "pass allow_missing_files=True (CLI: --skip_missing_files) to keep only the entries whose files exist"
 )
@@ -195,7 +196,7 @@ def _category_samples(root: Path, images_dir: Path, json_file: Path, category: s
             if match is None:
                 raise DatasetFormatError(
                     f"{where}: file name {image.name!r} does not name its part and view "
-                    "(expected <object>_<4 digits>_<OK|NG>_C<view>_...)"
+                    "(expected <object>_<4 digits>_OK_C<view>_... or <object>_<4 digits>_NG_<class>_C<view>_...)"
                 )
             key = (split, match["sample"], match["view"])
             if key in seen:

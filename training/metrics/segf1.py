@@ -34,8 +34,9 @@ def _as_maps(anomaly_maps: Any) -> list[np.ndarray]:
     if hasattr(anomaly_maps, "detach"):
         anomaly_maps = anomaly_maps.detach().cpu().numpy()
     if isinstance(anomaly_maps, np.ndarray) and anomaly_maps.ndim == 2:
-        return [anomaly_maps.astype(np.float64)]
-    maps = [np.asarray(m.detach().cpu().numpy() if hasattr(m, "detach") else m, dtype=np.float64) for m in anomaly_maps]
+        maps = [anomaly_maps.astype(np.float64)]
+    else:
+        maps = [np.asarray(m.detach().cpu().numpy() if hasattr(m, "detach") else m, np.float64) for m in anomaly_maps]
     for anomaly_map in maps:
         if anomaly_map.ndim != 2:
             raise ValueError(f"anomaly maps must be 2-D (H, W) each; got shape {anomaly_map.shape}")
