@@ -7,9 +7,16 @@ batch 1 and 8: images/s of PyTorch fp32 and bf16, ONNX Runtime fp32, OpenVINO fp
 sizes (OpenVINO also with FP16 weights) and the cold start of each runner (load + first image, in this process,
 libraries already imported). Every model goes through the real `inference.deploy.export.export`.
 
+`--int8`: every family (CLIP-ADA R = 1, AnomalyCLIP, AdaCLIP; ViT-B/16-shaped, random weights, 224 px, CLIP's BPE
+tokenizer from ../shared/clip-bpe when present), its OpenVINO export quantised by NNCF on the demo data's normal
+training images (`inference.deploy.int8`), the INT8 gate's figures on the demo test split and on the real MVTec-AD
+sample files (../shared/realdata/mvtec/bottle, when present), and images/s at batch 1 of PyTorch fp32/bf16 and
+OpenVINO fp32/bf16/INT8, timed in interleaved rounds.
+
 Example:
     ```bash
     python benchmarks/bench_export.py --threads 1          # -> benchmarks/results/export.{json,md}
+    python benchmarks/bench_export.py --int8 --threads 1   # -> benchmarks/results/export-int8.{json,md}
     python benchmarks/bench_export.py --tiny --output_dir /tmp/bench
     ```
 """
@@ -57,9 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="the tiny CLIP (32 px), for tests")
     parser.add_argument("--output_dir", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--name", default=None, help="results file stem (default export, export-tiny)")
+    parser.add_argument("--int8", action="store_true", help="INT8 (NNCF) of every family: gate figures and speed")
     args = parser.parse_args(argv)
     args.image_size = 32 if args.tiny else 224
-    args.name = args.name or ("export-tiny" if args.tiny else "export")
+    args.name = args.name or ("export" + ("-int8" if args.int8 else "") + ("-tiny" if args.tiny else ""))
     return args
 
 
@@ -205,6 +213,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.int8:
+        from bench_int8 import run_int8
+
+        return run_int8(args)
     started = time.perf_counter()
     runners = [name for name in RUNNERS if name != "openvino-bf16" or bf16_supported()]
     with tempfile.TemporaryDirectory(prefix="clipada-bench-export-") as workdir:

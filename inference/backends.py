@@ -72,6 +72,7 @@ class ExportedBackend:
         name: `onnxruntime` or `openvino`.
         num_threads: Runtime threads (None: the available cores minus the busy ones).
         precision: OpenVINO's inference precision (`f32`, `bf16`, `f16`).
+        graph_file: Another graph of the folder's signature to run (`ExportedCLIPADA`'s `graph_file`); None: its own.
 
     Attributes:
         decision_config: The runner itself: its `image_threshold`, `pixel_threshold`, `category_thresholds` (read
@@ -79,17 +80,25 @@ class ExportedBackend:
             `image_score_top_k`.
     """
 
-    def __init__(self, model_name_or_path: str, name: str, num_threads: int | None = None, precision: str = "f32"):
+    def __init__(
+        self,
+        model_name_or_path: str,
+        name: str,
+        num_threads: int | None = None,
+        precision: str = "f32",
+        graph_file: str | None = None,
+    ):
         self.name = name
         self.runner = ExportedCLIPADA(
-            model_name_or_path, backend=name, num_threads=num_threads or default_num_threads(), precision=precision
+            model_name_or_path, name, num_threads or default_num_threads(), precision, graph_file=graph_file
         )
         self.decision_config = self.runner
 
     def __call__(self, pixel_values, categories: Sequence[str | None] | None = None) -> BackendOutput:
-        """Runs the graph on `(batch_size, 3, H, W)` CLIP-normalised pixels at the export's input size (exported
-        CLIP-ADA names no category in its prompts; decisions are made from the maps, after post-processing)."""
-        outputs = self.runner(np.asarray(pixel_values, dtype=np.float32))
+        """Runs the graph on `(batch_size, 3, H, W)` CLIP-normalised pixels at the export's input size; `categories`
+        fill an exported AdaCLIP's prompts (decisions are made from the maps, after post-processing)."""
+        categories = list(categories) if categories is not None and self.runner.class_names is not None else None
+        outputs = self.runner(np.asarray(pixel_values, dtype=np.float32), categories)
         return BackendOutput(anomaly_map=outputs["anomaly_map"], pred_score=outputs["pred_score"])
 
 

@@ -35,6 +35,7 @@ PROMPT_TEMPLATES = (
 )
 
 DICE_UNITS = ("row", "image")
+HSF_INITS = ("farthest_point", "k-means++")
 # HSF's k-means runs on the patches of one image: at most a 256 x 256 patch grid, a few thousand iterations
 MAX_HSF_PATCHES = 256 * 256
 MAX_HSF_ITERATIONS = 10_000
@@ -97,6 +98,14 @@ class AdaCLIPConfig(DecisionConfigMixin, CLIPConfig):
         Most k-means iterations (scikit-learn's default, which the official code uses); at most 10000.
     hsf_tolerance (`float`, *optional*, defaults to 1e-4):
         k-means stops when the centres move less than this times the mean feature variance (scikit-learn's rule).
+    hsf_init (`str`, *optional*, defaults to `"farthest_point"`):
+        How k-means starts: `"farthest_point"`, deterministic (the most abnormal patch, then repeatedly the patch
+        farthest from the chosen ones: the same score for the same image on every run and in an exported graph), or
+        `"k-means++"`, the official random start (scikit-learn's greedy k-means++, one draw, as the official
+        `KMeans(n_init="auto")`), whose scores vary slightly from run to run as the official ones do.
+    hsf_seed (`int`, *optional*):
+        With `hsf_init="k-means++"`, seeds every forward's draw (the same start for the same image); None draws from
+        torch's global generator, as the official code draws from numpy's.
     similarity_scale (`float`, *optional*, defaults to 100.0):
         Cosine similarities are multiplied by it before the softmax over (normal, abnormal) (the official fixed 100);
         at most 1000.
@@ -107,6 +116,11 @@ class AdaCLIPConfig(DecisionConfigMixin, CLIPConfig):
     smoothing_sigma (`float`, *optional*, defaults to 4.0):
         Standard deviation in pixels of the Gaussian that smooths the anomaly map (0 disables it; at most 128);
         borders are mirrored as scipy's `gaussian_filter` does.
+    official_fp16_prompts (`bool`, *optional*, defaults to `True`):
+        Round the prompt tokens (static + dynamic) to float16 and back where the official prompt layers cast them
+        (`.half()`, even in a float32 model): each copy (one per sentence, one per image), so its gradient is
+        rounded per copy too. The official numerics, and what its released weights were trained with; `False` keeps
+        the tokens in the model's dtype.
     image_threshold (`float`, *optional*):
         Calibrated image-score threshold: an image is anomalous ("NG") when `pred_score >= image_threshold`.
         With it and `pixel_threshold` the model also returns `pred_label`, `pred_mask` and `pred_score_normalized`.
@@ -128,6 +142,16 @@ class AdaCLIPConfig(DecisionConfigMixin, CLIPConfig):
         How images became model inputs when the thresholds were calibrated: `{"resize_mode": ..., "tile_size":
         ..., "tile_overlap": ..., "size": [height, width]}`. Scores change scale with the mode, so the thresholds
         apply only to inputs made the same way; None: the checkpoint's own `preprocessor_config.json`.
+    reference_memory_sizes (`dict[str, int]`, *optional*):
+        The few-shot reference memory's patch count per category, `{"bottle": 4096, ...}`, filled by
+        `fit_reference` (see `reference_memory.py`); its buffers `reference_memory.bank_<i>` are in the weights.
+        None: no memory, the family's own maps.
+    reference_fusion (`str`, *optional*, defaults to `"mean"`):
+        How a memory's map joins the family's: `"mean"` averages them (WinCLIP+ and APRIL-GAN's few-shot choice),
+        `"memory"` keeps the memory's alone.
+    reference_distance_scale (`float`, *optional*, defaults to 1.0):
+        The memory's map is `reference_distance_scale * (1 - the highest cosine similarity)`, clamped to [0, 1]:
+        1 as APRIL-GAN's memory bank, 0.5 as WinCLIP+'s visual association score (in (0, 1]).
 
     Example:
 
@@ -158,9 +182,12 @@ class AdaCLIPConfig(DecisionConfigMixin, CLIPConfig):
     hsf_weight: float | int = 0.2
     hsf_max_iterations: int = 300
     hsf_tolerance: float | int = 1e-4
+    hsf_init: str = "farthest_point"
+    hsf_seed: int | None = None
     similarity_scale: float | int = 100.0
     dice_unit: str = "row"
     smoothing_sigma: float | int = 4.0
+    official_fp16_prompts: bool = True
     image_threshold: float | int | None = None
     pixel_threshold: float | int | None = None
     category_thresholds: dict[str, dict[str, float]] | None = None
@@ -169,6 +196,9 @@ class AdaCLIPConfig(DecisionConfigMixin, CLIPConfig):
     calibration_size: int | None = None
     target_escape_rate: float | None = None
     calibration_mode: dict | None = None
+    reference_memory_sizes: dict[str, int] | None = None
+    reference_fusion: str = "mean"
+    reference_distance_scale: float | int = 1.0
 
     def __post_init__(self, **kwargs):
         self._validate_clip_towers()  # before transformers builds the towers
@@ -225,6 +255,8 @@ class AdaCLIPConfig(DecisionConfigMixin, CLIPConfig):
             ("hsf_weight", 0 <= self.hsf_weight <= 1, "in [0, 1]"),
             ("hsf_max_iterations", 1 <= self.hsf_max_iterations <= MAX_HSF_ITERATIONS, f"in 1..{MAX_HSF_ITERATIONS}"),
             ("hsf_tolerance", self.hsf_tolerance >= 0, ">= 0"),
+            ("hsf_init", self.hsf_init in HSF_INITS, f"one of {HSF_INITS}"),
+            ("hsf_seed", self.hsf_seed is None or 0 <= self.hsf_seed < 2**63, "None or in [0, 2**63)"),
             ("similarity_scale", 0 < self.similarity_scale <= MAX_LOGIT_SCALE, f"in (0, {MAX_LOGIT_SCALE:g}]"),
             ("dice_unit", self.dice_unit in DICE_UNITS, f"one of {DICE_UNITS}"),
             ("smoothing_sigma", 0 <= self.smoothing_sigma <= MAX_SMOOTHING_SIGMA, f"in [0, {MAX_SMOOTHING_SIGMA:g}]"),
@@ -245,6 +277,7 @@ class AdaCLIPConfig(DecisionConfigMixin, CLIPConfig):
                 )
         self._validate_prompt_token_ids()
         self._validate_decisions()
+        self._validate_reference_memory()
 
     def _validate_prompt_token_ids(self):
         max_positions = self.text_config.max_position_embeddings
@@ -263,4 +296,4 @@ class AdaCLIPConfig(DecisionConfigMixin, CLIPConfig):
                     )
 
 
-__all__ = ["DICE_UNITS", "AdaCLIPConfig", "AdaCLIPConfigError"]
+__all__ = ["DICE_UNITS", "HSF_INITS", "AdaCLIPConfig", "AdaCLIPConfigError"]

@@ -67,6 +67,10 @@ class AnomalyCLIPConfig(DecisionConfigMixin, CLIPConfig):
     smoothing_sigma (`float`, *optional*, defaults to 4.0):
         Standard deviation in pixels of the Gaussian that smooths the upsampled anomaly map (0 disables it; at most
         128); borders are mirrored as scipy's `gaussian_filter` does.
+    official_fp16_prompts (`bool`, *optional*, defaults to `True`):
+        Round the deep tokens to float16 and back where the official code casts them (`.half()`, even in a float32
+        model): each copy of a token, one per prompt sentence, so its gradient is rounded per copy too. The official
+        numerics, and what its released prompts were trained with; `False` keeps the tokens in the model's dtype.
     image_threshold (`float`, *optional*):
         Calibrated image-score threshold: an image is anomalous ("NG") when `pred_score >= image_threshold`.
         With it and `pixel_threshold` the model also returns `pred_label`, `pred_mask` and `pred_score_normalized`.
@@ -89,6 +93,16 @@ class AnomalyCLIPConfig(DecisionConfigMixin, CLIPConfig):
         How images became model inputs when the thresholds were calibrated: `{"resize_mode": ..., "tile_size":
         ..., "tile_overlap": ..., "size": [height, width]}`. Scores change scale with the mode, so the thresholds
         apply only to inputs made the same way; None: the checkpoint's own `preprocessor_config.json`.
+    reference_memory_sizes (`dict[str, int]`, *optional*):
+        The few-shot reference memory's patch count per category, `{"bottle": 4096, ...}`, filled by
+        `fit_reference` (see `reference_memory.py`); its buffers `reference_memory.bank_<i>` are in the weights.
+        None: no memory, the family's own maps.
+    reference_fusion (`str`, *optional*, defaults to `"mean"`):
+        How a memory's map joins the family's: `"mean"` averages them (WinCLIP+ and APRIL-GAN's few-shot choice),
+        `"memory"` keeps the memory's alone.
+    reference_distance_scale (`float`, *optional*, defaults to 1.0):
+        The memory's map is `reference_distance_scale * (1 - the highest cosine similarity)`, clamped to [0, 1]:
+        1 as APRIL-GAN's memory bank, 0.5 as WinCLIP+'s visual association score (in (0, 1]).
 
     Example:
 
@@ -113,6 +127,7 @@ class AnomalyCLIPConfig(DecisionConfigMixin, CLIPConfig):
     similarity_temperature: float | int = 0.07
     pixel_loss_weight: float | int = 4.0
     smoothing_sigma: float | int = 4.0
+    official_fp16_prompts: bool = True
     image_threshold: float | int | None = None
     pixel_threshold: float | int | None = None
     category_thresholds: dict[str, dict[str, float]] | None = None
@@ -121,6 +136,9 @@ class AnomalyCLIPConfig(DecisionConfigMixin, CLIPConfig):
     calibration_size: int | None = None
     target_escape_rate: float | None = None
     calibration_mode: dict | None = None
+    reference_memory_sizes: dict[str, int] | None = None
+    reference_fusion: str = "mean"
+    reference_distance_scale: float | int = 1.0
 
     def __post_init__(self, **kwargs):
         self._validate_clip_towers()  # before transformers builds the towers
@@ -182,6 +200,7 @@ class AnomalyCLIPConfig(DecisionConfigMixin, CLIPConfig):
             )
         self._validate_prompt_tokens()
         self._validate_decisions()
+        self._validate_reference_memory()
 
     def _validate_prompt_tokens(self):
         if (self.normal_prompt_token_ids is None) != (self.abnormal_prompt_token_ids is None):

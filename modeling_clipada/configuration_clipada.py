@@ -96,6 +96,16 @@ class CLIPADAConfig(DecisionConfigMixin, CLIPConfig):
         How images became model inputs when the thresholds were calibrated: `{"resize_mode": ..., "tile_size":
         ..., "tile_overlap": ..., "size": [height, width]}`. Scores change scale with the mode, so the thresholds
         apply only to inputs made the same way; None: the checkpoint's own `preprocessor_config.json`.
+    reference_memory_sizes (`dict[str, int]`, *optional*):
+        The few-shot reference memory's patch count per category, `{"bottle": 4096, ...}`, filled by
+        `fit_reference` (see `reference_memory.py`); its buffers `reference_memory.bank_<i>` are in the weights.
+        None: no memory, the family's own maps.
+    reference_fusion (`str`, *optional*, defaults to `"mean"`):
+        How a memory's map joins the family's: `"mean"` averages them (WinCLIP+ and APRIL-GAN's few-shot choice),
+        `"memory"` keeps the memory's alone.
+    reference_distance_scale (`float`, *optional*, defaults to 1.0):
+        The memory's map is `reference_distance_scale * (1 - the highest cosine similarity)`, clamped to [0, 1]:
+        1 as APRIL-GAN's memory bank, 0.5 as WinCLIP+'s visual association score (in (0, 1]).
 
     Example:
 
@@ -129,6 +139,9 @@ class CLIPADAConfig(DecisionConfigMixin, CLIPConfig):
     calibration_size: int | None = None
     target_escape_rate: float | None = None
     calibration_mode: dict | None = None
+    reference_memory_sizes: dict[str, int] | None = None
+    reference_fusion: str = "mean"
+    reference_distance_scale: float | int = 1.0
 
     def __post_init__(self, **kwargs):
         self._validate_clip_towers()  # before transformers builds the towers
@@ -168,6 +181,7 @@ class CLIPADAConfig(DecisionConfigMixin, CLIPConfig):
             )
         self._validate_prompt_tokens()
         self._validate_decisions()
+        self._validate_reference_memory()
 
     def _validate_prompt_tokens(self):
         if (self.prompt_token_ids is None) != (self.prompt_insert_position is None):

@@ -32,6 +32,10 @@ MAX_PATCH_GRID = 256  # image_size // patch_size: at most 256 x 256 patch positi
 MAX_SMOOTHING_SIGMA = 128.0  # pixels; the Gaussian's radius is 4 sigma
 MAX_IMAGE_SCORE_TOP_K = 10**8  # pixels (a 10000 x 10000 map); a larger k is the mean of every pixel anyway
 MAX_LOGIT_SCALE = 1000.0  # a similarity multiplier (1 / temperature, scale): CLIP's own is at most 100
+MAX_REFERENCE_PATCHES = 10**7  # patches in one category's reference memory (k images x h x w)
+# The few-shot reference memory's fields (see reference_memory.py): filled by `fit_reference`, never training settings.
+REFERENCE_MEMORY_FIELDS = ("reference_memory_sizes", "reference_fusion", "reference_distance_scale")
+REFERENCE_FUSIONS = ("mean", "memory")
 
 
 def _known_activations():
@@ -95,6 +99,7 @@ class DecisionConfigMixin:
             which never change a map or a score.
         """
         excluded = {field.name for field in dataclasses.fields(CLIPConfig)} | set(DECISION_FIELDS)
+        excluded |= set(REFERENCE_MEMORY_FIELDS)
         return tuple(field.name for field in dataclasses.fields(cls) if field.name not in excluded)
 
     def _validate_clip_towers(self) -> None:
@@ -162,6 +167,21 @@ class DecisionConfigMixin:
             if isinstance(value, float) and not math.isfinite(value):
                 raise type(self).config_error(f"`{name}` must be a finite number, got {value}.")
 
+    def _validate_reference_memory(self) -> None:
+        """`reference_fusion` is one of `REFERENCE_FUSIONS`, `reference_distance_scale` lies in (0, 1], and
+        `reference_memory_sizes` maps non-empty category names to patch counts in 1..`MAX_REFERENCE_PATCHES`; raises
+        `config_error` naming the field."""
+        error = type(self).config_error
+        if self.reference_fusion not in REFERENCE_FUSIONS:
+            raise error(f"`reference_fusion` must be one of {list(REFERENCE_FUSIONS)}, got {self.reference_fusion!r}.")
+        scale = self.reference_distance_scale
+        if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and 0 < scale <= 1):  # NaN fails too
+            raise error(f"`reference_distance_scale` must be a number in (0, 1], got {scale!r}.")
+        for category, size in (self.reference_memory_sizes or {}).items():
+            if not category:
+                raise error("`reference_memory_sizes` must name every category, got an empty name.")
+            self._check_range(f"reference_memory_sizes[{category!r}]", size, 1, MAX_REFERENCE_PATCHES)
+
     @property
     def has_thresholds(self) -> bool:
         """Whether calibrated image and pixel thresholds are set (the model then returns decisions)."""
@@ -214,6 +234,8 @@ __all__ = [
     "MAX_IMAGE_SIZE",
     "MAX_LOGIT_SCALE",
     "MAX_SMOOTHING_SIGMA",
+    "REFERENCE_FUSIONS",
+    "REFERENCE_MEMORY_FIELDS",
     "DecisionConfigMixin",
     "type_errors_as",
 ]

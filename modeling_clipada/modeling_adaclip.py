@@ -41,6 +41,7 @@ from .clip_parts import binary_masks, check_pixel_values, smooth_maps
 from .configuration_adaclip import AdaCLIPConfig
 from .decisions import apply_thresholds, normalize_scores, per_image_thresholds
 from .pretrained import AnomalyDetectionPreTrainedModel
+from .reference_memory import ReferenceMemory, fuse_maps, memory_patch_map, score_with_global
 
 
 @dataclass
@@ -118,6 +119,8 @@ class AdaCLIPForAnomalySegmentation(AdaCLIPPreTrainedModel):
         self.dynamic_visual_prompt_generator = nn.Linear(dim, length * vision_width) if visual and dynamic else None
         self.patch_projections = nn.ModuleList(nn.Linear(vision_width, dim) for _ in config.feature_layers)
         self.class_projection = nn.Linear(dim, dim)
+        # few-shot memory of the projected patch tokens (empty unless `fit_reference` filled it)
+        self.reference_memory = ReferenceMemory(config.reference_memory_sizes, len(config.feature_layers), dim)
         self.post_init()
 
     def head_linear_layers(self) -> list[nn.Linear]:
@@ -227,7 +230,10 @@ class AdaCLIPForAnomalySegmentation(AdaCLIPPreTrainedModel):
         patch_tokens = []
         for index, layer in enumerate(vision.encoder.layers):
             if visual_prompts is not None and index < visual_prompts.shape[0]:
-                prompts = visual_prompts[index].to(hidden_states.dtype).expand(hidden_states.shape[0], -1, -1)
+                prompts = visual_prompts[index].expand(hidden_states.shape[0], -1, -1)
+                if self.config.official_fp16_prompts:  # one copy per image, as the official code casts them
+                    prompts = prompts.to(torch.float16)
+                prompts = prompts.to(hidden_states.dtype)
                 hidden_states = torch.cat([hidden_states[:, :num_tokens], prompts], dim=1)
             hidden_states = layer(hidden_states, None)
             if index + 1 in self.config.feature_layers:
@@ -257,6 +263,11 @@ class AdaCLIPForAnomalySegmentation(AdaCLIPPreTrainedModel):
             deep_prompts = hybrid_prompts(self.static_text_prompts, dynamic_prompts, config.prompt_depth - 1)
             if deep_prompts.ndim == 4:  # one set per image: repeat for each of its sentences
                 deep_prompts = deep_prompts.repeat_interleave(config.num_sentences, dim=1)
+            if config.official_fp16_prompts:  # one copy per sentence, as the official code casts them
+                copies = (
+                    deep_prompts[:, None].expand(-1, len(sentences), -1, -1) if deep_prompts.ndim == 3 else deep_prompts
+                )
+                deep_prompts = copies.to(torch.float16).to(deep_prompts.dtype)
         num_normal = len(config.normal_states) * len(config.prompt_templates)
         with torch.set_grad_enabled(torch.is_grad_enabled() and config.text_prompts):
             embeddings = state_ensemble_embeddings(
@@ -327,9 +338,12 @@ class AdaCLIPForAnomalySegmentation(AdaCLIPPreTrainedModel):
         scale = config.similarity_scale
         patch_logits = [scale * patches @ text for patches in patch_embeddings]  # each (B, h * w, 2)
         if config.use_hsf:
+            generator = None
+            if config.hsf_init == "k-means++" and config.hsf_seed is not None:
+                generator = torch.Generator(device=patch_logits[0].device).manual_seed(config.hsf_seed)
             fused = hybrid_semantic_fusion(
                 patch_embeddings, patch_logits, config.hsf_num_clusters, config.hsf_num_patches,
-                config.hsf_max_iterations, config.hsf_tolerance,
+                config.hsf_max_iterations, config.hsf_tolerance, config.hsf_init, generator,
             )  # fmt: skip
             image_embedding = F.normalize(config.hsf_weight * fused + (1 - config.hsf_weight) * image_embedding, dim=-1)
         logits = scale * (image_embedding[:, None] @ text)[:, 0]
@@ -348,6 +362,13 @@ class AdaCLIPForAnomalySegmentation(AdaCLIPPreTrainedModel):
             (probabilities[:, 1] + 1 - probabilities[:, 0]) / 2, config.smoothing_sigma, "symmetric"
         )
         pred_score = logits.softmax(dim=-1)[:, 1]
+        if len(self.reference_memory):  # few-shot: fused with the reference memory's map
+            scale = config.reference_distance_scale
+            memory_map = memory_patch_map(self.reference_memory, patch_embeddings, categories, grid, scale)
+            memory_map = _upsample(memory_map[:, None].to(anomaly_map.dtype), (height, width))[:, 0]
+            memory_map = smooth_maps(memory_map, config.smoothing_sigma, "symmetric")
+            anomaly_map = fuse_maps(anomaly_map, memory_map, config.reference_fusion)
+            pred_score = score_with_global(pred_score, memory_map)
         outputs = AdaCLIPOutput(
             loss=loss, logits=logits, layer_logits=layer_logits, anomaly_map=anomaly_map, pred_score=pred_score
         )
@@ -358,6 +379,30 @@ class AdaCLIPForAnomalySegmentation(AdaCLIPPreTrainedModel):
             )
             outputs.pred_score_normalized = normalize_scores(pred_score, image_threshold)
         return outputs
+
+    def reference_features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """What the reference memory stores and compares: the projected patch tokens of every feature layer of the
+        prompted vision pass, L2-normalised (as the patches are compared with the text).
+
+        Args:
+            pixel_values: `(batch_size, 3, H, W)`, CLIP-normalised.
+
+        Returns:
+            One `(batch_size, h * w, projection_dim)` per feature layer.
+        """
+        config = self.config
+        dtype = self.class_projection.weight.dtype
+        pixel_values = check_pixel_values(pixel_values, config.vision_config.patch_size, dtype)
+        with torch.no_grad():
+            _, dynamic_visual = self.generate_dynamic_prompts(pixel_values)
+            visual_prompts = None
+            if config.visual_prompts:
+                visual_prompts = hybrid_prompts(self.static_visual_prompts, dynamic_visual, config.prompt_depth)
+            _, patch_tokens = self.image_features(pixel_values, visual_prompts)
+            return [
+                F.normalize(projection(tokens.to(dtype)), dim=-1)
+                for projection, tokens in zip(self.patch_projections, patch_tokens)
+            ]
 
     def _class_names(self, categories: list[str | None] | None, batch_size: int) -> list[str]:
         """Each image's class name: its category, else `config.default_class_name`; each must be tokenised."""

@@ -43,6 +43,7 @@ from .clip_parts import (
 from .configuration_anomalyclip import AnomalyCLIPConfig
 from .decisions import apply_thresholds, normalize_scores, per_image_thresholds
 from .pretrained import AnomalyDetectionPreTrainedModel
+from .reference_memory import ReferenceMemory, fuse_maps, memory_patch_map, score_with_global
 
 
 @dataclass
@@ -104,6 +105,10 @@ class AnomalyCLIPForAnomalySegmentation(AnomalyCLIPPreTrainedModel):
         self.normal_prompt_vectors = nn.Parameter(torch.empty(config.num_prompt_vectors, width))
         self.abnormal_prompt_vectors = nn.Parameter(torch.empty(config.num_prompt_vectors, width))
         self.deep_prompts = nn.Parameter(torch.empty(config.deep_prompt_depth - 1, config.deep_prompt_length, width))
+        # few-shot memory of the DPAM patch embeddings (empty unless `fit_reference` filled it)
+        self.reference_memory = ReferenceMemory(
+            config.reference_memory_sizes, len(config.feature_layers), config.projection_dim
+        )
         self.post_init()
 
     @classmethod
@@ -173,8 +178,11 @@ class AnomalyCLIPForAnomalySegmentation(AnomalyCLIPPreTrainedModel):
         lengths = torch.tensor([len(sequence) for sequence in sequences], device=sequences[0].device)
         # pad to one length; positions after the end token never reach it (causal attention)
         inputs_embeds = nn.utils.rnn.pad_sequence(sequences, batch_first=True)
+        deep_prompts = self.deep_prompts
+        if config.official_fp16_prompts:
+            deep_prompts = official_fp16_copies(deep_prompts, len(sequences))
         text = encode_prompted_text(
-            self.clip.text_model, self.clip.text_projection, inputs_embeds, lengths - 1, self.deep_prompts
+            self.clip.text_model, self.clip.text_projection, inputs_embeds, lengths - 1, deep_prompts
         )
         return F.normalize(text, dim=-1)
 
@@ -205,6 +213,20 @@ class AnomalyCLIPForAnomalySegmentation(AnomalyCLIPPreTrainedModel):
         global_embedding = self.clip.visual_projection(hidden_states[:, 0])
         patch_embeddings = [self.clip.visual_projection(vision_model.post_layernorm(tap[:, 1:])) for tap in taps]
         return global_embedding, patch_embeddings
+
+    def reference_features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """What the reference memory stores and compares: the DPAM patch embeddings of every feature layer,
+        L2-normalised (as the patches are compared with the text).
+
+        Args:
+            pixel_values: `(batch_size, 3, H, W)`, CLIP-normalised.
+
+        Returns:
+            One `(batch_size, h * w, projection_dim)` per feature layer.
+        """
+        pixel_values = check_pixel_values(pixel_values, self.config.vision_config.patch_size, self.deep_prompts.dtype)
+        with torch.no_grad():
+            return [F.normalize(patches, dim=-1) for patches in self.image_features(pixel_values)[1]]
 
     def _embed_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Patch and class embeddings plus positions; the position grid is resized bilinearly to the input's grid.
@@ -303,6 +325,15 @@ class AnomalyCLIPForAnomalySegmentation(AnomalyCLIPPreTrainedModel):
         patch_map = sum((p[:, 1] + 1 - p[:, 0]) / 2 for p in layer_probabilities) / len(layer_probabilities)
         anomaly_map = upsample_and_smooth(patch_map, (height, width), config.smoothing_sigma, border="symmetric")
         pred_score = logits.softmax(dim=-1)[:, 1]
+        if len(self.reference_memory):  # few-shot: fused with the reference memory's map
+            features = [F.normalize(patches, dim=-1) for patches in patch_embeddings]
+            scale = config.reference_distance_scale
+            memory_map = memory_patch_map(self.reference_memory, features, categories, grid, scale)
+            memory_map = upsample_and_smooth(
+                memory_map.to(anomaly_map.dtype), (height, width), config.smoothing_sigma, border="symmetric"
+            )
+            anomaly_map = fuse_maps(anomaly_map, memory_map, config.reference_fusion)
+            pred_score = score_with_global(pred_score, memory_map)
         outputs = AnomalyCLIPOutput(
             loss=loss, logits=logits, layer_logits=layer_logits, anomaly_map=anomaly_map, pred_score=pred_score
         )
@@ -319,6 +350,23 @@ class AnomalyCLIPForAnomalySegmentation(AnomalyCLIPPreTrainedModel):
         super().train(mode)
         self.clip.eval()
         return self
+
+
+def official_fp16_copies(deep_prompts: torch.Tensor, num_sequences: int) -> torch.Tensor:
+    """The deep tokens as the official text layers insert them: one copy per sequence, rounded to float16 and back.
+
+    The official code expands the tokens over the sequences, then casts them (`.half()`): every copy's value is
+    rounded, and in the backward pass every copy's gradient is rounded to float16 before the copies are summed.
+
+    Args:
+        deep_prompts: `(depth - 1, n, width)`.
+        num_sequences: How many sequences the tokens go into.
+
+    Returns:
+        `(depth - 1, num_sequences, n, width)`, in `deep_prompts`' dtype.
+    """
+    copies = deep_prompts[:, None].expand(-1, num_sequences, -1, -1)
+    return copies.to(torch.float16).to(deep_prompts.dtype)
 
 
 def value_value_attention(layer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ from .clip_parts import upsample_and_smooth_matrices as _upsample_and_smooth_mat
 from .configuration_clipada import PROMPT_MARKER, CLIPADAConfig
 from .decisions import apply_thresholds, normalize_scores, per_image_thresholds
 from .pretrained import AnomalyDetectionPreTrainedModel
+from .reference_memory import ReferenceMemory, fuse_maps, memory_patch_map
 
 
 @dataclass
@@ -114,6 +115,8 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         self.similarity_logit_scale = nn.Parameter(torch.tensor(float(config.similarity_logit_scale_init)))
         self.similarity_logit_bias = nn.Parameter(torch.tensor(float(config.similarity_logit_bias_init)))
         self._text_embedding_cache: tuple[tuple, torch.Tensor] | None = None
+        # few-shot memory of the coarse stage's projected patch tokens (empty unless `fit_reference` filled it)
+        self.reference_memory = ReferenceMemory(config.reference_memory_sizes, 1, config.projection_dim)
         self.post_init()
 
     # ------------------------------------------------------------------ construction from a CLIP checkpoint
@@ -250,7 +253,7 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         return similarity * self.similarity_logit_scale.exp() + self.similarity_logit_bias
 
     def compute_stage_logits(
-        self, pixel_values: torch.Tensor, text_embedding: torch.Tensor
+        self, pixel_values: torch.Tensor, text_embedding: torch.Tensor, coarse_patch_tokens: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, ...]:
         """Steps 2 and 3: the coarse map's logits, then those of each of the `num_refinements` refinements.
 
@@ -261,6 +264,8 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         Args:
             pixel_values: `(batch_size, 3, H, W)`, CLIP-normalised, in the head's dtype (see `_check_pixel_values`).
             text_embedding: `(projection_dim,)`, L2-normalised, from [`text_embedding`].
+            coarse_patch_tokens: `(batch_size, h * w, vision_hidden_size)`, [`patch_features`] of `pixel_values`
+                when the caller has them already (the reference memory scores them too); computed when omitted.
 
         Returns:
             R + 1 tensors `(batch_size, h, w)` in float32, coarse first.
@@ -268,8 +273,10 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         batch_size, _, height, width = pixel_values.shape
         patch = self.config.vision_config.patch_size
         grid = (height // patch, width // patch)
-        with torch.no_grad():
-            patch_tokens = self.patch_features(pixel_values)
+        patch_tokens = coarse_patch_tokens
+        if patch_tokens is None:
+            with torch.no_grad():
+                patch_tokens = self.patch_features(pixel_values)
         logits = self.similarity_logits(patch_tokens, text_embedding, stage=0).view(batch_size, *grid)
         all_logits = [logits]
         for stage in range(1, self.config.num_refinements + 1):
@@ -321,13 +328,24 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
         text_embedding = self.text_embedding()
 
         # steps 2 and 3: the coarse map, then the region refinements
-        stage_logits = self.compute_stage_logits(pixel_values, text_embedding)
+        coarse_patch_tokens = None
+        if len(self.reference_memory):  # the memory scores the coarse tokens too: encode them once
+            with torch.no_grad():
+                coarse_patch_tokens = self.patch_features(pixel_values)
+        stage_logits = self.compute_stage_logits(pixel_values, text_embedding, coarse_patch_tokens)
 
         # step 4: the loss of every stage
         loss = None if labels is None else self.compute_loss(stage_logits, labels)
 
         # step 5: post-processing to a pixel anomaly map and an image score
         anomaly_map, pred_score = self.anomaly_map_and_score(torch.sigmoid(stage_logits[-1]), (height, width))
+        if coarse_patch_tokens is not None:  # few-shot: fused with the reference memory's map, scored as before
+            features = [F.normalize(self.patch_projections[0](coarse_patch_tokens), dim=-1)]
+            grid, scale = stage_logits[0].shape[-2:], self.config.reference_distance_scale
+            memory_map = memory_patch_map(self.reference_memory, features, categories, grid, scale)
+            memory_map = self.upsample_and_smooth(memory_map.to(anomaly_map.dtype), (height, width))
+            anomaly_map = fuse_maps(anomaly_map, memory_map, self.config.reference_fusion)
+            pred_score = self.image_score(anomaly_map)
         outputs = CLIPADAOutput(
             loss=loss,
             logits=stage_logits[-1],
@@ -342,6 +360,20 @@ class CLIPADAForAnomalySegmentation(CLIPADAPreTrainedModel):
             )
             outputs.pred_score_normalized = normalize_scores(pred_score, image_threshold)
         return outputs
+
+    def reference_features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """What the reference memory stores and compares: the coarse stage's projected patch tokens, L2-normalised
+        (as the coarse map compares them with the text).
+
+        Args:
+            pixel_values: `(batch_size, 3, H, W)`, CLIP-normalised.
+
+        Returns:
+            One tensor `(batch_size, h * w, projection_dim)` (one feature layer).
+        """
+        pixel_values = self._check_pixel_values(pixel_values)
+        with torch.no_grad():
+            return [F.normalize(self.patch_projections[0](self.patch_features(pixel_values)), dim=-1)]
 
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Checks the images and casts them to the model's dtype.

@@ -16,6 +16,8 @@ from safetensors import SafetensorError, safe_open
 from transformers import PreTrainedModel
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
 
+from .reference_memory import fit_reference
+
 # how many tensor names an error lists before "and N more"
 NAMES_SHOWN = 8
 # the keyword arguments of `from_pretrained` that say where its files come from (to find them again)
@@ -106,6 +108,35 @@ class AnomalyDetectionPreTrainedModel(PreTrainedModel):
 
         self.config.custom_pipelines = custom_pipelines_entry()
         super().save_pretrained(save_directory, *args, **kwargs)
+
+    def fit_reference(
+        self,
+        images,
+        categories: list[str],
+        image_processor=None,
+        batch_size: int = 8,
+        max_patches: int | None = None,
+        seed: int = 0,
+    ) -> dict[str, int]:
+        """Fits the few-shot reference memory on normal images, replacing the one held (no training).
+
+        Each family stores the patch features it scores (`reference_features`); `forward` then fuses the memory's
+        map (1 - the highest cosine similarity per patch) with its own, per `config.reference_fusion`.
+        `save_pretrained` writes the memory with the weights.
+
+        Args:
+            images: `(k, 3, H, W)` CLIP-normalised pixel values, a list of `(3, H, W)` tensors, or images for
+                `image_processor`; empty (k = 0) removes the memory, and the family's own maps come back.
+            categories: One category name per image.
+            image_processor: The checkpoint's image processor, for images that are no tensors.
+            batch_size: Images per forward pass.
+            max_patches: Keep at most this many patches per category (a seeded random subset); None: all.
+            seed: Seeds that subset.
+
+        Returns:
+            `{category: num_patches}` (also `config.reference_memory_sizes`).
+        """
+        return fit_reference(self, images, categories, image_processor, batch_size, max_patches, seed)
 
 
 def listed(names: list[str]) -> str:

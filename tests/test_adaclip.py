@@ -14,7 +14,12 @@ from tiny_clip import IMAGE_SIZE, PATCH_SIZE, make_tiny_clip, tiny_clip_config
 from transformers import AutoConfig, AutoModel, CLIPConfig
 
 from modeling_clipada import AdaCLIPConfig, AdaCLIPConfigError, AdaCLIPForAnomalySegmentation
-from modeling_clipada.adaclip_fusion import farthest_point_centres, hybrid_semantic_fusion, kmeans_labels
+from modeling_clipada.adaclip_fusion import (
+    farthest_point_centres,
+    hybrid_semantic_fusion,
+    kmeans_labels,
+    kmeans_plus_plus_centres,
+)
 from modeling_clipada.adaclip_prompts import hybrid_prompts
 
 FIXTURE = Path(__file__).parent / "fixtures" / "adaclip_reference.safetensors"
@@ -34,12 +39,14 @@ def our_intermediates(model: AdaCLIPForAnomalySegmentation, pixel_values: torch.
 
 
 def compare_with_reference(
-    model: AdaCLIPForAnomalySegmentation, tensors: dict, class_names: list[str], gradient_image: int
+    model: AdaCLIPForAnomalySegmentation, tensors: dict, class_names: list[str]
 ) -> dict[str, float]:
-    """Max abs differences between our model and the official outputs stored in the fixture.
+    """Max abs differences between our model and the official outputs stored in the fixture (gradients: relative to
+    the official tensor's largest value).
 
     Maps and scores come from one batch of all images (the official code ran them one by one); the loss of each
-    image from a batch of one, the batch loss from all images at once (it must be their mean).
+    image from a batch of one, the batch loss from all images at once (it must be their mean); the gradients from
+    the batch (times its size: the official ones are the sum of its single-image passes).
     """
     config = model.config
     pixel_values, masks = tensors["inputs.pixel_values"].float(), tensors["inputs.masks"].float()
@@ -61,7 +68,7 @@ def compare_with_reference(
         single_losses = torch.stack(
             [
                 model(pixel_values[i : i + 1], labels=masks[i : i + 1], categories=class_names[i : i + 1]).loss
-                for i in range(3)
+                for i in range(len(pixel_values))
             ]
         )
     ours = {
@@ -79,19 +86,19 @@ def compare_with_reference(
         expected = tensors[f"expected.{name}"]
         assert value.shape == expected.shape, (name, value.shape, expected.shape)
         differences[name] = (value.float() - expected.float()).abs().max().item()
-    differences["loss (batch of 3 = mean of images)"] = (
+    differences["loss (batch = mean of images)"] = (
         (outputs.loss - tensors["expected.loss_per_image"].mean()).abs().item()
     )
     model.zero_grad()
     model.train()
-    i = gradient_image
-    model(pixel_values[i : i + 1], labels=masks[i : i + 1], categories=class_names[i : i + 1]).loss.backward()
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            expected = tensors[f"expected.gradients.{name}"]
-            differences[f"gradient {name} (relative to its max)"] = (
-                (parameter.grad - expected).abs().max() / expected.abs().max()
-            ).item()
+    with torch.enable_grad():
+        (model(pixel_values, labels=masks, categories=class_names).loss * len(pixel_values)).backward()
+    parameters = dict(model.named_parameters())
+    for key in sorted(key for key in tensors if key.startswith("expected.gradients.")):
+        name, expected = key.removeprefix("expected.gradients."), tensors[key]
+        relative = (parameters[name].grad - expected).abs() / expected.abs().max()
+        differences[f"gradient {name} (relative to its max)"] = relative.max().item()
+        differences[f"share of gradient {name} beyond 1e-4"] = (relative > 1e-4).float().mean().item()
     model.zero_grad()
     model.eval()
     return differences
@@ -155,13 +162,71 @@ def test_the_fixture_names_the_official_commit_and_stays_small(reference):
     assert FIXTURE.stat().st_size < 700_000
 
 
+def parity_limit(name: str) -> float:
+    """The bound of one `compare_with_reference` entry: outputs 1e-5; gradients 1e-4 relative to the largest official
+    value, except that a gradient passing through the official float16 rounding of the prompt copies (prompts and
+    their generators) may miss it on at most 2% of its elements, by at most one float16 step (2**-11: a copy's
+    gradient lying within float32 noise of a rounding boundary rounds to the neighbour)."""
+    if name.startswith("share of gradient"):
+        return 0.02
+    if name.startswith("gradient"):
+        return 2**-11 if "prompt" in name else 1e-4
+    return 1e-5
+
+
 def test_maps_scores_hsf_loss_and_gradients_equal_the_official_code(reference):
     model, tensors, metadata = reference
+    assert model.config.official_fp16_prompts  # the default
     class_names = json.loads(metadata["class_names"])
-    differences = compare_with_reference(model, tensors, class_names, int(metadata["gradients_of_image"]))
+    differences = compare_with_reference(model, tensors, class_names)
     for name, difference in differences.items():
-        assert difference <= (1e-4 if name.startswith("gradient") else 1e-5), (name, difference)
+        assert difference <= parity_limit(name), (name, difference)
     assert tensors["expected.pred_score"].std() > 0.01  # the images are told apart: the comparison can fail
+
+
+def test_the_fixture_has_prompts_float16_changes_a_batch_two_class_names_and_resized_positions(reference):
+    _, tensors, metadata = reference
+    for name in ("static_text_prompts", "static_visual_prompts", "dynamic_text_prompt_generator.weight"):
+        weights = tensors[f"weights.{name}"]
+        assert weights.dtype == torch.float32 and (weights.half().float() != weights).float().mean() > 0.99, name
+    assert tensors["inputs.pixel_values"].shape[0] == 4 and len(set(json.loads(metadata["class_names"]))) == 2
+    config = json.loads(metadata["config"])
+    assert tensors["inputs.pixel_values"].shape[-1] != config["vision_config"]["image_size"]
+
+
+def test_without_the_official_float16_rounding_the_comparison_fails(reference):
+    model, tensors, metadata = reference
+    model.config.official_fp16_prompts = False
+    try:
+        differences = compare_with_reference(model, tensors, json.loads(metadata["class_names"]))
+    finally:
+        model.config.official_fp16_prompts = True
+    assert differences["text_embeddings"] > 1e-5 and differences["pred_score"] > 1e-5
+
+
+def test_kmeans_plus_plus_start_is_seeded_and_its_scores_spread_as_the_official_ones(reference):
+    """The official random start (`hsf_init="k-means++"`): a seed repeats its draw; over 20 seeds the mean score of
+    every image lies within the official scores' range over 20 random starts (the fixture's
+    `official_random_start_scores`), and the draws differ."""
+    model, tensors, metadata = reference
+    class_names = json.loads(metadata["class_names"])
+    pixel_values = tensors["inputs.pixel_values"].float()
+    official = tensors["expected.official_random_start_scores"]
+    model.config.hsf_init = "k-means++"
+    try:
+        with torch.no_grad():
+            scores = []
+            for seed in range(official.shape[0]):
+                model.config.hsf_seed = seed
+                scores.append(model(pixel_values, categories=class_names).pred_score)
+            repeated = model(pixel_values, categories=class_names).pred_score
+    finally:
+        model.config.hsf_init, model.config.hsf_seed = "farthest_point", None
+    scores = torch.stack(scores)
+    assert torch.equal(repeated, scores[-1])
+    assert (scores.max(0).values - scores.min(0).values > 1e-4).all()  # the draws differ
+    mean = scores.mean(dim=0)
+    assert ((official.min(0).values <= mean) & (mean <= official.max(0).values)).all(), (mean, official)
 
 
 def test_kmeans_equals_scikit_learn_from_the_same_start():
@@ -174,6 +239,19 @@ def test_kmeans_equals_scikit_learn_from_the_same_start():
     for image in range(3):
         expected = cluster.KMeans(n_clusters=6, init=start[image].numpy(), n_init=1).fit_predict(points[image].numpy())
         assert labels[image].tolist() == expected.tolist()
+
+
+def test_kmeans_plus_plus_start_picks_one_point_of_every_separated_cluster():
+    generator = torch.Generator().manual_seed(4)
+    centres = torch.randn(2, 5, 3, generator=generator) * 100
+    points = centres.repeat_interleave(6, dim=1) + torch.randn(2, 30, 3, generator=generator)
+    start = kmeans_plus_plus_centres(points, 5, torch.Generator().manual_seed(0))
+    chosen = (start[:, :, None] == points[:, None]).all(-1).float().argmax(-1)  # (B, K) index of each start point
+    assert (chosen // 6).sort(dim=1).values.tolist() == [[0, 1, 2, 3, 4]] * 2  # one per cluster (D^2 draws)
+    again = kmeans_plus_plus_centres(points, 5, torch.Generator().manual_seed(0))
+    assert torch.equal(start, again)
+    labels = kmeans_labels(points, 5, 300, 1e-4, init="k-means++", generator=torch.Generator().manual_seed(1))
+    assert (labels.view(2, 5, 6) == labels.view(2, 5, 6)[..., :1]).all()  # the clusters found
 
 
 def test_hsf_is_the_mean_of_the_cluster_centres_of_the_top_patches():
@@ -240,8 +318,9 @@ def test_a_batch_gives_each_image_its_own_dynamic_prompts_and_its_single_image_o
 
 
 def test_batch_gradients_equal_the_sum_of_single_image_gradients(tester):
-    """Batch size 3 (what the official training refuses): the batch loss is the mean of the images' losses."""
-    model = tester.model().train()
+    """Batch size 3 (what the official training refuses): the batch loss is the mean of the images' losses. Without
+    the float16 rounding of the prompt copies, whose gradients round differently once divided by 3."""
+    model = tester.model(official_fp16_prompts=False).train()
     pixel_values, labels = tester.inputs()
     model(pixel_values, labels=labels, categories=tester.categories).loss.backward()
     batch = {name: parameter.grad.clone() * 3 for name, parameter in _trainable(model).items()}
@@ -363,6 +442,9 @@ def test_a_backend_without_a_tokenizer_refuses_a_new_category_and_leaves_the_con
         ({"dice_unit": "pixel"}, "dice_unit"),
         ({"smoothing_sigma": float("nan")}, "smoothing_sigma"),
         ({"prompt_length": "5"}, "prompt_length"),
+        ({"hsf_init": "random"}, "hsf_init"),
+        ({"hsf_seed": -1}, "hsf_seed"),
+        ({"official_fp16_prompts": "yes"}, "official_fp16_prompts"),
     ],
 )
 def test_invalid_config_values_name_the_field(overrides, field):

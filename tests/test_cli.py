@@ -54,7 +54,7 @@ def test_an_unknown_or_missing_command_is_a_usage_error(argv, capsys):
         ("eval", "training.evaluation", {}),
         ("calibrate", "training.calibrate", None),
         ("predict", "inference.predict.command", {"ERROR": 0}),
-        ("export", "inference.deploy.export", {}),
+        ("export", "training.int8_gate", {}),
         ("app", "inference.app.command", None),
         ("prepare-dataset", "training.prepare_dataset", 0),
         ("demo", "training.demo", None),

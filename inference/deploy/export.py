@@ -1,13 +1,15 @@
-"""Export a CLIP-ADA checkpoint for deployment without PyTorch: ONNX (ONNX Runtime) or OpenVINO IR (`clipada export`).
+"""Export a checkpoint of any family to serve without PyTorch: ONNX (ONNX Runtime) or OpenVINO IR (`clipada export`).
 
 The output folder holds the graph (`model.onnx`, or `model.xml` + `model.bin`), the checkpoint's
 `preprocessor_config.json`, `clipada_export.json` (input size, opset, graph inputs and outputs, the thresholds --
 editable: the runners feed them to the graph, see `inference.deploy.runners` --, the SHA-256 of the graph files and
 of the source checkpoint, and the parity with PyTorch measured on the written file) and the ownership marker
 `.clipada_output.json` (`inference.output_folder`): `--overwrite_output_dir` replaces an earlier export of
-`clipada export` only, never a folder it did not write, nor the source checkpoint. The graph is
-`inference.deploy.graph.CLIPADAExportGraph`: the text embedding is a constant, layers after `feature_layer` are
-absent, the batch size is dynamic.
+`clipada export` only, never a folder it did not write, nor the source checkpoint. The graph is the family's
+(`inference.deploy.graph`): text embeddings that do not depend on the image are constants, the batch size is
+dynamic. A letterbox or tiled checkpoint exports the graph of one model input (one tile); the runners cut and merge
+as `clipada predict` does. With `--int8`, an OpenVINO export is quantised to INT8 by NNCF on normal images and kept
+only if it passes the accuracy gate (`inference.deploy.int8`).
 
 Example:
     ```bash
@@ -23,7 +25,7 @@ import json
 import logging
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +34,11 @@ import transformers
 
 from inference.atomic import atomic_dir
 from inference.command_line import overwrite_argument, positive_int, threads_argument, usage_errors
-from inference.deploy.graph import CLIPADAExportGraph, export_program, write_onnx, write_openvino
+from inference.deploy.graph import export_graph, export_program, write_onnx, write_openvino
+from inference.deploy.int8 import Int8GateError, Int8Request, check_int8_request, quantize_export
 from inference.deploy.runners import (
     EXPORT_CONFIG_NAME,
+    EXPORT_FAMILIES,
     GRAPH_FILES,
     MODEL_FILES,
     ExportedCLIPADA,
@@ -42,8 +46,15 @@ from inference.deploy.runners import (
     file_sha256,
 )
 from inference.devices import configure_threads
-from inference.loading import ModelLoadError, check_model_location, load_clipada_model, saved_model_type
-from inference.modes import calibration_mode, load_processors
+from inference.families import FAMILIES
+from inference.loading import (
+    ModelLoadError,
+    add_class_names,
+    check_model_location,
+    load_clipada_model,
+    saved_model_type,
+)
+from inference.modes import calibration_mode, input_mode, load_processors
 from inference.output_folder import (
     OUTPUT_MARKER,
     OutputFolderError,
@@ -51,7 +62,6 @@ from inference.output_folder import (
     read_marker,
     write_marker,
 )
-from modeling_clipada import CLIPADAConfig
 from modeling_clipada.decisions import DECISION_FIELDS
 
 COMMAND = "clipada export"
@@ -84,7 +94,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], parents=[overwrite_argument("an earlier export"), threads_argument()]
     )
-    parser.add_argument("--model_name_or_path", required=True, help="a trained CLIP-ADA checkpoint folder or Hub id")
+    parser.add_argument(
+        "--model_name_or_path",
+        required=True,
+        help="a trained CLIP-ADA, AnomalyCLIP or AdaCLIP checkpoint (folder or Hub id)",
+    )
     parser.add_argument(
         "--output_dir", required=True, help="the export folder: new, or an earlier export (--overwrite_output_dir)"
     )
@@ -97,6 +111,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help=f"input side, a multiple of the patch size, at most {MAX_IMAGE_SIZE}; default the checkpoint processor's",
     )
+    parser.add_argument(
+        "--class_names",
+        nargs="+",
+        default=None,
+        help="AdaCLIP: the categories its prompts may name (default: those the checkpoint tokenised); others are "
+        "refused at run time",
+    )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="OpenVINO: quantise to INT8 (NNCF) on --calibration_data and keep it only if the accuracy gate passes",
+    )
+    parser.add_argument(
+        "--calibration_data",
+        default=None,
+        help="--int8: a dataset (its train/good images calibrate, its test split gates) or a folder of normal images "
+        "(then --int8_test_data gates)",
+    )
+    parser.add_argument("--int8_test_data", default=None, help="--int8: the dataset whose test split gates INT8")
     parser.add_argument("--overwrite", action=_DeprecatedOverwrite, dest="overwrite_output_dir", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -190,11 +223,20 @@ def quiet_known_warnings() -> Iterator[None]:
         registry_logger.setLevel(level)
 
 
+def parity_categories(exported: ExportedCLIPADA, batch_size: int) -> list[str | None] | None:
+    """The categories of the parity batch: AdaCLIP's class names in turn (None, the default name, first), so that
+    the graph's choice of text is checked too; None for the families whose prompts name no category."""
+    if exported.class_names is None:
+        return None
+    names = [None, *exported.class_names[1:]]
+    return [names[index % len(names)] for index in range(batch_size)]
+
+
 def measure_parity(model, exported: ExportedCLIPADA, seed: int = 0) -> dict:
     """Largest differences between the exported graph and the PyTorch model on a seeded batch of random pixels.
 
     Args:
-        model: The float32 CLIP-ADA model the graph came from.
+        model: The float32 model the graph came from (any family).
         exported: The export, loaded by its runner.
         seed: Seed of the `(PARITY_BATCH_SIZE, 3, H, W)` standard-normal pixels.
 
@@ -204,9 +246,10 @@ def measure_parity(model, exported: ExportedCLIPADA, seed: int = 0) -> dict:
     """
     generator = torch.Generator().manual_seed(seed)
     pixel_values = torch.randn(PARITY_BATCH_SIZE, 3, *exported.input_size, generator=generator)
+    categories = parity_categories(exported, PARITY_BATCH_SIZE)
     with torch.no_grad():
-        reference = model(pixel_values)
-    outputs = exported(pixel_values.numpy())
+        reference = model(pixel_values, categories=categories)
+    outputs = exported(pixel_values.numpy(), categories)
     parity = {
         "images": PARITY_BATCH_SIZE,
         "inputs": f"standard-normal pixels, seed {seed}",
@@ -219,6 +262,64 @@ def measure_parity(model, exported: ExportedCLIPADA, seed: int = 0) -> dict:
     return parity
 
 
+# The fields of each family's config that an export records under `model` (for people reading the JSON; the runners
+# use `image_score_top_k` only).
+MODEL_FIELDS = {
+    "clipada": ("num_refinements", "feature_layer", "image_score_top_k", "smoothing_sigma"),
+    "anomalyclip": ("feature_layers", "dpam_start_layer", "similarity_temperature", "smoothing_sigma"),
+    "adaclip": (
+        "feature_layers",
+        "prompt_length",
+        "prompt_depth",
+        "static_prompts",
+        "dynamic_prompts",
+        "use_hsf",
+        "hsf_num_clusters",
+        "hsf_num_patches",
+        "hsf_max_iterations",
+        "smoothing_sigma",
+    ),  # fmt: skip
+}
+
+
+def load_exportable_model(model_name_or_path: str, class_names: list[str] | None):
+    """The float32 model of a checkpoint of an exportable family, with `class_names` tokenised (AdaCLIP).
+
+    Raises:
+        ExportError: Another model type, or `--class_names` for a family whose prompts name no category.
+        ModelLoadError: A checkpoint that cannot be loaded, or new class names without tokenizer files.
+    """
+    check_model_location(model_name_or_path)
+    model_type = saved_model_type(model_name_or_path)
+    if model_type not in EXPORT_FAMILIES:
+        titles = " and ".join(FAMILIES[name].title for name in EXPORT_FAMILIES).replace(" and ", ", ", 1)
+        raise ExportError(
+            f"--model_name_or_path {model_name_or_path} is a {model_type!r} checkpoint; clipada-export exports trained "
+            f"{titles} checkpoints"
+        )
+    if class_names and not FAMILIES[model_type].needs_class_names:
+        raise ExportError(f"--class_names: {FAMILIES[model_type].title} names no category in its prompts; drop it")
+    model = load_clipada_model(model_name_or_path, dtype=torch.float32).eval()
+    if getattr(model.config, "reference_memory_sizes", None):  # the graph has no memory: it would score otherwise
+        raise ExportError(
+            f"--model_name_or_path {model_name_or_path} holds a few-shot reference memory "
+            f"({', '.join(sorted(model.config.reference_memory_sizes))}), which exports cannot carry yet; export the "
+            "checkpoint before clipada fit-reference, or serve this one with torch"
+        )
+    if class_names:
+        add_class_names(model, list(class_names), model_name_or_path)
+    return model
+
+
+def graph_class_names(model, class_names: list[str] | None) -> list[str] | None:
+    """AdaCLIP: the names `class_index` indexes, the default class name first; None for the other families."""
+    if not FAMILIES[model.config.model_type].needs_class_names:
+        return None
+    default = model.config.default_class_name
+    names = class_names if class_names else list(model.config.prompt_token_ids or {})
+    return [default, *dict.fromkeys(name for name in names if name != default)]
+
+
 def export(
     model_name_or_path: str,
     output_dir: str | Path,
@@ -227,33 +328,40 @@ def export(
     fp16: bool = False,
     image_size: int | None = None,
     overwrite: bool = False,
+    class_names: list[str] | None = None,
+    int8: Int8Request | None = None,
 ) -> dict:
     """Writes the export folder (atomically: an existing folder is replaced only once the new one is complete).
+
+    Args:
+        model_name_or_path: A trained checkpoint of any family (folder or Hub id).
+        output_dir: The export folder (see [`check_export_folder`]).
+        export_format: `onnx` or `openvino`.
+        opset: ONNX opset.
+        fp16: OpenVINO: weights stored as float16.
+        image_size: The input side instead of the checkpoint processor's.
+        overwrite: Replace an earlier export of `clipada export`.
+        class_names: AdaCLIP: the categories its prompts may name (default: the checkpoint's).
+        int8: OpenVINO: quantise to INT8 on these normal images and keep it only if the gate passes
+            ([`inference.deploy.int8`]); nothing is written when it does not.
 
     Returns:
         The content of `clipada_export.json`.
 
     Raises:
         ExportError, OutputFolderError, ModelLoadError: A refused request or output folder, or a checkpoint that is
-            missing, damaged or not CLIP-ADA, naming the flag or folder.
+            missing, damaged or of another kind, naming the flag or folder. `Int8GateError` (an `ExportError`): the
+            INT8 model missed the gate; the message says by how much.
     """
     output_dir = Path(output_dir)
     check_request(export_format, opset, fp16, output_dir, overwrite, str(model_name_or_path), image_size)
-    check_model_location(model_name_or_path)
-    model_type = saved_model_type(model_name_or_path)
-    if model_type != CLIPADAConfig.model_type:
-        raise ExportError(
-            f"--model_name_or_path {model_name_or_path} is a {model_type!r} checkpoint; clipada-export exports "
-            f"trained CLIP-ADA ({CLIPADAConfig.model_type!r}) checkpoints only"
-        )
-    model = load_clipada_model(model_name_or_path, dtype=torch.float32).eval()
+    if int8 is not None and (export_format != "openvino" or fp16):
+        raise ExportError("--int8 quantises OpenVINO exports: use --format openvino without --fp16")
+    if int8 is not None:
+        check_int8_request(int8)
+    model = load_exportable_model(model_name_or_path, class_names)
+    family = model.config.model_type
     processor, own_processor = load_processors(model_name_or_path, image_size)
-    if processor.tile_size or processor.resize_mode != "squash":
-        raise ExportError(
-            f"{model_name_or_path} uses resize_mode={processor.resize_mode!r}, tile_size={processor.tile_size}: the "
-            "exported runners take whole images (squash) only; export with a preprocessor_config.json without tiles "
-            "or letterbox"
-        )
     size = (processor.size["height"], processor.size["width"])
     patch = model.config.vision_config.patch_size
     if size[0] % patch or size[1] % patch:
@@ -263,7 +371,11 @@ def export(
             f"the input size {size} of {model_name_or_path}'s preprocessor_config.json is not a multiple of the patch "
             f"size {patch}; pass --image_size"
         )
-    graph = CLIPADAExportGraph(model, size, with_thresholds=model.config.has_thresholds)
+    names = graph_class_names(model, class_names)
+    try:
+        graph = export_graph(model, size, with_thresholds=model.config.has_thresholds, class_names=names)
+    except ValueError as error:  # AdaCLIP's random k-means start
+        raise ExportError(f"{model_name_or_path}: {error}") from error
     with quiet_known_warnings():
         program = export_program(graph)
     with atomic_dir(output_dir) as staging:
@@ -276,14 +388,17 @@ def export(
         processor.save_pretrained(staging)
         metadata = {
             "format": export_format,
+            "family": family,
             "file": model_file.name,
             "file_mib": round(sum(p.stat().st_size for p in staging.glob("model.*")) / 2**20, 2),
             "opset": opset if export_format == "onnx" else None,
             "weights": "float16" if fp16 else "float32",
             "input_size": list(size),
+            "input_mode": input_mode(processor),
             "batch_size": "dynamic",
             "graph_inputs": list(graph.input_names),
             "graph_outputs": list(graph.output_names),
+            **({"class_names": names} if names is not None else {}),
             "file_sha256": {name: file_sha256(staging / name) for name in GRAPH_FILES[export_format]},
             "thresholds": {
                 **{field: getattr(model.config, field) for field in DECISION_FIELDS},
@@ -293,15 +408,18 @@ def export(
             }
             if model.config.has_thresholds
             else None,
-            "model": {
-                field: getattr(model.config, field)
-                for field in ("num_refinements", "feature_layer", "image_score_top_k", "smoothing_sigma")
-            },
+            "model": {field: getattr(model.config, field) for field in MODEL_FIELDS[family]},
             "source": {"model_name_or_path": str(model_name_or_path), "sha256": checkpoint_hashes(model_name_or_path)},
             "versions": _versions(export_format),
         }
         (staging / EXPORT_CONFIG_NAME).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
         metadata["parity"] = measure_parity(model, ExportedCLIPADA(staging))
+        if int8 is not None:  # raises Int8GateError when the gate refuses: atomic_dir then writes nothing
+            metadata.update(quantize_export(staging, int8))
+            metadata["file_sha256"] = {name: file_sha256(staging / name) for name in GRAPH_FILES[export_format]}
+            metadata["file_mib"] = round(sum(p.stat().st_size for p in staging.glob("model.*")) / 2**20, 2)
+            (staging / EXPORT_CONFIG_NAME).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+            metadata["parity"] = measure_parity(model, ExportedCLIPADA(staging))  # of the INT8 file, for the record
         (staging / EXPORT_CONFIG_NAME).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
         write_marker(staging, COMMAND)  # last: it lists every entry of the folder
     return metadata
@@ -321,11 +439,29 @@ def _versions(export_format: str) -> dict[str, str]:
     return versions
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Parses the command line and exports; a refused request prints one line `error: ...` and exits 2."""
+def main(argv: list[str] | None = None, build_int8_request: Callable | None = None) -> dict:
+    """Parses the command line and exports; a refused request prints one line `error: ...` and exits 2.
+
+    Args:
+        argv: The arguments (default `sys.argv[1:]`).
+        build_int8_request: `(args, processor) -> Int8Request`, for `--int8`: reading datasets and computing metrics is
+            training code (`training.quantize`, which `clipada export` runs), which this module does not import.
+    """
     args = parse_args(argv)
     configure_threads(args.num_threads)
-    with usage_errors(ExportError, ExportedModelError, ModelLoadError, OutputFolderError, OSError):
+    errors = (ExportError, ExportedModelError, Int8GateError, ModelLoadError, OutputFolderError, OSError)
+    with usage_errors(*errors):
+        int8 = None
+        if args.int8 or args.calibration_data or args.int8_test_data:
+            if not args.int8 or not args.calibration_data:
+                raise ExportError("--int8 and --calibration_data go together")
+            if build_int8_request is None:
+                raise ExportError("--int8 reads datasets and computes the gate's metrics: run it as `clipada export`")
+            if args.format != "openvino" or args.fp16:
+                raise ExportError("--int8 quantises OpenVINO exports: use --format openvino without --fp16")
+            check_request(args.format, args.opset, args.fp16, Path(args.output_dir), args.overwrite_output_dir,
+                          args.model_name_or_path, args.image_size)  # fmt: skip
+            int8 = build_int8_request(args, load_processors(args.model_name_or_path, args.image_size)[0])
         metadata = export(
             args.model_name_or_path,
             args.output_dir,
@@ -334,12 +470,22 @@ def main(argv: list[str] | None = None) -> dict:
             fp16=args.fp16,
             image_size=args.image_size,
             overwrite=args.overwrite_output_dir,
+            class_names=args.class_names,
+            int8=int8,
         )
     parity = metadata["parity"]
     print(
         f"wrote {args.output_dir} ({metadata['file']}, {metadata['file_mib']} MiB); parity with PyTorch: "
         f"anomaly_map {parity['anomaly_map_max_abs_diff']:.2e}, pred_score {parity['pred_score_max_abs_diff']:.2e}"
     )
+    if metadata.get("int8"):
+        gate = metadata["int8"]
+        print(
+            f"INT8 gate passed on {gate['test_images']} test images: decisions identical on "
+            f"{100 * gate['decision_agreement']:.1f}%, pixel AUROC {100 * gate['fp32']['pixel_auroc']:.2f} -> "
+            f"{100 * gate['int8']['pixel_auroc']:.2f}, AUPRO {100 * gate['fp32']['aupro']:.2f} -> "
+            f"{100 * gate['int8']['aupro']:.2f}"
+        )
     return metadata
 
 
@@ -354,8 +500,11 @@ __all__ = [
     "check_request",
     "checkpoint_hashes",
     "export",
+    "graph_class_names",
+    "load_exportable_model",
     "main",
     "measure_parity",
+    "parity_categories",
     "parse_args",
     "quiet_known_warnings",
 ]

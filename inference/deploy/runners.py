@@ -31,8 +31,9 @@ import numpy as np
 from inference.command_line import positive_int, threads_argument, usage_errors
 from inference.modes import input_mode, same_mode
 from modeling_clipada.configuration_clipada import CLIPADAConfig
-from modeling_clipada.decisions import DECISION_FIELDS, per_image_thresholds
+from modeling_clipada.decisions import DECISION_FIELDS, apply_thresholds, per_image_thresholds
 from processing import CLIPADAImageProcessor
+from processing.tiling import DEFAULT_IMAGE_SCORE_TOP_K
 
 EXPORT_CONFIG_NAME = "clipada_export.json"
 MODEL_FILES = {"onnx": "model.onnx", "openvino": "model.xml"}
@@ -44,10 +45,19 @@ OPENVINO_PRECISIONS = ("f32", "bf16", "f16")
 ANOMALY_OUTPUTS = ("anomaly_map", "pred_score")
 DECISION_OUTPUTS = ("pred_label", "pred_mask")
 THRESHOLD_INPUTS = ("image_threshold", "pixel_threshold")
+# AdaCLIP's graph also takes each image's class name, as an index into the export's `class_names`
+CLASS_INPUT = "class_index"
 GRAPH_SIGNATURES = (
     (("pixel_values",), ANOMALY_OUTPUTS),
     (("pixel_values", *THRESHOLD_INPUTS), ANOMALY_OUTPUTS + DECISION_OUTPUTS),
+    (("pixel_values", CLASS_INPUT), ANOMALY_OUTPUTS),
+    (("pixel_values", CLASS_INPUT, *THRESHOLD_INPUTS), ANOMALY_OUTPUTS + DECISION_OUTPUTS),
 )
+# the families an export may hold (`family` in clipada_export.json; exports written before it are CLIP-ADA)
+EXPORT_FAMILIES = ("clipada", "anomalyclip", "adaclip")
+
+
+_MODE_WORDS = {"squash": "squashed", "letterbox": "letterboxed"}
 
 
 class ExportedModelError(ValueError):
@@ -81,6 +91,7 @@ def read_export_config(folder: str | Path) -> dict:
         raise ExportedModelError(f"{path}: unknown format {config['format']!r}; expected one of {sorted(MODEL_FILES)}")
     _check_input_size(path, config["input_size"])
     _check_graph_names(path, config)
+    _check_family(path, config)
     _check_decision_fields(path, config["thresholds"], config.get("model"))
     _check_file_hashes(path, config)
     return config
@@ -109,6 +120,39 @@ def _check_graph_names(path: Path, config: dict) -> None:
         raise ExportedModelError(
             f"{path}: `graph_inputs` {inputs!r} and `graph_outputs` {outputs!r} are not those of a clipada export "
             f"({' or '.join(f'{list(i)} -> {list(o)}' for i, o in GRAPH_SIGNATURES)})"
+        )
+
+
+def _check_family(path: Path, config: dict) -> None:
+    """`family` (optional: older exports are CLIP-ADA) must be known, `input_mode` (optional: older exports took
+    squashed images) well formed, and a graph with `class_index` needs `class_names`: distinct non-empty strings, the
+    first the name that images without a category get."""
+    family = config.get("family", "clipada")
+    if family not in EXPORT_FAMILIES:
+        raise ExportedModelError(f"{path}: unknown `family` {family!r}; expected one of {', '.join(EXPORT_FAMILIES)}")
+    mode = config.get("input_mode")
+    if mode is not None and (
+        not isinstance(mode, dict)
+        or mode.get("resize_mode") not in ("squash", "letterbox")
+        or not (mode.get("tile_size") is None or isinstance(mode.get("tile_size"), int))
+        or not (mode.get("tile_overlap") is None or isinstance(mode.get("tile_overlap"), (int, float)))
+    ):
+        raise ExportedModelError(
+            f"{path}: `input_mode` must be {{'resize_mode': 'squash' or 'letterbox', 'tile_size': int or null, "
+            f"'tile_overlap': number or null, 'size': [h, w]}}, got {mode!r}"
+        )
+    if CLASS_INPUT not in (config.get("graph_inputs") or ()):
+        return
+    names = config.get("class_names")
+    if (
+        not isinstance(names, list)
+        or not names
+        or not all(isinstance(name, str) and name for name in names)
+        or len(set(names)) != len(names)
+    ):
+        raise ExportedModelError(
+            f"{path}: `class_names` must list the distinct class names the graph's `{CLASS_INPUT}` indexes, got "
+            f"{names!r}"
         )
 
 
@@ -284,6 +328,8 @@ class ExportedCLIPADA:
         backend: `onnxruntime` or `openvino`; None picks the folder's format. It must match the folder.
         num_threads: Runtime threads (None: the runtime's default).
         precision: OpenVINO's inference precision (`f32`, `bf16`, `f16`); ONNX Runtime runs float32.
+        graph_file: Another graph file of the folder's format and signature to run instead of the folder's own (the
+            INT8 IR `clipada export --int8` gates before it replaces the float32 one); None: the folder's.
 
     Attributes:
         image_threshold, pixel_threshold, category_thresholds: The decision thresholds, from the JSON; None
@@ -293,7 +339,12 @@ class ExportedCLIPADA:
     """
 
     def __init__(
-        self, folder: str | Path, backend: str | None = None, num_threads: int | None = None, precision: str = "f32"
+        self,
+        folder: str | Path,
+        backend: str | None = None,
+        num_threads: int | None = None,
+        precision: str = "f32",
+        graph_file: str | Path | None = None,
     ):
         self.folder = Path(folder)
         self.config = read_export_config(self.folder)
@@ -303,7 +354,7 @@ class ExportedCLIPADA:
                 f"--backend {backend} cannot run {self.folder}, an {export_format} export; choose --backend "
                 f"{next(name for name, fmt in BACKEND_FORMATS.items() if fmt == export_format)}"
             )
-        model_file = self.folder / MODEL_FILES[export_format]
+        model_file = Path(graph_file) if graph_file is not None else self.folder / MODEL_FILES[export_format]
         if not model_file.is_file():
             raise ExportedModelError(f"{model_file} is missing")
         thresholds = self.config["thresholds"] or {}
@@ -311,7 +362,7 @@ class ExportedCLIPADA:
         self.pixel_threshold = thresholds.get("pixel_threshold")
         self.category_thresholds = thresholds.get("category_thresholds") or {}
         self.calibration_mode = thresholds.get("calibration_mode")
-        self.has_thresholds = self.config.get("graph_inputs", ["pixel_values"]) != ["pixel_values"]
+        self.has_thresholds = set(THRESHOLD_INPUTS) <= set(self.config.get("graph_inputs") or ["pixel_values"])
         self.input_size = tuple(self.config["input_size"])
         try:
             self.processor = CLIPADAImageProcessor.from_pretrained(self.folder)
@@ -320,12 +371,23 @@ class ExportedCLIPADA:
                 f"{self.folder / 'preprocessor_config.json'} cannot be loaded ({_one_line(error)})"
             ) from error
         processor_size = (self.processor.size.height, self.processor.size.width)
-        if processor_size != self.input_size or self.processor.resize_mode != "squash" or self.processor.tile_size:
+        recorded_mode = self.config.get("input_mode")  # absent in older exports: those took squashed images only
+        mode = input_mode(self.processor)
+        expected = recorded_mode or {**mode, "resize_mode": "squash", "tile_size": None, "tile_overlap": None}
+        if processor_size != self.input_size or not same_mode(mode, {**expected, "size": list(self.input_size)}):
+            tiles = f" in tiles of {expected['tile_size']} px" if expected["tile_size"] else ""
             raise ExportedModelError(
                 f"{self.folder / 'preprocessor_config.json'} is not the exported one (it resizes to {processor_size}, "
                 f"{self.processor.resize_mode}{', tiles' if self.processor.tile_size else ''}; the graph takes "
-                f"{self.input_size}, squashed): export again, or restore the exported preprocessor_config.json"
+                f"{self.input_size}, {_MODE_WORDS[expected['resize_mode']]}{tiles}): export "
+                "again, or restore the exported preprocessor_config.json"
             )
+        # letterbox and tiles: the graph scores each input (tile); `predict` merges them as `clipada predict` does
+        self.whole_images = self.processor.resize_mode == "squash" and not self.processor.tile_size
+        self.family = self.config.get("family", "clipada")
+        self.class_names = (
+            self.config.get("class_names") if CLASS_INPUT in self.config.get("graph_inputs", []) else None
+        )
         self.image_score_top_k = (self.config.get("model") or {}).get("image_score_top_k")
         # thresholds calibrated in another mode than the export's inputs (e.g. exported at another --image_size)
         # never decide: the graph's pred_label/pred_mask are left out, as without thresholds
@@ -374,21 +436,45 @@ class ExportedCLIPADA:
             raise ExportedModelError(f"{self.folder / EXPORT_CONFIG_NAME} has no image and pixel thresholds to apply")
         return np.asarray(image, dtype=np.float32), np.asarray(pixel, dtype=np.float32)
 
+    def class_index(self, categories: Sequence[str | None] | None, batch_size: int) -> np.ndarray:
+        """Each input's index into the export's `class_names` (AdaCLIP): its category's, or the first name (the
+        model's `default_class_name`) for None.
+
+        Returns:
+            `(batch_size,)` int64.
+
+        Raises:
+            ExportedModelError: `categories` not one per input, or a category the export was not made with.
+        """
+        categories = [None] * batch_size if categories is None else list(categories)
+        if len(categories) != batch_size:
+            raise ExportedModelError(f"categories: one per image ({batch_size}) expected, got {len(categories)}")
+        unknown = sorted({name for name in categories if name is not None and name not in self.class_names})
+        if unknown:
+            raise ExportedModelError(
+                f"{self.folder} names {self.class_names} in its prompts, not {unknown}: export the checkpoint again "
+                f"with --class_names {' '.join(unknown)}"
+            )
+        return np.asarray([0 if name is None else self.class_names.index(name) for name in categories], np.int64)
+
     def __call__(self, pixel_values: np.ndarray, categories: Sequence[str | None] | None = None) -> dict:
-        """Runs the graph on CLIP-normalised pixels.
+        """Runs the graph on CLIP-normalised model inputs (whole images, or the tiles / letterboxed images of
+        `processor`; [`predict`] merges those).
 
         Args:
             pixel_values: `(batch_size, 3, H, W)` at the export's input size.
-            categories: One category name (or None) per image, for per-category thresholds.
+            categories: One category name (or None) per input: per-category thresholds, and AdaCLIP's prompts.
 
         Returns:
             `anomaly_map` `(batch_size, H, W)` float32, `pred_score` `(batch_size,)` float32, and with thresholds
             `pred_label` `(batch_size,)` bool and `pred_mask` `(batch_size, H, W)` bool (not where
-            `clipada_export.json` holds no thresholds any more, nor where they were calibrated in another mode).
+            `clipada_export.json` holds no thresholds any more, nor where they were calibrated in another mode, nor
+            for the inputs of a letterbox or tiled export, which decide only once merged).
 
         Raises:
             ExportedModelError: `pixel_values` of another shape than `(batch, 3, H, W)` at the input size,
-                `categories` not one per image, or thresholds set on the runner that are invalid.
+                `categories` not one per image (or a class name the export lacks), or invalid thresholds set on the
+                runner.
         """
         pixel_values = np.asarray(pixel_values)
         height, width = self.input_size
@@ -397,9 +483,11 @@ class ExportedCLIPADA:
                 f"pixel_values has shape {tuple(pixel_values.shape)}; this export takes (batch, 3, {height}, {width})"
             )
         feeds = {"pixel_values": np.ascontiguousarray(pixel_values, dtype=np.float32)}
+        if self.class_names is not None:
+            feeds[CLASS_INPUT] = self.class_index(categories, len(pixel_values))
         if not self.has_thresholds:
             return self.session(feeds)
-        decides = self.thresholds_fit_inputs
+        decides = self.thresholds_fit_inputs and self.whole_images
         self.check_thresholds()  # an invalid threshold set on the runner is an error, not "no decisions"
         try:
             image, pixel = self.thresholds_for(categories, len(pixel_values))
@@ -414,17 +502,45 @@ class ExportedCLIPADA:
         return self.session({**feeds, "image_threshold": image, "pixel_threshold": pixel})
 
     def predict(self, images: Sequence, categories: Sequence[str | None] | None = None) -> dict:
-        """Preprocesses images with the export's own processor (numpy path), then runs the graph.
+        """Preprocesses images with the export's own processor (numpy path), runs the graph, and for letterbox and
+        tiled exports crops or blends the inputs' maps back into one map per image, as `clipada predict` does
+        (`processor.post_process_anomaly_detection`: the same top-k image score), then decides.
 
         Args:
             images: PIL images, arrays or image paths (anything `CLIPADAImageProcessor` reads).
             categories: One category name (or None) per image.
 
         Returns:
-            As [`__call__`].
+            As [`__call__`] for squash exports. Letterbox and tiles: `anomaly_map` a list of `(H_i, W_i)` maps at
+            each image's own size, `pred_score` `(B,)`, and with thresholds that fit `pred_label` `(B,)` and
+            `pred_mask` a list of `(H_i, W_i)` bool maps.
         """
-        pixel_values = self.processor(images=images, return_tensors="np")["pixel_values"]
-        return self(pixel_values, categories)
+        inputs = self.processor(images=images, return_tensors="np")
+        if self.whole_images:
+            return self(inputs["pixel_values"], categories)
+        layouts = inputs["image_layouts"]
+        if categories is not None and len(categories) != len(layouts):
+            raise ExportedModelError(f"categories: one per image ({len(layouts)}) expected, got {len(categories)}")
+        per_input = None
+        if categories is not None:
+            per_input = [category for category, layout in zip(categories, layouts) for _ in range(layout.num_inputs)]
+        outputs = self(inputs["pixel_values"], per_input)
+        top_k = self.image_score_top_k or DEFAULT_IMAGE_SCORE_TOP_K
+        maps, scores = self.processor.post_process_anomaly_detection(outputs, None, layouts, top_k)
+        merged = {"anomaly_map": maps, "pred_score": np.asarray(scores, dtype=np.float32)}
+        if not (self.has_thresholds and self.thresholds_fit_inputs):
+            return merged
+        try:
+            image, pixel = self.thresholds_for(categories, len(layouts))
+        except ExportedModelError:
+            return merged
+        decisions = [
+            apply_thresholds(anomaly_map[None], merged["pred_score"][index : index + 1], image[index], pixel[index])
+            for index, anomaly_map in enumerate(maps)
+        ]  # one image at a time: the maps differ in size
+        merged["pred_label"] = np.concatenate([label for label, _ in decisions])
+        merged["pred_mask"] = [mask[0] for _, mask in decisions]
+        return merged
 
 
 def cli(argv: list[str] | None = None) -> None:
@@ -479,8 +595,10 @@ def cli(argv: list[str] | None = None) -> None:
 __all__ = [
     "ANOMALY_OUTPUTS",
     "BACKEND_FORMATS",
+    "CLASS_INPUT",
     "DECISION_OUTPUTS",
     "EXPORT_CONFIG_NAME",
+    "EXPORT_FAMILIES",
     "GRAPH_FILES",
     "MODEL_FILES",
     "THRESHOLD_INPUTS",
