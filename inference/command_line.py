@@ -27,6 +27,9 @@ OPTIONAL_PACKAGES = {
     "onnxruntime": "onnxruntime",
     "openvino": "openvino",
     "gradio": "demo",
+    "ray": "ray",  # predict --engine ray; clipada serve names its own extra (serve)
+    "nncf": "int8",
+    "tifffile": "mvtec-ad2",
 }
 
 

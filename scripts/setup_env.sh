@@ -18,6 +18,6 @@ fi
 STAMP="$VENV/.clipada-installed"
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
     echo "[setup] installing clipada and its dependencies"
-    python -m pip install --quiet --disable-pip-version-check -e "$ROOT[torch,dev,demo,onnx,openvino]"
+    python -m pip install --quiet --disable-pip-version-check -e "$ROOT[torch,dev,demo,onnx,openvino,int8,serve,mvtec-ad2,ray]"
     touch "$STAMP"
 fi

@@ -54,9 +54,20 @@ _ADACLIP = {
     "optimizer": "adamw",
     "weight_decay": 0.01,
 }
+# The benchmarks of 2025-26 (MVTec AD 2, Real-IAD, BTAD, MPDD): CLIP-ADA's paper trained on none of them, so these
+# schedules are ours, not the paper's: the small MVTec-like sets (BTAD about 1,800 and MPDD about 900 training images)
+# take MVTec-AD's, MVTec AD 2 (a few thousand high-resolution training images) VisA's, and Real-IAD (about 150,000
+# images, some 15x VisA) 40 epochs at batch 64, far fewer epochs for the larger set. High-resolution MVTec AD 2 and
+# Real-IAD train at the CLIP's input size and are evaluated with tiles / letterbox (README, "Benchmarks of 2025-26").
+_MVTEC_SCHEDULE = {"num_train_epochs": 800, "per_device_train_batch_size": 16, "lr_milestones": [400, 700]}
+_VISA_SCHEDULE = {"num_train_epochs": 500, "per_device_train_batch_size": 64, "lr_milestones": [250]}
 PRESETS = {
-    "mvtec_ad": {"num_train_epochs": 800, "per_device_train_batch_size": 16, "lr_milestones": [400, 700]},
-    "visa": {"num_train_epochs": 500, "per_device_train_batch_size": 64, "lr_milestones": [250]},
+    "mvtec_ad": _MVTEC_SCHEDULE,
+    "visa": _VISA_SCHEDULE,
+    "mvtec_ad2": _VISA_SCHEDULE,
+    "real_iad": {"num_train_epochs": 40, "per_device_train_batch_size": 64, "lr_milestones": [20]},
+    "btad": _MVTEC_SCHEDULE,
+    "mpdd": _MVTEC_SCHEDULE,
     "anomalyclip_train_on_mvtec_ad": _ANOMALYCLIP,  # then --eval_dataset_name VisA
     "anomalyclip_train_on_visa": _ANOMALYCLIP,  # then --eval_dataset_name MVTec-AD
     "adaclip_train_on_mvtec_ad": _ADACLIP,
@@ -188,7 +199,8 @@ def build_parser(model_type: str = "clipada") -> argparse.ArgumentParser:
         choices=sorted(PRESETS),
         default=None,
         help="The paper's schedule: MVTec-AD 800 epochs, batch 16, lr x0.2 at 400 and 700; "
-        "VisA 500 epochs, batch 64, lr x0.2 at 250. Explicit flags win.",
+        "VisA 500 epochs, batch 64, lr x0.2 at 250. Ours for the datasets the paper did not train on: btad, mpdd "
+        "as MVTec-AD; mvtec_ad2 as VisA; real_iad 40 epochs, batch 64, lr x0.2 at 20. Explicit flags win.",
     )
     parser.add_argument("--per_device_train_batch_size", type=positive_int, default=None, help="Default 16.")
     parser.add_argument("--per_device_eval_batch_size", type=positive_int, default=16)
@@ -261,6 +273,13 @@ def build_parser(model_type: str = "clipada") -> argparse.ArgumentParser:
         "the OK/NG thresholds at the end of the run; 0 disables calibration. Default 0.1.",
     )
     parser.add_argument(
+        "--train_fraction",
+        type=finite_float,
+        default=1.0,
+        help="Train on this fraction of each category's training images (after the calibration hold-out; seeded by "
+        "--seed, at least one image per category): the paper's marginal-data study trains on 0.1 to 0.5. Default 1.",
+    )
+    parser.add_argument(
         "--target_fpr", type=open_unit_interval, default=0.01, help="Calibration: false-positive rate of images."
     )
     parser.add_argument(
@@ -296,6 +315,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "adam_beta2": (0 <= args.adam_beta2 < 1, "must lie in [0, 1)"),
         "weight_decay": (args.weight_decay >= 0, "must be at least 0"),
         "calibration_fraction": (0 <= args.calibration_fraction < 1, "must lie in [0, 1)"),
+        "train_fraction": (0 < args.train_fraction <= 1, "must lie in (0, 1]"),
     }
     for name, (valid, rule) in checks.items():
         if not valid:

@@ -28,10 +28,19 @@ COMMANDS = {
     "eval": ("training.evaluation", "Evaluate a checkpoint per category: metrics.json, a Markdown table, heatmaps."),
     "calibrate": ("training.calibrate", "Calibrate a checkpoint's OK/NG thresholds on normal images."),
     "predict": ("inference.predict.command", "Score images: OK/NG rows, overlays and maps (exit 1 if any failed)."),
-    "export": ("inference.deploy.export", "Export a checkpoint to ONNX or OpenVINO, to serve without PyTorch."),
+    "export": ("training.int8_gate", "Export a checkpoint to ONNX or OpenVINO (INT8 too), to serve without PyTorch."),
     "app": ("inference.app.command", "Serve the inspection web app, or write a Hub Space folder."),
-    "prepare-dataset": ("training.prepare_dataset", "Save MVTec-AD, VisA or your own images as a dataset folder."),
+    "serve": ("inference.serve.command", "Serve a model over the Open Inference Protocol (KServe v2) on Ray Serve."),
+    "prepare-dataset": ("training.prepare_dataset", "Save a benchmark download or your own images as a dataset."),
     "demo": ("training.demo", "Offline smoke run: demo data, a random tiny CLIP, train, evaluate, predict."),
+    "convert-official": (
+        "training.convert_official",
+        "Convert a released AnomalyCLIP or AdaCLIP weight file (.pth) into a checkpoint of this library.",
+    ),
+    "fit-reference": (
+        "training.fit_reference",
+        "Fit a checkpoint's few-shot reference memory on k normal training images per category (no training).",
+    ),
 }
 
 

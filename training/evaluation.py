@@ -6,11 +6,17 @@ preprocessor_config.json, or `--resize_mode/--tile_size/--tile_overlap`) the map
 resolution and are compared with the unresized masks there (4 bytes of metric buffer per image pixel). Only the
 metric buffers grow with the number of test images (`--save_predictions` adds the maps it writes).
 
+Under `accelerate launch --multi_gpu --num_processes N` (GPUs, or gloo processes on a CPU) each process scores its
+share of every category and the main process gathers the batches the metrics need (`training.eval_processes`): the
+metrics, predictions and heatmaps are those of one process.
+
 Example:
     ```bash
     python -m training.evaluation --model_name_or_path outputs/clipada-mvtec \\
         --dataset_name /data/mvtec_anomaly_detection \\
         --output_dir outputs/clipada-mvtec/evaluation --save_predictions
+    accelerate launch --multi_gpu --num_processes 4 -m training.evaluation --model_name_or_path outputs/clipada-mvtec \\
+        --dataset_name /data/mvtec_anomaly_detection --output_dir outputs/clipada-mvtec/evaluation
     ```
 """
 
@@ -25,7 +31,6 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 
-from inference.atomic import atomic_dir
 from inference.command_line import (
     device_arguments,
     non_negative_int,
@@ -50,7 +55,14 @@ from inference.scoring import score_inputs
 from inference.torch_backend import TorchBackend
 from modeling_clipada.decisions import resolve_thresholds
 from processing import CLIPADAImageProcessor
+from training.benchmark_eval import (
+    add_benchmark_arguments,
+    benchmark_metrics,
+    check_benchmark_arguments,
+    write_benchmark_outputs,
+)
 from training.data import DATASET_NAMES, DatasetFormatError, has_ground_truth, load_anomaly_dataset
+from training.eval_processes import EvalProcesses, current_processes
 from training.metrics import (
     OVERKILL_NAMES,
     AnomalyMetrics,
@@ -79,6 +91,8 @@ def evaluate_model(
     num_heatmaps: int = 4,
     num_workers: int = 0,
     decision_config=None,
+    category_metrics=None,
+    processes: EvalProcesses | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Runs the model over a test split, category by category.
 
@@ -93,6 +107,12 @@ def evaluate_model(
 
         decision_config: Whose thresholds the operating point (false-reject and escape rates) is measured at:
             `model.config` by default; `inference.modes.NO_THRESHOLDS` where they were calibrated in another mode.
+        category_metrics: `factory(category, rows)` of the benchmark-specific metrics (MVTec AD 2's `seg_f1`,
+            Real-IAD's sample-level `sample_image_auroc`: `training.metrics.dataset_metrics.category_metrics_factory`),
+            fed the batches `AnomalyMetrics` gets; None for none.
+        processes: The processes sharing the evaluation (`training.eval_processes.current_processes`): each scores
+            its contiguous share of every category, the main process gathers the others' batches and computes the
+            metrics (the same as one process); every process gets them. None: this process alone.
 
     Returns:
         `(per_category, mean)`: metric dicts (`image_auroc`, `pixel_auroc`, `pixel_ap`, `aupro`, `image_f1_max`,
@@ -113,6 +133,7 @@ def evaluate_model(
     decision_config = model.config if decision_config is None else decision_config
     output_dir = Path(output_dir) if output_dir is not None else None
     non_finite = NonFiniteCount("images")
+    processes = processes or EvalProcesses()
     categories = np.asarray(test_dataset["category"])
     labels = np.asarray(test_dataset["label"])
     per_category = {}
@@ -122,8 +143,10 @@ def evaluate_model(
         subset = test_dataset.select(indices).select_columns(columns)
         heatmap_rows = set(_heatmap_rows(labels[indices], num_heatmaps).tolist())
         metrics = AnomalyMetrics()
+        extra = category_metrics(category, test_dataset.select(indices)) if category_metrics is not None else None
         predictions = {"image_scores": [], "image_labels": [], "anomaly_maps": [], "masks": [], "mask_available": []}
-        for start, batch in _batches(subset, processor, batch_size, num_workers):
+        metrics, extra = processes.recorder(metrics), processes.recorder(extra)  # recorders on the other processes
+        for start, batch in _batches(subset, processor, batch_size, num_workers, processes.share(len(indices))):
             image_labels, available = batch["image_labels"], batch["mask_available"]
             # all inputs of the batch (every tile of every image) in one forward; squash maps stay at the input size
             scored = score_inputs(backend, processor, batch, [category] * len(image_labels))
@@ -142,6 +165,8 @@ def evaluate_model(
                 parts = [(scores, image_labels, torch.stack(anomaly_maps), batch["labels"], available)]
             for part_scores, part_labels, part_maps, part_masks, part_available in parts:
                 metrics.update(part_maps, part_masks, part_scores, part_labels, part_available)
+                if extra is not None:
+                    extra.update(part_maps, part_masks, part_scores, part_labels, part_available)
                 if save_predictions:
                     values = (part_scores, part_labels, part_maps, part_masks, part_available)
                     for key, value in zip(predictions, values):
@@ -152,13 +177,18 @@ def evaluate_model(
                     name = _heatmap_title(subset, start + offset, category, int(image_labels[offset]))
                     _write_heatmap(output_dir, category, start + offset, *heatmap, float(scores[offset]), name,
                                    decision_config)  # fmt: skip
-        if non_finite.count:
+        # the gather step: the other processes' batches, replayed on the main process after its own (row order)
+        (metrics, extra), predictions, skip = processes.gather_category([metrics, extra], predictions, non_finite.count)
+        if skip or not processes.is_main:
             continue
         image_threshold = resolve_thresholds(decision_config, category).image
         per_category[category] = metrics.compute(include_thresholds=True, image_threshold=image_threshold)
+        if extra is not None:
+            per_category[category].update(extra.compute())
         if save_predictions and output_dir is not None:
             save_category_predictions(inside(output_dir, output_dir / "predictions" / f"{category}.npz"), predictions)
-    non_finite.check()
+    processes.merged(non_finite).check()
+    per_category = processes.broadcast(per_category)
     return per_category, mean_metrics(per_category)
 
 
@@ -201,7 +231,9 @@ def _heatmap_rows(labels: np.ndarray, count: int) -> np.ndarray:
     return np.concatenate([anomalous[: max(count - 1, 0)], normal])[:count]
 
 
-def _batches(subset, processor: CLIPADAImageProcessor, batch_size: int, num_workers: int) -> Iterator[tuple[int, dict]]:
+def _batches(
+    subset, processor: CLIPADAImageProcessor, batch_size: int, num_workers: int, rows: range | None = None
+) -> Iterator[tuple[int, dict]]:
     """Yields `(first_row, batch)`; batch has `pixel_values` (B, 3, H, W), `labels` (B, H, W) uint8, `image_labels`
     (B,), `mask_available` (B,) bool (False: an anomalous image without a mask) and `raw_images` (B, 3, H, W) in
     [0, 1] for the heatmaps."""
@@ -224,9 +256,12 @@ def _batches(subset, processor: CLIPADAImageProcessor, batch_size: int, num_work
             "mask_available": torch.tensor([has_ground_truth(e["label"], e["mask"]) for e in examples]),
         }
 
+    first = 0 if rows is None else rows.start
+    if rows is not None:  # this process's share of the rows
+        subset = subset.select(rows)
     loader = DataLoader(subset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
     for index, batch in enumerate(loader):
-        yield index * batch_size, batch
+        yield first + index * batch_size, batch
 
 
 def _collate_at_image_size(examples: list[dict], processor: CLIPADAImageProcessor) -> dict:
@@ -348,6 +383,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
     parser.add_argument("--save_predictions", action="store_true")
     parser.add_argument("--num_heatmaps", type=non_negative_int, default=4)
+    add_benchmark_arguments(parser)
     parser.add_argument(
         "--image_size",
         type=positive_int,
@@ -355,6 +391,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Evaluate at this input size instead of the checkpoint's preprocessor_config.json.",
     )
     add_inference_mode_arguments(parser)
+    few_shot = parser.add_argument_group("few-shot protocol (training.few_shot_eval)")
+    few_shot.add_argument(
+        "--shots",
+        type=non_negative_int,
+        nargs="+",
+        default=None,
+        help="Fit the reference memory on this many normal training images per category and evaluate, once per "
+        "--seeds value; mean and std per metric in few_shot.md (e.g. --shots 1 2 4 8).",
+    )
+    few_shot.add_argument("--seeds", type=int, nargs="+", default=[0], help="Seeds of the shots' draws (--shots).")
     args = parser.parse_args(argv)
     check_inference_mode_arguments(parser, args)
     return args
@@ -363,7 +409,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     configure_threads(args.num_threads)
+    if args.shots is not None:  # the few-shot protocol: one evaluation per (shots, seed)
+        from training.few_shot_eval import run_few_shot
+
+        return run_few_shot(args)
     output_dir = Path(args.output_dir)
+    processes = current_processes()  # several under `accelerate launch --num_processes N`
     with usage_errors():  # a folder eval may not write, a bad device, checkpoint or dataset
         check_output_folder(
             output_dir,
@@ -372,7 +423,7 @@ def main(argv: list[str] | None = None) -> dict:
             sources=local_paths(args.dataset_name),
             contained_sources=local_paths(args.model_name_or_path),  # outputs/run/evaluation is fine
         )
-        device = resolve_device(args.device)
+        device = processes.device or resolve_device(args.device)  # a GPU per process under accelerate
         model = load_clipada_model(args.model_name_or_path, dtype=getattr(torch, args.dtype))
         processor, own_processor = load_processors(args.model_name_or_path, args.image_size)
         processor = with_inference_mode(processor, args.resize_mode, args.tile_size, args.tile_overlap, note=False)
@@ -381,19 +432,21 @@ def main(argv: list[str] | None = None) -> dict:
         mode_note = thresholds_note(model.config, processor, own_processor, args.model_name_or_path)
         if mode_note:
             print(f"note: {mode_note}", file=sys.stderr)
-        dataset = load_anomaly_dataset(
-            args.dataset_name,
-            dataset=args.dataset,
-            categories=args.categories,
-            allow_missing_files=args.skip_missing_files,
-        )
+        with processes.main_first():  # the dataset cache is written once
+            dataset = load_anomaly_dataset(
+                args.dataset_name,
+                dataset=args.dataset,
+                categories=args.categories,
+                allow_missing_files=args.skip_missing_files,
+            )
         if "test" not in dataset or len(dataset["test"]) == 0:
             raise DatasetFormatError(f"{args.dataset_name} has no test split to evaluate.")
         check_dataset_names(dataset["test"])
         add_class_names(model, sorted(set(dataset["test"]["category"])), args.model_name_or_path)
+        submission_dir = check_benchmark_arguments(args, dataset, [output_dir, *local_paths(args.dataset_name)])
     # a bad test image or mask, NaN scores, a read-only or full disk: one line, and the folder is left as it was
     with usage_errors(DatasetFormatError, NonFiniteScoresError, OSError):
-        with atomic_dir(output_dir.resolve() if output_dir.is_symlink() else output_dir) as staging:
+        with processes.output_folder(output_dir.resolve() if output_dir.is_symlink() else output_dir) as staging:
             per_category, mean = evaluate_model(
                 model,
                 processor,
@@ -405,8 +458,13 @@ def main(argv: list[str] | None = None) -> dict:
                 num_heatmaps=args.num_heatmaps,
                 num_workers=args.dataloader_num_workers,
                 decision_config=decision_config,
+                category_metrics=benchmark_metrics(args, model, processor, dataset, device),
+                processes=processes,
             )
+            if not processes.is_main:  # the main process writes the output
+                return {"per_category": per_category, "mean": mean}
             table = write_evaluation(staging, per_category, mean)
+        write_benchmark_outputs(args, model, processor, dataset, device, submission_dir)
     print(table)
     return {"per_category": per_category, "mean": mean}
 

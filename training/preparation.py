@@ -98,8 +98,40 @@ def run_fingerprint(args: argparse.Namespace, model, dataset, num_processes: int
         "mixed_precision": args.mixed_precision or "no",
         "texture_dir": args.texture_dir,
         "calibration_fraction": args.calibration_fraction,
+        # recorded only below 1, so that runs from before the flag existed resume as before
+        **({"train_fraction": args.train_fraction} if getattr(args, "train_fraction", 1.0) != 1.0 else {}),
         **{name: getattr(config, name) for name in config.head_field_names()},
     }
+
+
+def select_train_fraction(split, fraction: float, seed: int):
+    """Keeps `fraction` of every category's rows of the training part (the marginal-data study, paper Sec. 4).
+
+    Per category, `max(1, round(fraction * n))` of its n rows are kept, drawn by a permutation seeded with `seed`;
+    the kept rows stay in their original order.
+
+    Args:
+        split: The training part (`datasets.Dataset` with a `category` column), after the calibration hold-out.
+        fraction: In (0, 1]; 1 returns `split` itself.
+        seed: The draw's seed.
+
+    Returns:
+        The selected rows, a `datasets.Dataset`.
+
+    Raises:
+        ValueError: `fraction` outside (0, 1].
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"--train_fraction must lie in (0, 1], got {fraction}")
+    if fraction == 1:
+        return split
+    rng = np.random.default_rng(seed)
+    categories = np.asarray(split["category"])
+    kept = []
+    for category in sorted(set(categories.tolist())):
+        rows = np.flatnonzero(categories == category)
+        kept.extend(rng.permutation(rows)[: max(1, round(fraction * rows.size))].tolist())
+    return split.select(np.sort(np.asarray(kept, dtype=np.int64)))
 
 
 def set_up(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
@@ -136,6 +168,7 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
         )
         if calibration_split is not None:
             _warn_if_calibration_unresolved(dataset[args.train_split], len(calibration_split), args)
+        train_split = select_train_fraction(train_split, getattr(args, "train_fraction", 1.0), args.seed)
         try:
             dataloader = build_train_dataloader(
                 train_split,
@@ -223,4 +256,12 @@ def _check_same_run(checkpoint: Path, fingerprint: dict, explicit: bool) -> None
     logger.warning(f"Resuming {checkpoint} although its run had other settings: {listed}", main_process_only=True)
 
 
-__all__ = ["FROZEN_DTYPES", "LR_DECAY", "TrainingRun", "build_scheduler", "run_fingerprint", "set_up"]
+__all__ = [
+    "FROZEN_DTYPES",
+    "LR_DECAY",
+    "TrainingRun",
+    "build_scheduler",
+    "run_fingerprint",
+    "select_train_fraction",
+    "set_up",
+]
