@@ -69,7 +69,6 @@ from inference.predict.stages import OVERLAY_MODES, FinishSettings, decided_row,
 from inference.predict.writers import MAP_FORMATS, PredictionWriter
 from modeling_clipada.decisions import decision_field
 from processing import CLIPADAImageProcessor
-from processing.tiling import DEFAULT_IMAGE_SCORE_TOP_K
 
 COMMAND = "clipada predict"
 # the temporary files are written whole, then renamed over their targets (a kill can leave one behind)
@@ -227,12 +226,9 @@ def _finish_settings(
     backend, processor, thresholds, category_thresholds, overlays: str, map_format: str | None
 ) -> FinishSettings:
     decision_config = getattr(backend, "decision_config", None)  # a plain callable is a backend too
-    top_k = getattr(decision_config, "image_score_top_k", None) or DEFAULT_IMAGE_SCORE_TOP_K
-    return FinishSettings(
-        processor=processor, image_score_top_k=top_k, thresholds=thresholds,
-        category_thresholds=dict(category_thresholds or {}), overlays=overlays, map_format=map_format,
-        draw=draw_overlay,  # looked up at each run: a caller may have replaced it
-    )  # fmt: skip
+    top_k = getattr(decision_config, "image_score_top_k", None)
+    # draw_overlay is looked up at each run: a caller may have replaced it
+    return FinishSettings.for_run(processor, top_k, thresholds, category_thresholds, overlays, map_format, draw_overlay)
 
 
 def predict_images(
@@ -325,14 +321,10 @@ def claim_predict_output(
         arguments: The inputs as given (folders, list files).
         model: `--model_name_or_path`: a local checkpoint folder is treated like an input folder.
     """
-    folders = {path.parent for path in paths} | {Path(item) for item in arguments if Path(item).is_dir()}
-    if Path(model).is_dir():
-        folders.add(Path(model))
-    list_files = [Path(item) for item in arguments if Path(item).is_file()]
+    list_files, folders = _sources(paths, arguments, model)
     claim_output_folder(
-        output_dir, COMMAND, OUTPUT_ENTRIES, overwrite=overwrite, sources=list_files,
-        contained_sources=sorted(folders),
-    )  # fmt: skip
+        output_dir, COMMAND, OUTPUT_ENTRIES, overwrite=overwrite, sources=list_files, contained_sources=folders
+    )
 
 
 def check_resumable(output_dir: Path, paths: list[Path], arguments: list[str], model: str, fingerprint: dict) -> None:
@@ -344,14 +336,18 @@ def check_resumable(output_dir: Path, paths: list[Path], arguments: list[str], m
         paths, arguments, model: As [`claim_predict_output`] takes them.
         fingerprint: This run's `inference.predict.resume.run_fingerprint`.
     """
+    list_files, folders = _sources(paths, arguments, model)
+    check_output_folder(output_dir, COMMAND, overwrite=True, sources=list_files, contained_sources=folders)
+    check_fingerprint(output_dir, fingerprint)
+
+
+def _sources(paths: list[Path], arguments: list[str], model: str) -> tuple[list[Path], list[Path]]:
+    """What the output folder may never be: `(list files, folders)`; the folders (the images' folders, the folders
+    given, a local checkpoint) may hold the output folder, never be or lie inside it."""
     folders = {path.parent for path in paths} | {Path(item) for item in arguments if Path(item).is_dir()}
     if Path(model).is_dir():
         folders.add(Path(model))
-    list_files = [Path(item) for item in arguments if Path(item).is_file()]
-    check_output_folder(
-        output_dir, COMMAND, overwrite=True, sources=list_files, contained_sources=sorted(folders)
-    )  # fmt: skip
-    check_fingerprint(output_dir, fingerprint)
+    return [Path(item) for item in arguments if Path(item).is_file()], sorted(folders)
 
 
 def _fitting_workers(args: argparse.Namespace, count: int) -> int:

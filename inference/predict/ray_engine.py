@@ -49,7 +49,6 @@ from inference.predict.rows import Thresholds
 from inference.predict.stages import OVERLAY_MODES, FinishSettings
 from inference.predict.writers import PredictionWriter
 from processing import CLIPADAImageProcessor
-from processing.tiling import DEFAULT_IMAGE_SCORE_TOP_K
 
 # The batches' shards, inside the output folder (an entry of predict's ownership marker, so an earlier run's leftovers
 # after a kill go with --overwrite_output_dir); removed once merged.
@@ -204,11 +203,9 @@ def predict_with_ray(
             if wanted:
                 (output_dir / folder).mkdir(exist_ok=True)
         categories = [category] * len(paths) if categories is None else list(categories)
-        settings = FinishSettings(
-            processor=processor, image_score_top_k=image_score_top_k or DEFAULT_IMAGE_SCORE_TOP_K,
-            thresholds=thresholds, category_thresholds=dict(category_thresholds or {}), overlays=overlays,
-            map_format=map_format,
-        )  # fmt: skip
+        settings = FinishSettings.for_run(
+            processor, image_score_top_k, thresholds, category_thresholds, overlays, map_format
+        )
         dataset = _pipeline(
             ray,
             _items(paths, categories),

@@ -28,6 +28,7 @@ from inference.overlays import as_rgb, display_name, draw_overlay
 from inference.predict.inputs import input_problem
 from inference.predict.rows import Thresholds, error_row, image_row
 from inference.predict.writers import save_map
+from processing.tiling import DEFAULT_IMAGE_SCORE_TOP_K
 
 OVERLAY_MODES = ("all", "ng", "none")
 
@@ -79,6 +80,22 @@ class FinishSettings:
     overlays: str = "all"
     map_format: str | None = None
     draw: Callable = draw_overlay
+
+    @classmethod
+    def for_run(
+        cls,
+        processor,
+        image_score_top_k: int | None,
+        thresholds: Thresholds,
+        category_thresholds: dict | None = None,
+        overlays: str = "all",
+        map_format: str | None = None,
+        draw: Callable = draw_overlay,
+    ) -> "FinishSettings":
+        """The settings of a run of any engine; `image_score_top_k` None (a backend without a decision config) is the
+        library's default."""
+        top_k = image_score_top_k or DEFAULT_IMAGE_SCORE_TOP_K
+        return cls(processor, top_k, thresholds, dict(category_thresholds or {}), overlays, map_format, draw)
 
 
 def load_image(index: int, path: Path, category: str | None, processor, keep_picture: bool) -> LoadedImage:
