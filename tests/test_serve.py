@@ -348,3 +348,32 @@ def test_a_request_of_many_small_files_that_decode_to_huge_images_is_refused_bef
     with pytest.raises(ProtocolError, match="18,000,000 pixels together, above --max_request_pixels") as error:
         model.batch_items(parse_infer_request(json.dumps(body).encode()))
     assert error.value.status == 413 and len(black.getvalue()) < 100_000
+
+
+@pytest.mark.parametrize("mode", [["--resize_mode", "letterbox"], ["--tile_size", "24", "--tile_overlap", "0.25"]])
+def test_a_mode_flag_serves_as_clipada_predict_scores_and_decides_in_that_mode(checkpoint, images, tmp_path, mode):
+    from inference.serve.command import serve_options
+    from inference.serve.model import ServeModel
+    from inference.serve.protocol import parse_infer_request
+
+    argv = [*map(str, images), "--model_name_or_path", str(checkpoint), "--output_dir", str(tmp_path / "predict")]
+    predict.main([*argv, "--batch_size", "4", *mode])
+    lines = (tmp_path / "predict" / "predictions.jsonl").read_text().splitlines()
+    expected = {Path(row["path"]).name: row for row in map(json.loads, lines)}
+    options = serve_options(parse_args(["--model_name_or_path", str(checkpoint), *mode]))
+    model = ServeModel.load(str(checkpoint), MODEL, inference_mode=options.inference_mode)
+    payload = [base64.b64encode(path.read_bytes()).decode() for path in images]
+    request = parse_infer_request(
+        json.dumps(
+            {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(images)], "data": payload}]}
+        ).encode()
+    )
+    outputs = {
+        tensor["name"]: tensor["data"]
+        for tensor in model.response(request, model.score_items(model.batch_items(request)))["outputs"]
+    }
+    np.testing.assert_allclose(outputs["score"], [expected[path.name]["score"] for path in images], atol=1e-6)
+    # the checkpoint's thresholds were calibrated in squash mode: neither decides with them in this mode
+    assert outputs["label"] == [expected[path.name]["decision"] for path in images]
+    assert set(outputs["label"]) == {"UNCALIBRATED"} and "image_threshold" not in outputs
+    assert "thresholds_note" in model.metadata()["parameters"]

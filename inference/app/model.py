@@ -21,7 +21,7 @@ from PIL import Image
 from inference.backends import AnomalyBackend, is_export_folder, load_backend
 from inference.deploy.runners import read_export_config
 from inference.loading import check_model_location, load_processor, saved_model_type
-from inference.modes import fitting_decision_config, thresholds_note
+from inference.modes import fitting_decision_config, thresholds_note, with_inference_mode
 from inference.output_folder import MAX_NAME_BYTES
 from inference.predict.inputs import InputError, collect_inputs, input_problem
 from processing import CLIPADAImageProcessor
@@ -63,6 +63,7 @@ def load_served_model(
     dtype: str = "float32",
     backend: str | None = None,
     num_threads: int | None = None,
+    inference_mode: dict | None = None,
 ) -> ServedModel:
     """Loads a checkpoint of any of this library's families (local folder or Hub id), or an export folder.
 
@@ -72,6 +73,9 @@ def load_served_model(
         dtype: `float32` or `bfloat16` (torch).
         backend: `torch`, `onnxruntime` or `openvino`; None: the export's runtime, else torch.
         num_threads: CPU threads (None: the available cores minus the busy ones).
+        inference_mode: `{"resize_mode": ..., "tile_size": ..., "tile_overlap": ...}` overriding the checkpoint's
+            preprocessor_config.json (`inference.modes.with_inference_mode`; None values keep it); the thresholds
+            decide only where they were calibrated in the resulting mode, as in `clipada predict`.
 
     Raises:
         inference.loading.ModelLoadError: A folder or Hub id that holds no checkpoint of ours, naming it.
@@ -84,13 +88,14 @@ def load_served_model(
 
         title = FAMILIES.get(saved_model_type(model_name_or_path), FAMILIES["clipada"]).title
     loaded_backend = load_backend(backend, model_name_or_path, device, dtype, num_threads)
-    processor = load_processor(model_name_or_path)  # the checkpoint's own: older thresholds count as made in its mode
+    own = load_processor(model_name_or_path)  # the checkpoint's own: older thresholds count as made in its mode
+    processor = with_inference_mode(own, **(inference_mode or {}), note=False)
     config = loaded_backend.decision_config
     note = thresholds_note(
-        config, processor, processor, model_name_or_path,
+        config, processor, own, model_name_or_path,
         remedy="calibrate in its preprocessor_config.json's mode (clipada calibrate); the sliders decide meanwhile",
     )  # fmt: skip
-    applied = fitting_decision_config(config, processor, processor)
+    applied = fitting_decision_config(config, processor, own)
     return ServedModel(model_name_or_path, title, loaded_backend, processor, applied, note)
 
 

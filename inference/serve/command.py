@@ -27,6 +27,7 @@ from pathlib import Path
 from inference.backends import BACKENDS, is_export_folder
 from inference.command_line import device_arguments, non_negative_int, positive_int, usage_errors
 from inference.loading import ModelLoadError, check_model_location
+from inference.modes import add_inference_mode_arguments, check_inference_mode_arguments
 from inference.serve.options import (
     DEFAULT_BATCH_WAIT_S,
     DEFAULT_MAX_BATCH_SIZE,
@@ -100,11 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--ray_address", default=None,
         help="A Ray cluster to deploy on (default: RAY_ADDRESS when set, else a new local Ray).",
     )  # fmt: skip
+    add_inference_mode_arguments(parser)  # as clipada predict: the thresholds decide only in their own mode
     return parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_inference_mode_arguments(parser, args)
+    return args
 
 
 def serve_options(args: argparse.Namespace) -> ServeOptions:
@@ -113,6 +118,7 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         device=args.device, dtype=args.dtype, num_threads=args.num_threads, max_batch_size=args.max_batch_size,
         batch_wait_timeout_s=args.batch_wait_timeout_s, max_request_bytes=args.max_request_bytes,
         max_request_pixels=args.max_request_pixels,
+        inference_mode={key: getattr(args, key) for key in ("resize_mode", "tile_size", "tile_overlap")},
     )  # fmt: skip
 
 

@@ -45,7 +45,7 @@ class InferenceServer:
         self.options = options
         self.model = ServeModel.load(
             options.model_name_or_path, options.model_name, options.backend, options.device, options.dtype,
-            options.num_threads, options.max_request_pixels,
+            options.num_threads, options.max_request_pixels, options.inference_mode,
         )  # fmt: skip
         self.score_batch.set_max_batch_size(options.max_batch_size)
         self.score_batch.set_batch_wait_timeout_s(options.batch_wait_timeout_s)

@@ -75,9 +75,11 @@ class ServeModel:
         dtype: str = "float32",
         num_threads: int | None = None,
         max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS,
+        inference_mode: dict | None = None,
     ) -> "ServeModel":
-        """Loads a checkpoint of any family (torch, any device) or an export folder (onnxruntime, openvino)."""
-        served = load_served_model(model_name_or_path, device, dtype, backend, num_threads)
+        """Loads a checkpoint of any family (torch, any device) or an export folder (onnxruntime, openvino), in
+        `inference_mode` (`resize_mode`, `tile_size`, `tile_overlap` overriding the checkpoint's)."""
+        served = load_served_model(model_name_or_path, device, dtype, backend, num_threads, inference_mode)
         return cls(served, name, max_request_pixels)
 
     @property

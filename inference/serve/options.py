@@ -6,7 +6,7 @@ Example:
     ```
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_MODEL_NAME = "clipada"
 DEFAULT_MAX_BATCH_SIZE = 8
@@ -32,6 +32,7 @@ class ServeOptions:
         batch_wait_timeout_s: How long a batch waits to fill up, in seconds.
         max_request_bytes: Larger request bodies are refused (413).
         max_request_pixels: Requests whose images hold more pixels together are refused (413) before decoding.
+        inference_mode: `resize_mode`, `tile_size`, `tile_overlap` overriding the checkpoint's (None values keep it).
     """
 
     model_name_or_path: str
@@ -44,6 +45,7 @@ class ServeOptions:
     batch_wait_timeout_s: float = DEFAULT_BATCH_WAIT_S
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
+    inference_mode: dict = field(default_factory=dict)
 
 
 __all__ = [
