@@ -96,8 +96,9 @@ class ExportedBackend:
 
     def __call__(self, pixel_values, categories: Sequence[str | None] | None = None) -> BackendOutput:
         """Runs the graph on `(batch_size, 3, H, W)` CLIP-normalised pixels at the export's input size; `categories`
-        fill an exported AdaCLIP's prompts (decisions are made from the maps, after post-processing)."""
-        categories = list(categories) if categories is not None and self.runner.class_names is not None else None
+        fill an exported AdaCLIP's prompts and pick an exported reference memory's bank (decisions are made from the
+        maps, after post-processing)."""
+        categories = list(categories) if categories is not None and self.runner.takes_categories else None
         outputs = self.runner(np.asarray(pixel_values, dtype=np.float32), categories)
         return BackendOutput(anomaly_map=outputs["anomaly_map"], pred_score=outputs["pred_score"])
 

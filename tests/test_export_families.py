@@ -263,3 +263,58 @@ def test_family_export_runs_where_torch_cannot_be_imported(checkpoints, exports,
     for row, score in zip(rows, reference.scores):
         assert abs(row["score"] - score) <= 1e-5
         assert row["decision"] == ("NG" if score >= model.config.image_threshold else "OK")
+
+
+# ---------------------------------------------------------------------------------------------- reference memory
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "family, export_format, memory_categories, categories",
+    [
+        ("anomalyclip", "onnx", ["disc"], [None, "disc", None, "disc"]),  # one category: None is that one
+        ("adaclip", "openvino", ["disc", "screw"], ["screw", "disc", "disc", "screw"]),
+    ],
+)
+def test_exported_family_carries_the_reference_memory(family, export_format, memory_categories, categories, tmp_path):
+    """The few-shot memory in the graph: <= 1e-4 on the map, <= 1e-5 on the score and identical decisions against
+    PyTorch with the memory (AdaCLIP: each image's category picks both its prompts and its bank)."""
+    pytest.importorskip("onnxruntime" if export_format == "onnx" else "openvino")
+    model = build_model(family)
+    references = random_pixels(count=2 * len(memory_categories), seed=7)
+    model.fit_reference(references, [name for name in memory_categories for _ in range(2)])
+    pixel_values = random_pixels(seed=1)
+    with torch.no_grad():
+        uncalibrated = model(pixel_values, categories=categories)
+    model.config.image_threshold = float(uncalibrated.pred_score.quantile(0.5))
+    model.config.pixel_threshold = float(uncalibrated.anomaly_map.quantile(0.5))
+    checkpoint = tmp_path / "checkpoint"
+    model.save_pretrained(checkpoint)
+    CLIPADAImageProcessor(size=IMAGE_SIZE).save_pretrained(checkpoint)
+    make_tiny_clip(seed=3)[1].save_pretrained(checkpoint)
+    metadata = export(str(checkpoint), tmp_path / "export", export_format)
+    assert metadata["memory_categories"] == memory_categories and metadata["graph_inputs"][-1] == "memory_index"
+    assert metadata["model"]["reference_memory_sizes"] == model.config.reference_memory_sizes
+    with torch.no_grad():
+        reference = model(pixel_values, categories=categories)
+    runner = ExportedCLIPADA(tmp_path / "export")
+    outputs = runner(pixel_values.numpy(), categories)
+    assert np.abs(outputs["anomaly_map"] - reference.anomaly_map.numpy()).max() <= 1e-4
+    assert np.abs(outputs["pred_score"] - reference.pred_score.numpy()).max() <= 1e-5
+    np.testing.assert_array_equal(outputs["pred_label"], reference.pred_label.numpy())
+    np.testing.assert_array_equal(outputs["pred_mask"], reference.pred_mask.numpy())
+    assert 0 < reference.pred_label.float().mean() < 1 and 0 < reference.pred_mask.float().mean() < 1
+    # a category without memory (AdaCLIP: none named, with two banks) is that image's error, as in eager
+    missing = "bolt" if len(memory_categories) == 1 else None
+    with pytest.raises(ExportedModelError, match="image 1 has " + ("category 'bolt'" if missing else "no category")):
+        runner(pixel_values[:2].numpy(), ["disc", missing])
+
+
+def test_adaclip_memory_of_a_category_its_prompts_cannot_name_is_refused():
+    from inference.deploy.export import ExportError, check_memory_categories
+
+    model = build_model("adaclip")
+    model.fit_reference(random_pixels(count=2, seed=7), ["disc", "bolt"])
+    with pytest.raises(ExportError, match=r"reference memory of \['bolt'\].*--class_names bolt disc"):
+        check_memory_categories(model, graph_class_names(model, None), "checkpoint")
+    assert check_memory_categories(model, ["object", "disc", "bolt"], "checkpoint") == ["bolt", "disc"]

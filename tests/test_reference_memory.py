@@ -4,6 +4,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -173,14 +174,51 @@ def test_saved_and_reloaded_memory_gives_identical_maps(family, clip_and_tokeniz
     torch.testing.assert_close(after.pred_score, before.pred_score, atol=1e-5, rtol=0)
 
 
-def test_export_refuses_a_checkpoint_with_a_memory_it_cannot_carry(clip_and_tokenizer, tmp_path):
-    from inference.deploy.export import ExportError, load_exportable_model
+@pytest.mark.slow
+@pytest.mark.parametrize("export_format", ["onnx", "openvino"])
+def test_export_carries_the_memory_with_parity(clip_and_tokenizer, tmp_path, export_format):
+    """The exported graph holds every category's bank (of unequal sizes: padded) and picks each image's by its
+    category: maps <= 1e-4, scores <= 1e-5 and decisions identical to PyTorch with the memory; a category without
+    memory is an error naming it, as in eager."""
+    pytest.importorskip("onnxruntime" if export_format == "onnx" else "openvino")
+    from inference.deploy.export import export
+    from inference.deploy.runners import ExportedCLIPADA, ExportedModelError
 
     model = _model("clipada", clip_and_tokenizer)
-    model.fit_reference(_images(2, seed=0), ["disc", "disc"])
+    model.fit_reference(_images(3, seed=0), ["disc", "disc", "weave"])  # 2 x and 1 x the patches
+    categories, pixel_values = ["weave", "disc", "disc", "weave"], _images(4, seed=1)
+    with torch.no_grad():
+        uncalibrated = model(pixel_values, categories=categories)
+    model.config.image_threshold = float(uncalibrated.pred_score.quantile(0.5))  # between the middle two
+    model.config.pixel_threshold = float(uncalibrated.anomaly_map.quantile(0.5))
     model.save_pretrained(tmp_path / "checkpoint")
-    with pytest.raises(ExportError, match="reference memory \\(disc\\), which exports cannot carry"):
-        load_exportable_model(str(tmp_path / "checkpoint"), None)
+    CLIPADAImageProcessor(size=IMAGE_SIZE).save_pretrained(tmp_path / "checkpoint")
+    metadata = export(str(tmp_path / "checkpoint"), tmp_path / "export", export_format)
+    assert metadata["memory_categories"] == ["disc", "weave"] and metadata["graph_inputs"][-1] == "memory_index"
+    assert metadata["parity"]["anomaly_map_max_abs_diff"] <= 1e-4
+    assert metadata["parity"]["pred_score_max_abs_diff"] <= 1e-5
+
+    with torch.no_grad():
+        reference = model(pixel_values, categories=categories)
+    runner = ExportedCLIPADA(tmp_path / "export")
+    outputs = runner(pixel_values.numpy(), categories)
+    assert np.abs(outputs["anomaly_map"] - reference.anomaly_map.numpy()).max() <= 1e-4
+    assert np.abs(outputs["pred_score"] - reference.pred_score.numpy()).max() <= 1e-5
+    np.testing.assert_array_equal(outputs["pred_label"], reference.pred_label.numpy())
+    np.testing.assert_array_equal(outputs["pred_mask"], reference.pred_mask.numpy())
+    assert 0 < reference.pred_label.float().mean() < 1 and 0 < reference.pred_mask.float().mean() < 1
+    # the memory and each image's own bank matter: another bank, or none, gives other maps
+    swapped = runner(pixel_values.numpy(), ["disc", "weave", "weave", "disc"])["anomaly_map"]
+    model.fit_reference(torch.empty(0, 3, IMAGE_SIZE, IMAGE_SIZE), [])
+    with torch.no_grad():
+        without = model(pixel_values).anomaly_map.numpy()
+    assert (
+        np.abs(swapped - outputs["anomaly_map"]).max() > 1e-3 and np.abs(without - outputs["anomaly_map"]).max() > 1e-3
+    )
+    with pytest.raises(ExportedModelError, match="image 1 has category 'screw'"):
+        runner(pixel_values[:2].numpy(), ["disc", "screw"])
+    with pytest.raises(ExportedModelError, match="image 0 has no category"):
+        runner(pixel_values[:1].numpy())
 
 
 def test_a_checkpoint_missing_its_memory_tensors_is_refused(clip_and_tokenizer, tmp_path):

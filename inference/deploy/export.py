@@ -8,8 +8,10 @@ of the source checkpoint, and the parity with PyTorch measured on the written fi
 `clipada export` only, never a folder it did not write, nor the source checkpoint. The graph is the family's
 (`inference.deploy.graph`): text embeddings that do not depend on the image are constants, the batch size is
 dynamic. A letterbox or tiled checkpoint exports the graph of one model input (one tile); the runners cut and merge
-as `clipada predict` does. With `--int8`, an OpenVINO export is quantised to INT8 by NNCF on normal images and kept
-only if it passes the accuracy gate (`inference.deploy.int8`).
+as `clipada predict` does. A checkpoint with a few-shot reference memory (`clipada fit-reference`) carries it in the
+graph: every category's bank is a constant, each image's picked by its category (`memory_categories` in the JSON).
+With `--int8`, an OpenVINO export is quantised to INT8 by NNCF on normal images and kept only if it passes the
+accuracy gate (`inference.deploy.int8`).
 
 Example:
     ```bash
@@ -224,11 +226,17 @@ def quiet_known_warnings() -> Iterator[None]:
 
 
 def parity_categories(exported: ExportedCLIPADA, batch_size: int) -> list[str | None] | None:
-    """The categories of the parity batch: AdaCLIP's class names in turn (None, the default name, first), so that
-    the graph's choice of text is checked too; None for the families whose prompts name no category."""
-    if exported.class_names is None:
+    """The categories of the parity batch, in turn, so that the graph's choice of text and memory is checked too:
+    AdaCLIP's class names (None, the default name, first); with a reference memory, its categories (None first when
+    it holds one only; AdaCLIP: those it has prompts for); None where nothing depends on the category."""
+    if exported.memory_categories is not None:
+        names = [None] if len(exported.memory_categories) == 1 else []
+        known = exported.class_names or exported.memory_categories
+        names += [name for name in exported.memory_categories if name in known]
+    elif exported.class_names is not None:
+        names = [None, *exported.class_names[1:]]
+    else:
         return None
-    names = [None, *exported.class_names[1:]]
     return [names[index % len(names)] for index in range(batch_size)]
 
 
@@ -280,6 +288,8 @@ MODEL_FIELDS = {
         "smoothing_sigma",
     ),  # fmt: skip
 }
+# and with a reference memory
+MEMORY_FIELDS = ("reference_memory_sizes", "reference_fusion", "reference_distance_scale")
 
 
 def load_exportable_model(model_name_or_path: str, class_names: list[str] | None):
@@ -300,15 +310,30 @@ def load_exportable_model(model_name_or_path: str, class_names: list[str] | None
     if class_names and not FAMILIES[model_type].needs_class_names:
         raise ExportError(f"--class_names: {FAMILIES[model_type].title} names no category in its prompts; drop it")
     model = load_clipada_model(model_name_or_path, dtype=torch.float32).eval()
-    if getattr(model.config, "reference_memory_sizes", None):  # the graph has no memory: it would score otherwise
-        raise ExportError(
-            f"--model_name_or_path {model_name_or_path} holds a few-shot reference memory "
-            f"({', '.join(sorted(model.config.reference_memory_sizes))}), which exports cannot carry yet; export the "
-            "checkpoint before clipada fit-reference, or serve this one with torch"
-        )
     if class_names:
         add_class_names(model, list(class_names), model_name_or_path)
     return model
+
+
+def check_memory_categories(model, names: list[str] | None, model_name_or_path: str) -> list[str] | None:
+    """The categories of the checkpoint's reference memory, in the order the graph's `memory_index` counts them;
+    None without a memory.
+
+    Raises:
+        ExportError: AdaCLIP with a memory category its exported prompts cannot name (its images could never be
+            scored: their prompts name the category too).
+    """
+    memory = getattr(model, "reference_memory", None)
+    if memory is None or not len(memory):
+        return None
+    categories = list(memory.categories)
+    unnamed = [category for category in categories if names is not None and category not in names]
+    if unnamed:
+        raise ExportError(
+            f"--model_name_or_path {model_name_or_path} holds a reference memory of {unnamed}, categories its "
+            f"exported prompts cannot name ({names}); pass --class_names {' '.join(categories)}"
+        )
+    return categories
 
 
 def graph_class_names(model, class_names: list[str] | None) -> list[str] | None:
@@ -372,6 +397,7 @@ def export(
             f"size {patch}; pass --image_size"
         )
     names = graph_class_names(model, class_names)
+    memory_categories = check_memory_categories(model, names, str(model_name_or_path))
     try:
         graph = export_graph(model, size, with_thresholds=model.config.has_thresholds, class_names=names)
     except ValueError as error:  # AdaCLIP's random k-means start
@@ -399,6 +425,7 @@ def export(
             "graph_inputs": list(graph.input_names),
             "graph_outputs": list(graph.output_names),
             **({"class_names": names} if names is not None else {}),
+            **({"memory_categories": memory_categories} if memory_categories is not None else {}),
             "file_sha256": {name: file_sha256(staging / name) for name in GRAPH_FILES[export_format]},
             "thresholds": {
                 **{field: getattr(model.config, field) for field in DECISION_FIELDS},
@@ -408,7 +435,10 @@ def export(
             }
             if model.config.has_thresholds
             else None,
-            "model": {field: getattr(model.config, field) for field in MODEL_FIELDS[family]},
+            "model": {
+                field: getattr(model.config, field)
+                for field in MODEL_FIELDS[family] + (MEMORY_FIELDS if memory_categories is not None else ())
+            },
             "source": {"model_name_or_path": str(model_name_or_path), "sha256": checkpoint_hashes(model_name_or_path)},
             "versions": _versions(export_format),
         }
@@ -498,6 +528,7 @@ __all__ = [
     "ExportError",
     "check_export_folder",
     "check_request",
+    "check_memory_categories",
     "checkpoint_hashes",
     "export",
     "graph_class_names",

@@ -11,7 +11,9 @@ them; otherwise each class name's text embeddings are a constant table) and the 
 each image's class name is the graph input `class_index`, an index into the names tokenised at export. Nothing on
 the paths reads caches, storage pointers or tensor versions, so `torch.export` traces them as they are. Thresholds
 are graph inputs, one per image, so they change after export without exporting again (the runners read them from
-the export's JSON; see `inference.deploy.runners`).
+the export's JSON; see `inference.deploy.runners`). A checkpoint with a few-shot reference memory brings every
+category's bank into the graph as constants (`inference.deploy.graph_memory`), each image's bank picked by the last
+graph input, `memory_index`; the memory's map is fused with the family's as the eager model fuses it.
 
 Example:
     ```python
@@ -29,12 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inference.deploy.runners import ANOMALY_OUTPUTS, CLASS_INPUT, DECISION_OUTPUTS, THRESHOLD_INPUTS
+from inference.deploy.graph_memory import ExportedMemory
+from inference.deploy.runners import ANOMALY_OUTPUTS, CLASS_INPUT, DECISION_OUTPUTS, MEMORY_INPUT, THRESHOLD_INPUTS
 from modeling_clipada import CLIPADAForAnomalySegmentation
 from modeling_clipada.adaclip_fusion import hybrid_semantic_fusion
 from modeling_clipada.adaclip_prompts import hybrid_prompts
 from modeling_clipada.clip_parts import encode_prompted_text, upsample_and_smooth_matrices
 from modeling_clipada.decisions import apply_thresholds
+from modeling_clipada.reference_memory import fuse_maps, score_with_global
 
 
 class ExportGraph(nn.Module):
@@ -44,6 +48,10 @@ class ExportGraph(nn.Module):
         model: A model of this library (float32, eval mode); its weights are shared, not copied.
         image_size: The fixed input `(H, W)`, multiples of the patch size.
         with_thresholds: Take `image_threshold` and `pixel_threshold` inputs and return `pred_label`, `pred_mask`.
+
+    Attributes:
+        memory: The model's reference memory as constants ([`ExportedMemory`]), or None when it has none; with one,
+            the graph's last input is `memory_index` `(batch_size,)` int64.
     """
 
     takes_class_index = False
@@ -55,11 +63,22 @@ class ExportGraph(nn.Module):
         self.with_thresholds = with_thresholds
         patch = model.config.vision_config.patch_size
         self.grid = (self.image_size[0] // patch, self.image_size[1] // patch)
+        memory = getattr(model, "reference_memory", None)
+        self.memory = (
+            ExportedMemory(memory, model.config.reference_distance_scale)
+            if memory is not None and len(memory)
+            else None
+        )
+
+    @property
+    def takes_memory_index(self) -> bool:
+        return self.memory is not None
 
     @property
     def input_names(self) -> tuple[str, ...]:
         names = ("pixel_values", CLASS_INPUT) if self.takes_class_index else ("pixel_values",)
-        return names + THRESHOLD_INPUTS if self.with_thresholds else names
+        names = names + THRESHOLD_INPUTS if self.with_thresholds else names
+        return names + (MEMORY_INPUT,) if self.takes_memory_index else names
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -112,22 +131,33 @@ class CLIPADAExportGraph(ExportGraph):
         pixel_values: torch.Tensor,
         image_threshold: torch.Tensor | None = None,
         pixel_threshold: torch.Tensor | None = None,
+        memory_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        """The model's steps 2, 3 and 5 (its own methods), then the decisions.
+        """The model's steps 2, 3 and 5 (its own methods), fused with the reference memory's map where the model
+        has one, then the decisions.
 
         Args:
             pixel_values: `(batch_size, 3, H, W)`, CLIP-normalised, at `image_size`.
             image_threshold: `(batch_size,)`, only with thresholds.
             pixel_threshold: `(batch_size,)`, only with thresholds.
+            memory_index: `(batch_size,)` int64, each image's memory bank, only with a reference memory.
 
         Returns:
             `anomaly_map` `(batch_size, H, W)`, `pred_score` `(batch_size,)`, and with thresholds `pred_label`
             `(batch_size,)` bool and `pred_mask` `(batch_size, H, W)` bool.
         """
-        stage_logits = self.model.compute_stage_logits(pixel_values, self.text_embedding)
-        anomaly_map, pred_score = self.model.anomaly_map_and_score(
-            torch.sigmoid(stage_logits[-1]), self.image_size, (self.upsample_rows, self.upsample_columns)
+        model, matrices = self.model, (self.upsample_rows, self.upsample_columns)
+        coarse_tokens = model.patch_features(pixel_values) if self.memory is not None else None
+        stage_logits = model.compute_stage_logits(pixel_values, self.text_embedding, coarse_tokens)
+        anomaly_map, pred_score = model.anomaly_map_and_score(
+            torch.sigmoid(stage_logits[-1]), self.image_size, matrices
         )
+        if self.memory is not None:  # as the model's forward: the coarse tokens' memory map, scored as before
+            features = [F.normalize(model.patch_projections[0](coarse_tokens), dim=-1)]
+            memory_map = self.memory.patch_map(features, memory_index, self.grid)
+            memory_map = model.upsample_and_smooth(memory_map.to(anomaly_map.dtype), self.image_size, matrices)
+            anomaly_map = fuse_maps(anomaly_map, memory_map, model.config.reference_fusion)
+            pred_score = model.image_score(anomaly_map)
         return self.decide(anomaly_map, pred_score, image_threshold, pixel_threshold)
 
 
@@ -152,12 +182,14 @@ class AnomalyCLIPExportGraph(ExportGraph):
         pixel_values: torch.Tensor,
         image_threshold: torch.Tensor | None = None,
         pixel_threshold: torch.Tensor | None = None,
+        memory_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """AnomalyCLIP's steps 2, 3 and 5 (`AnomalyCLIPForAnomalySegmentation.forward` without the loss).
 
         Args:
             pixel_values: `(batch_size, 3, H, W)`, CLIP-normalised, at `image_size`.
             image_threshold, pixel_threshold: `(batch_size,)` each, only with thresholds.
+            memory_index: `(batch_size,)` int64, each image's memory bank, only with a reference memory.
 
         Returns:
             As [`CLIPADAExportGraph.forward`].
@@ -176,6 +208,12 @@ class AnomalyCLIPExportGraph(ExportGraph):
         patch_map = sum((p[:, 1] + 1 - p[:, 0]) / 2 for p in layer_probabilities) / len(layer_probabilities)
         anomaly_map = self.upsample_rows @ patch_map @ self.upsample_columns.T
         pred_score = logits.softmax(dim=-1)[:, 1]
+        if self.memory is not None:  # few-shot: fused with the reference memory's map
+            features = [F.normalize(patches, dim=-1) for patches in patch_embeddings]
+            memory_map = self.memory.patch_map(features, memory_index, self.grid).to(anomaly_map.dtype)
+            memory_map = self.upsample_rows @ memory_map @ self.upsample_columns.T
+            anomaly_map = fuse_maps(anomaly_map, memory_map, self.model.config.reference_fusion)
+            pred_score = score_with_global(pred_score, memory_map)
         return self.decide(anomaly_map, pred_score, image_threshold, pixel_threshold)
 
 
@@ -252,6 +290,7 @@ class AdaCLIPExportGraph(ExportGraph):
         class_index: torch.Tensor,
         image_threshold: torch.Tensor | None = None,
         pixel_threshold: torch.Tensor | None = None,
+        memory_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """AdaCLIP's steps 1 to 4 and 6 (`AdaCLIPForAnomalySegmentation.forward` without the loss).
 
@@ -259,6 +298,7 @@ class AdaCLIPExportGraph(ExportGraph):
             pixel_values: `(batch_size, 3, H, W)`, CLIP-normalised, at `image_size`.
             class_index: `(batch_size,)` int64, each image's index into `class_names`.
             image_threshold, pixel_threshold: `(batch_size,)` each, only with thresholds.
+            memory_index: `(batch_size,)` int64, each image's memory bank, only with a reference memory.
 
         Returns:
             As [`CLIPADAExportGraph.forward`].
@@ -294,7 +334,16 @@ class AdaCLIPExportGraph(ExportGraph):
         anomaly_map = (probabilities[:, 1] + 1 - probabilities[:, 0]) / 2
         if self.smooths:
             anomaly_map = self.upsample_rows @ anomaly_map @ self.upsample_columns.T
-        return self.decide(anomaly_map, logits.softmax(dim=-1)[:, 1], image_threshold, pixel_threshold)
+        pred_score = logits.softmax(dim=-1)[:, 1]
+        if self.memory is not None:  # few-shot: fused with the reference memory's map
+            memory_map = self.memory.patch_map(patch_embeddings, memory_index, self.grid).to(anomaly_map.dtype)
+            memory_map = F.interpolate(memory_map[:, None], size=self.image_size, mode="bilinear", align_corners=True)
+            memory_map = memory_map[:, 0]
+            if self.smooths:
+                memory_map = self.upsample_rows @ memory_map @ self.upsample_columns.T
+            anomaly_map = fuse_maps(anomaly_map, memory_map, config.reference_fusion)
+            pred_score = score_with_global(pred_score, memory_map)
+        return self.decide(anomaly_map, pred_score, image_threshold, pixel_threshold)
 
 
 def round_to_float16(values: torch.Tensor) -> torch.Tensor:
@@ -354,19 +403,21 @@ def export_graph(
 
 
 def example_inputs(graph: ExportGraph, batch_size: int = 2) -> tuple[torch.Tensor, ...]:
-    """Inputs of the graph's shapes: zero pixels `(batch_size, 3, H, W)`, class indices and thresholds
-    `(batch_size,)`."""
+    """Inputs of the graph's shapes, in the order of `graph.input_names`: zero pixels `(batch_size, 3, H, W)`, class
+    indices, thresholds and memory indices `(batch_size,)`."""
     pixel_values = torch.zeros(batch_size, 3, *graph.image_size, dtype=graph.model.dtype)
     # distinct tensors with distinct values: the tracer must not take two inputs for one
     thresholds = (torch.full((batch_size,), 0.25), torch.full((batch_size,), 0.75)) if graph.with_thresholds else ()
-    if graph.takes_class_index:
-        class_index = torch.arange(batch_size, dtype=torch.int64) % len(graph.class_names)
-        return (pixel_values, class_index, *thresholds)
-    return (pixel_values, *thresholds)
+    classes = (torch.arange(batch_size, dtype=torch.int64) % len(graph.class_names),) if graph.takes_class_index else ()
+    memory = (torch.arange(batch_size, dtype=torch.int64) % len(graph.memory.categories),) if graph.memory else ()
+    return (pixel_values, *classes, *thresholds, *memory)
 
 
 def export_program(graph: ExportGraph) -> torch.export.ExportedProgram:
     """`torch.export` of the graph with a dynamic batch dimension shared by every input.
+
+    A graph with a reference memory takes its inputs by name (`memory_index` comes last, after inputs that may be
+    absent); the others by position.
 
     Returns:
         The exported program, from which both the ONNX and the OpenVINO files are written.
@@ -374,6 +425,10 @@ def export_program(graph: ExportGraph) -> torch.export.ExportedProgram:
     batch = torch.export.Dim("batch", min=1, max=4096)
     inputs = example_inputs(graph)
     with torch.no_grad():
+        if graph.takes_memory_index:
+            named = dict(zip(graph.input_names, inputs))
+            shapes = {name: {0: batch} for name in named}
+            return torch.export.export(graph, (), kwargs=named, dynamic_shapes=shapes, strict=False)
         return torch.export.export(graph, inputs, dynamic_shapes=tuple({0: batch} for _ in inputs), strict=False)
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.backends import ExportedBackend
-from inference.deploy.runners import CLASS_INPUT, MODEL_FILES, THRESHOLD_INPUTS
+from inference.deploy.runners import CLASS_INPUT, MEMORY_INPUT, MODEL_FILES, THRESHOLD_INPUTS
 from inference.scoring import score_images
 from modeling_clipada.decisions import apply_thresholds, per_image_thresholds
 
@@ -115,7 +115,7 @@ def calibration_feeds(backend: ExportedBackend, images, categories) -> list[dict
 
     Returns:
         One `{input name: array}` per model input: `pixel_values` `(1, 3, H, W)`, and where the graph takes them
-        `class_index` `(1,)` and thresholds `(1,)` (any value: they only compare at the end).
+        `class_index` `(1,)`, thresholds `(1,)` (any value: they only compare at the end) and `memory_index` `(1,)`.
     """
     runner = backend.runner
     feeds = []
@@ -126,6 +126,8 @@ def calibration_feeds(backend: ExportedBackend, images, categories) -> list[dict
             feed = {"pixel_values": np.ascontiguousarray(pixel_values[None], dtype=np.float32)}
             if runner.class_names is not None:
                 feed[CLASS_INPUT] = runner.class_index([category], 1)
+            if runner.memory_categories is not None:
+                feed[MEMORY_INPUT] = runner.memory_index([category], 1)
             if runner.has_thresholds:
                 feed.update({name: np.full(1, 0.5, dtype=np.float32) for name in THRESHOLD_INPUTS})
             feeds.append(feed)

@@ -47,11 +47,13 @@ DECISION_OUTPUTS = ("pred_label", "pred_mask")
 THRESHOLD_INPUTS = ("image_threshold", "pixel_threshold")
 # AdaCLIP's graph also takes each image's class name, as an index into the export's `class_names`
 CLASS_INPUT = "class_index"
-GRAPH_SIGNATURES = (
-    (("pixel_values",), ANOMALY_OUTPUTS),
-    (("pixel_values", *THRESHOLD_INPUTS), ANOMALY_OUTPUTS + DECISION_OUTPUTS),
-    (("pixel_values", CLASS_INPUT), ANOMALY_OUTPUTS),
-    (("pixel_values", CLASS_INPUT, *THRESHOLD_INPUTS), ANOMALY_OUTPUTS + DECISION_OUTPUTS),
+# a checkpoint with a few-shot reference memory: each image's memory bank, an index into `memory_categories`
+MEMORY_INPUT = "memory_index"
+GRAPH_SIGNATURES = tuple(
+    (("pixel_values", *classes, *thresholds, *memory), ANOMALY_OUTPUTS + (DECISION_OUTPUTS if thresholds else ()))
+    for memory in ((), (MEMORY_INPUT,))
+    for classes in ((), (CLASS_INPUT,))
+    for thresholds in ((), THRESHOLD_INPUTS)
 )
 # the families an export may hold (`family` in clipada_export.json; exports written before it are CLIP-ADA)
 EXPORT_FAMILIES = ("clipada", "anomalyclip", "adaclip")
@@ -111,7 +113,7 @@ def _check_input_size(path: Path, input_size) -> None:
 
 
 def _check_graph_names(path: Path, config: dict) -> None:
-    """`graph_inputs` / `graph_outputs` (optional: older exports) must be one of the graph's two signatures."""
+    """`graph_inputs` / `graph_outputs` (optional: older exports) must be one of the graphs' signatures."""
     inputs, outputs = config.get("graph_inputs"), config.get("graph_outputs")
     if inputs is None and outputs is None:
         return
@@ -125,8 +127,9 @@ def _check_graph_names(path: Path, config: dict) -> None:
 
 def _check_family(path: Path, config: dict) -> None:
     """`family` (optional: older exports are CLIP-ADA) must be known, `input_mode` (optional: older exports took
-    squashed images) well formed, and a graph with `class_index` needs `class_names`: distinct non-empty strings, the
-    first the name that images without a category get."""
+    squashed images) well formed, a graph with `class_index` needs `class_names`: distinct non-empty strings, the
+    first the name that images without a category get, and a graph with `memory_index` needs `memory_categories`:
+    distinct non-empty strings, in the order of the graph's memory banks."""
     family = config.get("family", "clipada")
     if family not in EXPORT_FAMILIES:
         raise ExportedModelError(f"{path}: unknown `family` {family!r}; expected one of {', '.join(EXPORT_FAMILIES)}")
@@ -141,19 +144,19 @@ def _check_family(path: Path, config: dict) -> None:
             f"{path}: `input_mode` must be {{'resize_mode': 'squash' or 'letterbox', 'tile_size': int or null, "
             f"'tile_overlap': number or null, 'size': [h, w]}}, got {mode!r}"
         )
-    if CLASS_INPUT not in (config.get("graph_inputs") or ()):
-        return
-    names = config.get("class_names")
-    if (
-        not isinstance(names, list)
-        or not names
-        or not all(isinstance(name, str) and name for name in names)
-        or len(set(names)) != len(names)
-    ):
-        raise ExportedModelError(
-            f"{path}: `class_names` must list the distinct class names the graph's `{CLASS_INPUT}` indexes, got "
-            f"{names!r}"
-        )
+    inputs = config.get("graph_inputs") or ()
+    indexed = ((CLASS_INPUT, "class_names", "class names"), (MEMORY_INPUT, "memory_categories", "memory's categories"))
+    for graph_input, field, what in indexed:
+        names = config.get(field)
+        if graph_input in inputs and (
+            not isinstance(names, list)
+            or not names
+            or not all(isinstance(name, str) and name for name in names)
+            or len(set(names)) != len(names)
+        ):
+            raise ExportedModelError(
+                f"{path}: `{field}` must list the distinct {what} the graph's `{graph_input}` indexes, got {names!r}"
+            )
 
 
 def check_decision_fields(source: str | Path, thresholds, image_score_top_k=None) -> None:
@@ -388,6 +391,10 @@ class ExportedCLIPADA:
         self.class_names = (
             self.config.get("class_names") if CLASS_INPUT in self.config.get("graph_inputs", []) else None
         )
+        # the categories of the few-shot reference memory the graph carries, in the order `memory_index` counts them
+        self.memory_categories = (
+            self.config.get("memory_categories") if MEMORY_INPUT in self.config.get("graph_inputs", []) else None
+        )
         self.image_score_top_k = (self.config.get("model") or {}).get("image_score_top_k")
         # thresholds calibrated in another mode than the export's inputs (e.g. exported at another --image_size)
         # never decide: the graph's pred_label/pred_mask are left out, as without thresholds
@@ -457,13 +464,46 @@ class ExportedCLIPADA:
             )
         return np.asarray([0 if name is None else self.class_names.index(name) for name in categories], np.int64)
 
+    @property
+    def takes_categories(self) -> bool:
+        """Whether the graph's scores depend on each image's category (AdaCLIP's prompts, a reference memory)."""
+        return self.class_names is not None or self.memory_categories is not None
+
+    def memory_index(self, categories: Sequence[str | None] | None, batch_size: int) -> np.ndarray:
+        """Each input's memory bank, an index into `memory_categories`: its category's, or the only one for None
+        (as the eager model's `reference_memory.image_memory_categories`).
+
+        Returns:
+            `(batch_size,)` int64.
+
+        Raises:
+            ExportedModelError: `categories` not one per input, or an input whose category has no memory (or none
+                named while the memory holds several), naming it.
+        """
+        categories = [None] * batch_size if categories is None else list(categories)
+        if len(categories) != batch_size:
+            raise ExportedModelError(f"categories: one per image ({batch_size}) expected, got {len(categories)}")
+        known, indices = self.memory_categories, []
+        for position, category in enumerate(categories):
+            if category is None and len(known) == 1:
+                category = known[0]
+            if category not in known:
+                shown = "no category" if category is None else f"category {category!r}"
+                raise ExportedModelError(
+                    f"{self.folder} holds the reference memory of {known}, but image {position} has {shown}: pass "
+                    "one of them as its category, or fit the memory for it and export again"
+                )
+            indices.append(known.index(category))
+        return np.asarray(indices, dtype=np.int64)
+
     def __call__(self, pixel_values: np.ndarray, categories: Sequence[str | None] | None = None) -> dict:
         """Runs the graph on CLIP-normalised model inputs (whole images, or the tiles / letterboxed images of
         `processor`; [`predict`] merges those).
 
         Args:
             pixel_values: `(batch_size, 3, H, W)` at the export's input size.
-            categories: One category name (or None) per input: per-category thresholds, and AdaCLIP's prompts.
+            categories: One category name (or None) per input: per-category thresholds, AdaCLIP's prompts, and the
+                memory bank of an export with a reference memory.
 
         Returns:
             `anomaly_map` `(batch_size, H, W)` float32, `pred_score` `(batch_size,)` float32, and with thresholds
@@ -473,8 +513,8 @@ class ExportedCLIPADA:
 
         Raises:
             ExportedModelError: `pixel_values` of another shape than `(batch, 3, H, W)` at the input size,
-                `categories` not one per image (or a class name the export lacks), or invalid thresholds set on the
-                runner.
+                `categories` not one per image (or a class name the export lacks, or a category without memory in an
+                export with a reference memory), or invalid thresholds set on the runner.
         """
         pixel_values = np.asarray(pixel_values)
         height, width = self.input_size
@@ -485,6 +525,8 @@ class ExportedCLIPADA:
         feeds = {"pixel_values": np.ascontiguousarray(pixel_values, dtype=np.float32)}
         if self.class_names is not None:
             feeds[CLASS_INPUT] = self.class_index(categories, len(pixel_values))
+        if self.memory_categories is not None:
+            feeds[MEMORY_INPUT] = self.memory_index(categories, len(pixel_values))
         if not self.has_thresholds:
             return self.session(feeds)
         decides = self.thresholds_fit_inputs and self.whole_images
@@ -600,6 +642,7 @@ __all__ = [
     "EXPORT_CONFIG_NAME",
     "EXPORT_FAMILIES",
     "GRAPH_FILES",
+    "MEMORY_INPUT",
     "MODEL_FILES",
     "THRESHOLD_INPUTS",
     "ExportedCLIPADA",
