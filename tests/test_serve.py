@@ -377,3 +377,14 @@ def test_a_mode_flag_serves_as_clipada_predict_scores_and_decides_in_that_mode(c
     assert outputs["label"] == [expected[path.name]["decision"] for path in images]
     assert set(outputs["label"]) == {"UNCALIBRATED"} and "image_threshold" not in outputs
     assert "thresholds_note" in model.metadata()["parameters"]
+
+
+def test_the_categories_of_a_reference_memory_may_be_named(checkpoint, images, tmp_path):
+    from inference.serve.model import ServeModel
+
+    model = CLIPADAForAnomalySegmentation.from_pretrained(checkpoint).eval()
+    processor = CLIPADAImageProcessor.from_pretrained(checkpoint)
+    model.fit_reference(processor(images=[str(path) for path in images[:2]])["pixel_values"], ["weave", "weave"])
+    model.save_pretrained(tmp_path / "few-shot")
+    processor.save_pretrained(tmp_path / "few-shot")
+    assert "weave" in ServeModel.load(str(tmp_path / "few-shot"), MODEL).categories

@@ -84,15 +84,19 @@ class ServeModel:
 
     @property
     def categories(self) -> list[str]:
-        """The categories a request may name: those with calibrated thresholds, and those a family names in its
-        prompts (AdaCLIP); sorted."""
+        """The categories a request may name: those with calibrated thresholds, those a family names in its
+        prompts (AdaCLIP), and those of a few-shot reference memory; sorted."""
         named: set[str] = set()
-        if self.backend.name == "torch":  # exports name no category in their prompts
+        if self.backend.name == "torch":
             from inference.families import FAMILIES
 
             config = self.backend.decision_config
             if FAMILIES[config.model_type].needs_class_names:
                 named = {name for name in config.prompt_token_ids or {} if isinstance(name, str)}
+            named |= set(getattr(config, "reference_memory_sizes", None) or {})
+        else:  # an export: its graph's class names and memory categories
+            runner = self.backend.runner
+            named = set(runner.class_names or []) | set(runner.memory_categories or [])
         return sorted(set(self.served.categories) | named)
 
     @property
